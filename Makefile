@@ -1,0 +1,84 @@
+# TMSP - Threat Management Services Portal. `make` alone prints this help.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.8
+TOOLS := .local/tools
+UV := $(TOOLS)/bin/uv
+PY := .venv/bin/python
+INFRA := python3 deploy/local/infra.py
+SERVICES := auth ingest correlator reporter notifier
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
+
+.PHONY: help setup proto lint test test-unit test-integration infra-up infra-down infra-status \
+        up down demo bench k8s-validate fuzz clean
+
+help: ## show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN{FS=":.*## "}{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(UV):
+	@echo "==> installing uv $(UV_VERSION) into $(TOOLS)"
+	@python3 -m venv $(TOOLS) && $(TOOLS)/bin/pip install -q "uv==$(UV_VERSION)"
+
+setup: $(UV) ## install Python deps (uv, locked) and generate protobuf code
+	@echo "==> uv sync (locked)"
+	@$(UV) sync --frozen --all-packages --python 3.11 -q
+	@$(MAKE) --no-print-directory proto
+
+proto: ## generate Python code from proto/
+	@$(PY) scripts/gen_protos.py
+
+lint: setup ## ruff, mypy --strict and buf lint
+	@echo "==> ruff"
+	@$(UV) run --frozen ruff check .
+	@$(UV) run --frozen ruff format --check .
+	@echo "==> mypy --strict"
+	@$(UV) run --frozen mypy libs/common/src $(foreach s,$(SERVICES),$(if $(wildcard services/$(s)/src),services/$(s)/src)) scripts deploy/local
+	@echo "==> buf lint"
+	@$(INFRA) install-buf
+	@.local/bin/buf lint
+
+test: setup ## unit and integration tests (fetches and starts Kafka and FerretDB itself)
+	@$(INFRA) up
+	@set -o pipefail; $(UV) run --frozen pytest -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	  if [ -z "$$KEEP_INFRA" ]; then $(INFRA) down; fi; exit $$rc
+
+test-unit: setup ## unit tests only (no infrastructure)
+	@$(UV) run --frozen pytest -m "not integration" $(PYTEST_ARGS)
+
+test-integration: setup ## integration tests only
+	@$(INFRA) up
+	@$(UV) run --frozen pytest -m integration $(PYTEST_ARGS)
+
+infra-up: ## start the local Kafka (KRaft) and FerretDB (idempotent)
+	@$(INFRA) up
+
+infra-down: ## stop the local Kafka and FerretDB (idempotent)
+	@$(INFRA) down
+
+infra-status: ## show what the local stack is running
+	@$(INFRA) status
+
+up: setup infra-up ## start the local stack and every service in the background
+	@$(PY) scripts/stack.py up
+
+down: ## stop every service and the local stack
+	@-$(PY) scripts/stack.py down
+	@$(INFRA) down
+
+demo: setup infra-up ## the main job: simulated appliances, incidents, a report, emails
+	@$(PY) scripts/demo.py
+
+bench: setup infra-up ## benchmarks, as ratios to a reference measured in the same run
+	@$(UV) run --frozen python bench/run.py $(BENCH_ARGS)
+
+fuzz: setup ## run the atheris fuzz targets of every parser for a short while
+	@$(UV) run --frozen python bench/../scripts/fuzz.py
+
+k8s-validate: setup ## validate the Kubernetes manifests under deploy/k8s
+	@$(PY) scripts/k8s_validate.py
+
+clean: ## remove the venv, generated code and local data
+	@-$(INFRA) down --purge
+	@rm -rf .venv .local libs/protos/src/tmsp/*/

@@ -1,0 +1,1 @@
+"""Kafka plumbing: the topic registry, the event envelope, a producer and a consumer runner."""

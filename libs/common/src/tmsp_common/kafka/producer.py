@@ -1,0 +1,142 @@
+"""The one way to put events on the bus: ``acks=all``, idempotence on.
+
+:meth:`EventProducer.publish` returns only once the broker acknowledged the write, so a
+caller may tell its client "accepted" right after it. For throughput, :meth:`send` enqueues
+and returns the acknowledgement future; await all of them before acknowledging anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from google.protobuf.message import Message
+
+from tmsp_common.kafka.envelope import wrap
+from tmsp_common.kafka.topics import Topic
+from tmsp_common.lifecycle import DependencyUnavailable
+from tmsp_common.metrics import KAFKA_MESSAGES_PRODUCED
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class EventProducer:
+    """Publishes enveloped protobuf events to registry topics under a prefix."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        service: str,
+        topic_prefix: str = "",
+        linger_ms: int = 5,
+        request_timeout_ms: int = 30_000,
+        max_batch_size: int = 512 * 1024,
+        **extra: Any,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.service = service
+        self.prefix = topic_prefix
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id=f"tmsp-{service}",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=linger_ms,
+            request_timeout_ms=request_timeout_ms,
+            max_batch_size=max_batch_size,
+            **extra,
+        )
+        self._started = False
+
+    async def start(self, timeout_s: float = 15.0) -> None:
+        """Connect; raises :class:`DependencyUnavailable` naming the broker if it cannot."""
+        try:
+            await asyncio.wait_for(self._producer.start(), timeout_s)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await self._safe_stop()
+            reason = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc)
+            raise DependencyUnavailable(
+                f"cannot reach Kafka at {self.bootstrap} ({reason or type(exc).__name__})"
+            ) from exc
+        self._started = True
+
+    async def _safe_stop(self) -> None:
+        with contextlib.suppress(Exception):  # best effort while reporting the real error
+            await self._producer.stop()
+
+    async def stop(self) -> None:
+        """Flush what is pending and disconnect."""
+        if self._started:
+            self._started = False
+            await self._producer.stop()
+
+    async def __aenter__(self) -> EventProducer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    def topic_name(self, topic: Topic) -> str:
+        name: str = topic.qualified(self.prefix)
+        return name
+
+    async def send(
+        self,
+        topic: Topic,
+        payload: Message,
+        *,
+        key: str,
+        account_id: str = "",
+        occurred_at: datetime | None = None,
+        event_id: str | None = None,
+        trace_id: str | None = None,
+        headers: Headers | None = None,
+    ) -> asyncio.Future[Any]:
+        """Enqueue one event; returns the future the broker's acknowledgement resolves."""
+        if topic.message_type is not None and not isinstance(payload, topic.message_type):
+            raise TypeError(f"{topic.name} carries {topic.type_name}, not {type(payload)}")
+        env = wrap(
+            payload,
+            producer=self.service,
+            account_id=account_id,
+            occurred_at=occurred_at,
+            event_id=event_id,
+            trace_id=trace_id,
+        )
+        fut: asyncio.Future[Any] = await self._producer.send(
+            self.topic_name(topic),
+            value=env.SerializeToString(),
+            key=key.encode(),
+            headers=list(headers or []),
+        )
+        fut.add_done_callback(lambda f: _count(f, topic.name))
+        return fut
+
+    async def publish(self, topic: Topic, payload: Message, *, key: str, **kw: Any) -> Any:
+        """Publish one event and wait for the broker's acknowledgement."""
+        fut = await self.send(topic, payload, key=key, **kw)
+        return await fut
+
+    async def send_raw(
+        self, topic_name: str, value: bytes | None, *, key: bytes | None, headers: Headers
+    ) -> asyncio.Future[Any]:
+        """Enqueue raw bytes (dead letters) to an already-qualified topic name."""
+        fut: asyncio.Future[Any] = await self._producer.send(
+            topic_name, value=value, key=key, headers=list(headers)
+        )
+        return fut
+
+    async def flush(self) -> None:
+        await self._producer.flush()
+
+
+def _count(fut: asyncio.Future[Any], topic: str) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        KAFKA_MESSAGES_PRODUCED.labels(topic).inc()

@@ -1,0 +1,62 @@
+"""Process lifecycle shared by every entry point.
+
+Same order everywhere: logging, validated settings (exit 2 with one line on a bad one),
+connect and ping dependencies (exit 3 with one line naming what is unreachable), build,
+SIGTERM/SIGINT only *request* shutdown, serve, then drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from tmsp_common.logging import configure_logging, get_logger
+from tmsp_common.settings import ServiceSettings, load_settings
+
+S = TypeVar("S", bound=ServiceSettings)
+log = get_logger(__name__)
+
+
+class DependencyUnavailable(RuntimeError):
+    """A dependency (Kafka, MongoDB, SMTP...) cannot be reached at start-up.
+
+    The message is the whole story in one line, e.g. ``cannot reach Kafka at 127.0.0.1:9092
+    (timed out after 10s)``; :func:`run_service` prints it and exits with 3.
+    """
+
+
+def install_shutdown_handlers(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``; a second signal kills the process at once."""
+    loop = asyncio.get_running_loop()
+
+    def _request() -> None:
+        if stop.is_set():
+            sys.exit(130)
+        log.info("shutdown requested")
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _request)
+
+
+def run_service(settings_cls: type[S], main: Callable[[S, asyncio.Event], Awaitable[None]]) -> None:
+    """Run a service's ``main(settings, stop)`` with the shared start-up and exit behaviour."""
+    settings = load_settings(settings_cls)
+    configure_logging(settings_cls.service_name, settings.log_level, settings.log_format)
+
+    async def _runner() -> None:
+        stop = asyncio.Event()
+        install_shutdown_handlers(stop)
+        await main(settings, stop)
+
+    try:
+        asyncio.run(_runner())
+    except DependencyUnavailable as exc:
+        print(f"tmsp-{settings_cls.service_name}: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    log.info("stopped")

@@ -1,0 +1,72 @@
+"""MongoDB access with pymongo's ``AsyncMongoClient`` (Motor is deprecated).
+
+A database per service; each service reads and writes only its own. Indexes are created at
+start-up, idempotently. Works with FerretDB 1.24 (SQLite backend) and MongoDB 7/8: only
+single-document atomic operations, no multi-document transactions (FerretDB 1.x has none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from pymongo import AsyncMongoClient, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from tmsp_common.lifecycle import DependencyUnavailable
+
+Document = dict[str, Any]
+
+
+def safe_url(url: str) -> str:
+    """The URL without user name or password, for messages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}"
+
+
+async def connect(url: str, database: str, *, timeout_s: float = 5.0) -> AsyncDatabase[Document]:
+    """Connect and ping; raises :class:`DependencyUnavailable` with one line if it cannot."""
+    client: AsyncMongoClient[Document] = AsyncMongoClient(
+        url,
+        serverSelectionTimeoutMS=int(timeout_s * 1000),
+        connectTimeoutMS=int(timeout_s * 1000),
+        tz_aware=True,
+        uuidRepresentation="standard",
+    )
+    try:
+        await client.admin.command("ping")
+    except PyMongoError as exc:
+        await client.close()
+        first = str(exc).split(",")[0].split("\n")[0][:200]
+        raise DependencyUnavailable(f"cannot reach MongoDB at {safe_url(url)} ({first})") from exc
+    return client[database]
+
+
+async def close(db: AsyncDatabase[Document]) -> None:
+    await db.client.close()
+
+
+async def ensure_indexes(
+    db: AsyncDatabase[Document], indexes: Mapping[str, Sequence[IndexModel]]
+) -> None:
+    """Create every index of every collection; existing identical indexes are left alone."""
+    for collection, models in indexes.items():
+        if models:
+            await db[collection].create_indexes(list(models))
+
+
+async def insert_idempotent(collection: AsyncCollection[Document], document: Document) -> bool:
+    """Insert once: a duplicate key (the event was seen before) counts as success.
+
+    Returns True when this call stored the document, False when it was already there.
+    """
+    try:
+        await collection.insert_one(document)
+    except DuplicateKeyError:
+        return False
+    return True

@@ -1,0 +1,227 @@
+"""Helpers for integration tests against the real stack (no pytest import here).
+
+- :func:`local_infra` finds (and, if allowed, starts) the Kafka broker and the Mongo-wire
+  server the tests run against.
+- :class:`ServiceProcess` runs a service the way it is deployed: its own process, its entry
+  point, configured only through environment variables.
+- :class:`TopicReader` reads a topic from the beginning to assert what was published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from aiokafka import AIOKafkaConsumer
+from google.protobuf.message import Message
+
+from tmsp_common.kafka.envelope import unwrap
+from tmsp_common.kafka.topics import Topic
+from tmsp_common.settings import DEFAULT_KAFKA_BOOTSTRAP, DEFAULT_MONGO_URL
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class Infra:
+    kafka_bootstrap: str
+    mongo_url: str
+
+    def env(self) -> dict[str, str]:
+        return {"TMSP_KAFKA_BOOTSTRAP": self.kafka_bootstrap, "TMSP_MONGO_URL": self.mongo_url}
+
+
+def _reachable(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def kafka_reachable(bootstrap: str) -> bool:
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    return _reachable(host or "127.0.0.1", int(port))
+
+
+def mongo_reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    return _reachable(parts.hostname or "127.0.0.1", parts.port or 27017)
+
+
+def local_infra(start: bool = True) -> Infra:
+    """Kafka and Mongo from ``TMSP_KAFKA_BOOTSTRAP``/``TMSP_MONGO_URL`` or the local stack.
+
+    When the local stack is not running and ``start`` is true, ``deploy/local/infra.py up``
+    starts it (idempotent). Raises RuntimeError naming what is unreachable.
+    """
+    infra = Infra(
+        os.environ.get("TMSP_KAFKA_BOOTSTRAP", DEFAULT_KAFKA_BOOTSTRAP),
+        os.environ.get("TMSP_MONGO_URL", DEFAULT_MONGO_URL),
+    )
+    if kafka_reachable(infra.kafka_bootstrap) and mongo_reachable(infra.mongo_url):
+        return infra
+    if start:
+        subprocess.run(  # noqa: S603
+            [sys.executable, str(REPO_ROOT / "deploy" / "local" / "infra.py"), "up"],
+            check=False,
+            cwd=REPO_ROOT,
+        )
+    missing = [
+        what
+        for what, ok in (
+            (f"Kafka at {infra.kafka_bootstrap}", kafka_reachable(infra.kafka_bootstrap)),
+            (f"MongoDB at {infra.mongo_url}", mongo_reachable(infra.mongo_url)),
+        )
+        if not ok
+    ]
+    if missing:
+        raise RuntimeError("cannot reach " + " and ".join(missing))
+    return infra
+
+
+def unique(prefix: str = "t") -> str:
+    """A short unique name for topics, groups and databases of one test."""
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServiceProcess:
+    """A service started as a subprocess (``python -m <module>``), as in production."""
+
+    module: str
+    env: Mapping[str, str]
+    args: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        full_env = {**os.environ, **self.env}
+        full_env.setdefault("TMSP_LOG_FORMAT", "json")
+        if self.log_path is None:
+            self.log_path = Path(REPO_ROOT / ".local" / "test-logs" / f"{unique(self.module)}.log")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", self.module, *self.args],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+        return self
+
+    @property
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_for_log(self, needle: str, timeout: float = 30.0) -> None:
+        """Block until ``needle`` appears in the output; RuntimeError with the log if not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.logs:
+                return
+            if not self.alive():
+                raise RuntimeError(f"{self.module} exited early:\n{self.logs[-4000:]}")
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.module}: no {needle!r} after {timeout}s:\n{self.logs[-4000:]}")
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class TopicReader:
+    """Reads a topic from the beginning (no group, no commits) for assertions."""
+
+    def __init__(self, bootstrap: str, topic: Topic, prefix: str) -> None:
+        self.topic = topic
+        self._consumer = AIOKafkaConsumer(
+            topic.qualified(prefix),
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        self.records: list[Any] = []
+
+    async def __aenter__(self) -> TopicReader:
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self._consumer.stop()
+
+    async def read_until(
+        self, predicate: Callable[[list[Any]], bool], timeout: float = 30.0
+    ) -> list[Any]:
+        """Collect raw records until ``predicate(records)`` holds; TimeoutError if not."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self.records):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.topic.name}: condition not met; {len(self.records)} records read"
+                )
+            batch = await self._consumer.getmany(timeout_ms=200)
+            for part in batch.values():
+                self.records.extend(part)
+        return self.records
+
+    async def read_events(
+        self, message_type: type[M], count: int, timeout: float = 30.0
+    ) -> list[M]:
+        """The first ``count`` payloads of the topic, decoded."""
+        records = await self.read_until(lambda rs: len(rs) >= count, timeout)
+        return [unwrap(r.value, message_type)[1] for r in records[:count]]
+
+
+async def wait_until(
+    condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1
+) -> Any:
+    """Await ``condition()`` (sync or async) until truthy; TimeoutError otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(interval)

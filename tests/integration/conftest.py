@@ -1,0 +1,64 @@
+"""Session-wide infrastructure for integration tests.
+
+Kafka and the Mongo-wire server are found (or started) once per session; each test isolates
+itself with its own topic prefix, consumer group and database names (see ``names``). Where a
+Docker engine is reachable and ``TMSP_TEST_TESTCONTAINERS=1``, testcontainers starts Kafka and
+MongoDB instead; without an engine that branch is skipped, never the tests. Under CI=true a
+test that cannot reach its infrastructure fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from tmsp_common.testing import Infra, local_infra, unique
+
+CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _docker_available() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env().ping()
+    except Exception:  # noqa: BLE001 - any failure means "no engine"
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Infra]:
+    if os.environ.get("TMSP_TEST_TESTCONTAINERS") == "1" and _docker_available():
+        from testcontainers.kafka import KafkaContainer
+        from testcontainers.mongodb import MongoDbContainer
+
+        with KafkaContainer().with_kraft() as kafka, MongoDbContainer("mongo:8") as mongo:
+            yield Infra(kafka.get_bootstrap_server(), mongo.get_connection_url())
+        return
+    try:
+        yield local_infra(start=True)
+    except RuntimeError as exc:
+        if CI:
+            pytest.fail(f"integration infrastructure unreachable under CI: {exc}")
+        pytest.skip(f"integration infrastructure unreachable: {exc}")
+
+
+@dataclass(frozen=True)
+class Names:
+    """Unique names for one test: topic prefix, consumer groups, databases."""
+
+    prefix: str
+
+    def group(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def database(self, name: str) -> str:
+        return f"{self.prefix.rstrip('.').replace('.', '_')}_{name}"
+
+
+@pytest.fixture
+def names() -> Names:
+    return Names(prefix=f"{unique('it')}.")
