@@ -1,0 +1,1 @@
+"""Mongo repositories, the SMTP sender, the dead-letter publisher, in-memory fakes."""

@@ -1,0 +1,1 @@
+"""Pure notification rules: kinds, settings, validation, throttling, ids. No I/O."""

@@ -1,0 +1,1 @@
+"""Use cases: deliver a notification, derive notifications from domain events, settings."""
