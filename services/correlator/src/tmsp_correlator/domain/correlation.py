@@ -1,0 +1,398 @@
+"""Streaming evaluation of Sigma correlation rules over event-time sliding windows.
+
+Two stages, so that several workers count correctly:
+
+1. :func:`hits_for_event` (stateless) matches an event against the detection rules and
+   emits one *hit* per (correlation rule, group) it contributes to. Each hit carries its
+   *group key* (account + correlation + group-by values); the streaming app partitions
+   hits by that key so every event of a group meets in the same worker.
+2. :func:`apply_hit` (stateful, per group key) keeps the group's window in a plain,
+   JSON-serialisable dict (a faust table value, persisted through its changelog), decides
+   whether the correlation condition holds for a sliding window of ``timespan`` that
+   contains the new event, and opens or updates the group's incident.
+
+Event time drives windows. A hit older than the group's newest event minus the allowed
+lateness is *late* and rejected with a reason (the app dead-letters it); anything newer is
+inserted in time order, so out-of-order events count. Hits are deduplicated by event id, so
+a replay after a crash changes nothing (and re-emits the incident, whose writes are
+idempotent). Correlations that reference other correlations receive *chained hits* whose
+event id is the firing incident's id.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from tmsp_correlator.domain.fields import SEVERITY_RANK, Event
+from tmsp_correlator.domain.rules import CorrelationRule, RuleSet
+
+Hit = dict[str, Any]
+"""A hit (JSON-serialisable): see :func:`make_hit` for its keys."""
+GroupState = dict[str, Any]
+"""Per-group state (JSON-serialisable): ``w`` window entries, ``max`` watermark, ``inc``."""
+
+# Window entry layout: [ts, rule_id, event_id, value, summary, host, ip, mac]
+_TS, _RULE, _EID, _VAL, _SUM, _HOST, _IP, _MAC = range(8)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep state and incidents small."""
+
+    allowed_lateness_s: float = 3600.0
+    max_window_events: int = 5000
+    max_incident_event_ids: int = 200
+    max_timeline: int = 200
+
+
+@dataclass
+class Outcome:
+    """What applying one hit did."""
+
+    late_reason: str | None = None
+    duplicate: bool = False
+    incident: dict[str, Any] | None = None
+    """The incident to upsert and publish (new, updated, or re-emitted on replay)."""
+    new_incident: bool = False
+    chained: list[Hit] = field(default_factory=list)
+
+
+def _summary(event: Event, rule_title: str) -> str:
+    threat = event.get("threat_name") or event.get("signature_id") or ""
+    where = event.get("endpoint_host") or event.get("source_ip") or ""
+    parts = [rule_title]
+    if threat:
+        parts.append(str(threat))
+    if where:
+        parts.append(f"on {where}")
+    return ": ".join(parts[:2]) + (f" {parts[2]}" if len(parts) > 2 else "")
+
+
+def group_key(account_id: str, correlation_id: str, group: dict[str, str]) -> str:
+    """The partitioning and state key of one correlation group."""
+    values = json.dumps([group[k] for k in sorted(group)], separators=(",", ":"))
+    return f"{account_id}|{correlation_id}|{values}"
+
+
+def make_hit(
+    corr: CorrelationRule,
+    rule_id: str,
+    *,
+    account_id: str,
+    event_id: str,
+    ts: float,
+    fields: dict[str, Any],
+    summary: str,
+    origin: dict[str, Any] | None = None,
+) -> Hit:
+    """A hit of ``rule_id``'s event (``fields``) for correlation ``corr``."""
+    group = {g: str(fields.get(corr.group_field(g, rule_id)) or "") for g in corr.group_by}
+    value: Any = None
+    if corr.condition.field is not None:
+        value = fields.get(corr.group_field(corr.condition.field, rule_id))
+    return {
+        "c": corr.meta.rule_id,
+        "k": group_key(account_id, corr.meta.rule_id, group),
+        "a": account_id,
+        "g": group,
+        "r": rule_id,
+        "e": event_id,
+        "t": ts,
+        "v": value,
+        "s": summary,
+        "ep": [
+            str(fields.get("endpoint_host") or ""),
+            str(fields.get("endpoint_ip") or ""),
+            str(fields.get("endpoint_mac") or ""),
+        ],
+        "o": origin or {},
+    }
+
+
+def hits_for_event(rules: RuleSet, event: Event, origin: dict[str, Any] | None = None) -> list[Hit]:
+    """Stage 1: the hits ``event`` produces (empty if no rule matches)."""
+    out: list[Hit] = []
+    matched = rules.match(event)
+    if not matched:
+        return out
+    account = str(event.get("account_id", ""))
+    event_id = str(event.get("event_id", ""))
+    ts = float(event["ts"])
+    for det in matched:
+        summary = _summary(event, det.meta.title)
+        for corr_id in rules.consumers.get(det.meta.rule_id, ()):
+            corr = rules.correlations[corr_id]
+            out.append(
+                make_hit(
+                    corr,
+                    det.meta.rule_id,
+                    account_id=account,
+                    event_id=event_id,
+                    ts=ts,
+                    fields=event,
+                    summary=summary,
+                    origin=origin,
+                )
+            )
+    return out
+
+
+def _aggregate_ok(corr: CorrelationRule, window: list[list[Any]]) -> bool:
+    ctype = corr.type
+    cond = corr.condition
+    if ctype == "event_count":
+        return cond.holds(len(window))
+    if ctype == "value_count":
+        return cond.holds(len({e[_VAL] for e in window if e[_VAL] not in (None, "")}))
+    if ctype == "temporal":
+        present = len({e[_RULE] for e in window})
+        if not cond.ops:
+            return present >= len(set(corr.rules))
+        return cond.holds(present)
+    if ctype == "temporal_ordered":
+        want = corr.rules
+        i = 0
+        for e in window:
+            if e[_RULE] == want[i]:
+                i += 1
+                if i == len(want):
+                    return True if not cond.ops else cond.holds(len(want))
+        return False
+    numbers: list[float] = []
+    for e in window:
+        try:
+            if e[_VAL] not in (None, ""):
+                numbers.append(float(e[_VAL]))
+        except (TypeError, ValueError):
+            continue
+    if not numbers:
+        return False
+    if ctype == "value_sum":
+        return cond.holds(sum(numbers))
+    if ctype == "value_avg":
+        return cond.holds(sum(numbers) / len(numbers))
+    if ctype == "value_median":
+        return cond.holds(float(statistics.median(numbers)))
+    if ctype == "value_percentile":
+        pct = cond.percentile if cond.percentile is not None else 50.0
+        ordered = sorted(numbers)
+        rank = max(0, min(len(ordered) - 1, round(pct / 100.0 * (len(ordered) - 1))))
+        return cond.holds(ordered[rank])
+    return False
+
+
+def _firing_window(corr: CorrelationRule, w: list[list[Any]], ts: float) -> list[list[Any]] | None:
+    """The earliest sliding window (of ``timespan``) containing ``ts`` whose condition holds."""
+    span = corr.timespan_s
+    times = [e[_TS] for e in w]
+    ends = sorted({t for t in times if ts <= t <= ts + span})
+    for end in ends:
+        lo = bisect.bisect_left(times, end - span)
+        hi = bisect.bisect_right(times, end)
+        window = w[lo:hi]
+        if _aggregate_ok(corr, window):
+            return window
+    return None
+
+
+def incident_id(account_id: str, correlation_id: str, key: str, window_start: float) -> str:
+    """Deterministic: a replay of the same events yields the same id."""
+    raw = f"{account_id}\n{correlation_id}\n{key}\n{window_start:.6f}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def _endpoint_list(entries: list[list[Any]]) -> list[list[str]]:
+    seen: dict[tuple[str, str, str], None] = {}
+    for e in entries:
+        ep = (e[_HOST], e[_IP], e[_MAC])
+        if any(ep):
+            seen.setdefault(ep, None)
+    return [list(ep) for ep in seen]
+
+
+def _new_incident(
+    corr: CorrelationRule, rules: RuleSet, hit: Hit, window: list[list[Any]], limits: Limits
+) -> dict[str, Any]:
+    start = window[0][_TS]
+    rule_ids = list(corr.rules) if corr.standalone else [corr.meta.rule_id, *corr.rules]
+    tags: dict[str, None] = dict.fromkeys(corr.meta.attack_tags)
+    actions: dict[str, None] = dict.fromkeys(corr.meta.recommended_actions)
+    severity = corr.meta.severity
+    for rid in corr.rules:
+        m = rules.meta(rid)
+        tags.update(dict.fromkeys(m.attack_tags))
+        actions.update(dict.fromkeys(m.recommended_actions))
+        if corr.standalone and SEVERITY_RANK.get(m.severity, 0) > SEVERITY_RANK.get(severity, 0):
+            severity = m.severity
+    inc: dict[str, Any] = {
+        "id": incident_id(hit["a"], corr.meta.rule_id, hit["k"], start),
+        "account_id": hit["a"],
+        "rule_ids": rule_ids,
+        "title": corr.meta.title,
+        "description": corr.meta.description,
+        "severity": severity,
+        "group": dict(hit["g"]),
+        "endpoints": [],
+        "first": start,
+        "last": start,
+        "until": start,
+        "count": 0,
+        "event_ids": [],
+        "timeline": [],
+        "tags": list(tags),
+        "actions": list(actions),
+        "status": "new",
+        "version": 0,
+    }
+    for entry in window:
+        _add_to_incident(inc, corr, entry, limits)
+    return inc
+
+
+def _add_to_incident(
+    inc: dict[str, Any], corr: CorrelationRule, entry: list[Any], limits: Limits
+) -> bool:
+    """Add one window entry; False if it was already part of the incident."""
+    eid = entry[_EID]
+    if eid in inc["event_ids"] or any(t[1] == eid for t in inc["timeline"]):
+        return False
+    inc["count"] += 1
+    if len(inc["event_ids"]) < limits.max_incident_event_ids:
+        inc["event_ids"].append(eid)
+    ts = entry[_TS]
+    inc["first"] = min(inc["first"], ts)
+    inc["last"] = max(inc["last"], ts)
+    inc["until"] = inc["last"] + corr.timespan_s
+    ep = [entry[_HOST], entry[_IP], entry[_MAC]]
+    if any(ep) and ep not in inc["endpoints"]:
+        inc["endpoints"].append(ep)
+    tl = inc["timeline"]
+    item = [ts, eid, entry[_RULE], entry[_SUM], *ep]
+    pos = bisect.bisect_right([t[0] for t in tl], ts)
+    tl.insert(pos, item)
+    if len(tl) > limits.max_timeline:
+        # keep the start of the chain and the most recent events
+        half = limits.max_timeline // 2
+        del tl[half : len(tl) - (limits.max_timeline - half)]
+    return True
+
+
+def apply_hit(
+    rules: RuleSet, state: GroupState | None, hit: Hit, limits: Limits
+) -> tuple[GroupState, Outcome]:
+    """Stage 2: apply one hit to its group's state; returns the new state and what happened."""
+    corr = rules.correlations.get(hit["c"])
+    st: GroupState = state if state is not None else {"w": [], "max": None, "inc": None}
+    out = Outcome()
+    if corr is None:
+        out.late_reason = f"unknown correlation {hit['c']!r} (rule removed)"
+        return st, out
+    w: list[list[Any]] = st["w"]
+    ts = float(hit["t"])
+    eid = hit["e"]
+    inc = st.get("inc")
+    if any(e[_EID] == eid for e in w) or (inc is not None and eid in inc["event_ids"]):
+        out.duplicate = True
+        if inc is not None and eid in inc["event_ids"]:
+            out.incident = inc
+        return st, out
+    watermark = st.get("max")
+    if watermark is not None and ts < watermark - limits.allowed_lateness_s:
+        out.late_reason = (
+            f"late event: {watermark - ts:.0f}s behind the group's newest event, allowed "
+            f"lateness {limits.allowed_lateness_s:.0f}s"
+        )
+        return st, out
+    ep = hit.get("ep") or ["", "", ""]
+    entry = [ts, hit["r"], eid, hit.get("v"), hit.get("s", ""), ep[0], ep[1], ep[2]]
+    bisect.insort(w, entry, key=lambda e: e[_TS])
+    st["max"] = ts if watermark is None else max(watermark, ts)
+    horizon = st["max"] - corr.timespan_s - limits.allowed_lateness_s
+    cut = 0
+    while cut < len(w) and w[cut][_TS] < horizon:
+        cut += 1
+    excess = len(w) - cut - limits.max_window_events
+    if excess > 0:
+        cut += excess
+    if cut:
+        del w[:cut]
+    window = _firing_window(corr, w, ts)
+    if window is None:
+        return st, out
+    open_inc = inc is not None and inc["first"] - corr.timespan_s <= ts <= inc["until"]
+    if open_inc and inc is not None:
+        changed = False
+        for e in window:
+            changed = _add_to_incident(inc, corr, e, limits) or changed
+        if not changed:
+            return st, out
+        inc["version"] += 1
+        out.incident = inc
+    else:
+        inc = _new_incident(corr, rules, hit, window, limits)
+        inc["version"] = 1
+        st["inc"] = inc
+        out.incident = inc
+        out.new_incident = True
+    out.chained = _chain(rules, corr, inc)
+    return st, out
+
+
+def _chain(rules: RuleSet, corr: CorrelationRule, inc: dict[str, Any]) -> list[Hit]:
+    hits: list[Hit] = []
+    for consumer_id in rules.consumers.get(corr.meta.rule_id, ()):
+        consumer = rules.correlations[consumer_id]
+        first_ep = inc["endpoints"][0] if inc["endpoints"] else ["", "", ""]
+        fields: dict[str, Any] = dict(inc["group"])
+        fields.update(endpoint_host=first_ep[0], endpoint_ip=first_ep[1], endpoint_mac=first_ep[2])
+        hits.append(
+            make_hit(
+                consumer,
+                corr.meta.rule_id,
+                account_id=inc["account_id"],
+                event_id=inc["id"],
+                ts=inc["first"],
+                fields=fields,
+                summary=f"{corr.meta.title} (incident {inc['id'][:12]})",
+            )
+        )
+    return hits
+
+
+class MemoryCorrelator:
+    """Both stages over an in-memory state dict: the reference the streaming app follows.
+
+    Used by unit tests and the benchmark's pure mode; the faust app does the same with a
+    repartitioned topic and a table.
+    """
+
+    def __init__(self, rules: RuleSet, limits: Limits | None = None) -> None:
+        self.rules = rules
+        self.limits = limits or Limits()
+        self.state: dict[str, GroupState] = {}
+        self.incidents: dict[str, dict[str, Any]] = {}
+        self.late: list[tuple[Hit, str]] = []
+        self.published: list[dict[str, Any]] = []
+
+    def process(self, event: Event) -> list[dict[str, Any]]:
+        """Feed one event; returns the incidents it created or updated."""
+        changed: list[dict[str, Any]] = []
+        queue = hits_for_event(self.rules, event)
+        while queue:
+            hit = queue.pop(0)
+            st, out = apply_hit(self.rules, self.state.get(hit["k"]), hit, self.limits)
+            self.state[hit["k"]] = st
+            if out.late_reason:
+                self.late.append((hit, out.late_reason))
+            if out.incident is not None:
+                snapshot = json.loads(json.dumps(out.incident))
+                self.incidents[snapshot["id"]] = snapshot
+                self.published.append(snapshot)
+                changed.append(snapshot)
+            queue.extend(out.chained)
+        return changed

@@ -1,0 +1,387 @@
+"""Compile a parsed Sigma detection rule into a fast Python predicate over a flat event.
+
+pySigma parses the rule and its condition into a tree (AND/OR/NOT over field-equals-value
+expressions); this module walks that tree once and returns closures, so matching an event
+costs a few dict lookups and string operations. String comparison is case-insensitive as
+the Sigma specification says; regular expressions are case-sensitive unless flagged ``i``.
+
+It also extracts, per rule, one *required literal* (a field whose value must equal one of a
+few plain strings for the rule to match); the rule index uses it so that an event is checked
+only against rules that can match it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sigma.conditions import (
+    ConditionAND,
+    ConditionFieldEqualsValueExpression,
+    ConditionNOT,
+    ConditionOR,
+    ConditionValueExpression,
+)
+from sigma.rule import SigmaRule
+from sigma.types import (
+    CompareOperators,
+    SigmaBool,
+    SigmaCasedString,
+    SigmaCIDRExpression,
+    SigmaCompareExpression,
+    SigmaExists,
+    SigmaExpansion,
+    SigmaFieldReference,
+    SigmaNull,
+    SigmaNumber,
+    SigmaRegularExpression,
+    SigmaRegularExpressionFlag,
+    SigmaString,
+    SpecialChars,
+)
+
+from tmsp_correlator.domain.fields import Event
+
+Predicate = Callable[[Event, Event], bool]
+"""``predicate(event, lowered)``: ``lowered`` has every str value lower-cased."""
+
+
+class UnsupportedRule(ValueError):
+    """The rule uses a construct this engine cannot evaluate (the reason says which)."""
+
+
+@dataclass(frozen=True)
+class RequiredLiteral:
+    """The rule matches only events whose ``field`` (lowered) is one of ``values``."""
+
+    field: str
+    values: frozenset[str]
+
+
+def _always_false(_e: Event, _l: Event) -> bool:
+    return False
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _string_predicate(field: str, s: SigmaString, cased: bool) -> Predicate:
+    parts = s.s
+    if not s.contains_special():
+        text = "".join(p for p in parts if isinstance(p, str))
+        if cased:
+
+            def eq_cased(e: Event, _l: Event) -> bool:
+                return _as_text(e.get(field)) == text
+
+            return eq_cased
+        low = text.lower()
+
+        def eq(_e: Event, lo: Event) -> bool:
+            v = lo.get(field)
+            if v is None:
+                return False
+            if isinstance(v, str):
+                return v == low
+            return _as_text(v) == low
+
+        return eq
+    plain = [p for p in parts if isinstance(p, str)]
+    multi = [p for p in parts if p is SpecialChars.WILDCARD_MULTI]
+    single = [p for p in parts if p is SpecialChars.WILDCARD_SINGLE]
+    if not single and not cased and len(plain) == 1:
+        needle = plain[0].lower()
+        first, last = parts[0], parts[-1]
+        if len(multi) == 2 and first is SpecialChars.WILDCARD_MULTI and last is first:
+            return _text_test(field, lambda v: needle in v)
+        if len(multi) == 1 and last is SpecialChars.WILDCARD_MULTI:
+            return _text_test(field, lambda v: v.startswith(needle))
+        if len(multi) == 1 and first is SpecialChars.WILDCARD_MULTI:
+            return _text_test(field, lambda v: v.endswith(needle))
+    pattern = "".join(
+        ".*"
+        if p is SpecialChars.WILDCARD_MULTI
+        else "."
+        if p is SpecialChars.WILDCARD_SINGLE
+        else re.escape(p)
+        if isinstance(p, str)
+        else ""
+        for p in parts
+    )
+    rx = re.compile(pattern, re.DOTALL if cased else re.DOTALL | re.IGNORECASE)
+    if cased:
+
+        def rx_cased(e: Event, _l: Event) -> bool:
+            v = _as_text(e.get(field))
+            return v is not None and rx.fullmatch(v) is not None
+
+        return rx_cased
+    return _text_test(field, lambda v: rx.fullmatch(v) is not None)
+
+
+def _text_test(field: str, test: Callable[[str], bool]) -> Predicate:
+    def pred(_e: Event, lo: Event) -> bool:
+        v = lo.get(field)
+        if v is None:
+            return False
+        return test(v if isinstance(v, str) else str(v).lower())
+
+    return pred
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+_COMPARE: dict[CompareOperators, Callable[[float, float], bool]] = {
+    CompareOperators.LT: lambda a, b: a < b,
+    CompareOperators.LTE: lambda a, b: a <= b,
+    CompareOperators.GT: lambda a, b: a > b,
+    CompareOperators.GTE: lambda a, b: a >= b,
+}
+
+
+def _value_predicate(field: str, value: Any) -> Predicate:
+    if isinstance(value, SigmaCasedString):
+        return _string_predicate(field, value, cased=True)
+    if isinstance(value, SigmaString):
+        return _string_predicate(field, value, cased=False)
+    if isinstance(value, SigmaNumber):
+        target = float(value.number)
+
+        def num_eq(e: Event, _l: Event) -> bool:
+            return _number(e.get(field)) == target
+
+        return num_eq
+    if isinstance(value, SigmaBool):
+        want = value.boolean
+
+        def bool_eq(e: Event, _l: Event) -> bool:
+            v = e.get(field)
+            if isinstance(v, str):
+                return v.lower() == ("true" if want else "false")
+            return v is not None and bool(v) == want
+
+        return bool_eq
+    if isinstance(value, SigmaNull):
+
+        def is_null(e: Event, _l: Event) -> bool:
+            return e.get(field) in (None, "")
+
+        return is_null
+    if isinstance(value, SigmaExists):
+        exists = value.exists
+
+        def has(e: Event, _l: Event) -> bool:
+            return (e.get(field) not in (None, "")) == exists
+
+        return has
+    if isinstance(value, SigmaRegularExpression):
+        flags = 0
+        for f in value.flags:
+            flags |= {
+                SigmaRegularExpressionFlag.IGNORECASE: re.IGNORECASE,
+                SigmaRegularExpressionFlag.MULTILINE: re.MULTILINE,
+                SigmaRegularExpressionFlag.DOTALL: re.DOTALL,
+            }[f]
+        try:
+            rx = re.compile(value.regexp.to_plain(), flags)
+        except re.error as exc:
+            raise UnsupportedRule(f"field {field}: bad regular expression: {exc}") from exc
+
+        def rx_search(e: Event, _l: Event) -> bool:
+            v = _as_text(e.get(field))
+            return v is not None and rx.search(v) is not None
+
+        return rx_search
+    if isinstance(value, SigmaCIDRExpression):
+        net = value.network
+
+        def in_net(e: Event, _l: Event) -> bool:
+            v = e.get(field)
+            if not v:
+                return False
+            try:
+                return ipaddress.ip_address(str(v)) in net
+            except ValueError:
+                return False
+
+        return in_net
+    if isinstance(value, SigmaCompareExpression):
+        op = _COMPARE[value.op]
+        bound = float(value.number.number)
+
+        def compare(e: Event, _l: Event) -> bool:
+            n = _number(e.get(field))
+            return n is not None and op(n, bound)
+
+        return compare
+    if isinstance(value, SigmaFieldReference):
+        other = value.field
+
+        def same(_e: Event, lo: Event) -> bool:
+            v = lo.get(field)
+            return v is not None and v == lo.get(other)
+
+        return same
+    if isinstance(value, SigmaExpansion):
+        preds = [_value_predicate(field, v) for v in value.values]
+        return lambda e, lo: any(p(e, lo) for p in preds)
+    raise UnsupportedRule(f"field {field}: unsupported value type {type(value).__name__}")
+
+
+def _keyword_predicate(value: Any) -> Predicate:
+    if isinstance(value, SigmaString):
+        if value.contains_special():
+            inner = _string_predicate("_", value, cased=False)
+        else:
+            inner = _string_predicate("_", SigmaString("*" + value.to_plain() + "*"), False)
+
+        def any_field(_e: Event, lo: Event) -> bool:
+            return any(isinstance(v, str) and inner({}, {"_": v}) for v in lo.values())
+
+        return any_field
+    raise UnsupportedRule(f"keyword of type {type(value).__name__} is not supported")
+
+
+def _plain_literal(value: Any) -> str | None:
+    if isinstance(value, SigmaCasedString):
+        return None
+    if isinstance(value, SigmaString) and not value.contains_special():
+        return value.to_plain().lower()
+    if isinstance(value, SigmaNumber):
+        return str(value.number).lower()
+    return None
+
+
+def compile_node(node: Any) -> Predicate:
+    """Compile one node of a parsed Sigma condition."""
+    if isinstance(node, ConditionAND):
+        preds = [compile_node(a) for a in node.args]
+        if len(preds) == 1:
+            return preds[0]
+        return lambda e, lo: all(p(e, lo) for p in preds)
+    if isinstance(node, ConditionOR):
+        literal = _same_field_literals(node)
+        if literal is not None:
+            field, values = literal.field, literal.values
+
+            def member(_e: Event, lo: Event) -> bool:
+                v = lo.get(field)
+                if v is None:
+                    return False
+                return (v if isinstance(v, str) else str(v).lower()) in values
+
+            return member
+        preds = [compile_node(a) for a in node.args]
+        if len(preds) == 1:
+            return preds[0]
+        return lambda e, lo: any(p(e, lo) for p in preds)
+    if isinstance(node, ConditionNOT):
+        inner = compile_node(node.args[0])
+        return lambda e, lo: not inner(e, lo)
+    if isinstance(node, ConditionFieldEqualsValueExpression):
+        return _value_predicate(node.field, node.value)
+    if isinstance(node, ConditionValueExpression):
+        return _keyword_predicate(node.value)
+    raise UnsupportedRule(f"unsupported condition element {type(node).__name__}")
+
+
+def _same_field_literals(node: ConditionOR) -> RequiredLiteral | None:
+    field: str | None = None
+    values: set[str] = set()
+    for arg in node.args:
+        if not isinstance(arg, ConditionFieldEqualsValueExpression):
+            return None
+        lit = _plain_literal(arg.value)
+        if lit is None or (field is not None and arg.field != field):
+            return None
+        field = arg.field
+        values.add(lit)
+    if field is None:
+        return None
+    return RequiredLiteral(field, frozenset(values))
+
+
+def required_literal(node: Any) -> RequiredLiteral | None:
+    """A field/values pair every matching event must satisfy, or None if there is none."""
+    if isinstance(node, ConditionFieldEqualsValueExpression):
+        lit = _plain_literal(node.value)
+        return RequiredLiteral(node.field, frozenset({lit})) if lit is not None else None
+    if isinstance(node, ConditionOR):
+        same = _same_field_literals(node)
+        if same is not None:
+            return same
+        subs = [required_literal(a) for a in node.args]
+        if not subs or any(s is None for s in subs):
+            return None
+        fields = {s.field for s in subs if s is not None}
+        if len(fields) != 1:
+            return None
+        return RequiredLiteral(
+            fields.pop(), frozenset().union(*(s.values for s in subs if s is not None))
+        )
+    if isinstance(node, ConditionAND):
+        best: RequiredLiteral | None = None
+        for arg in node.args:
+            cand = required_literal(arg)
+            if cand is not None and (best is None or len(cand.values) < len(best.values)):
+                best = cand
+        return best
+    return None
+
+
+@dataclass(frozen=True)
+class CompiledDetection:
+    """A detection rule ready to match: its predicate and its index key."""
+
+    predicate: Predicate
+    literal: RequiredLiteral | None
+
+
+def compile_rule(rule: SigmaRule) -> CompiledDetection:
+    """Compile a (pipeline-processed) Sigma rule; raises :class:`UnsupportedRule`."""
+    conditions = rule.detection.parsed_condition
+    trees = []
+    for cond in conditions:
+        try:
+            trees.append(cond.parse())
+        except Exception as exc:  # noqa: BLE001 - pySigma raises several error types
+            raise UnsupportedRule(f"condition {cond.condition!r}: {exc}") from exc
+    if not trees:
+        raise UnsupportedRule("rule has no condition")
+    preds = [compile_node(t) for t in trees]
+    literal = required_literal(trees[0]) if len(trees) == 1 else None
+    if len(preds) == 1:
+        return CompiledDetection(preds[0], literal)
+    return CompiledDetection(lambda e, lo: any(p(e, lo) for p in preds), None)
+
+
+def lowered(event: Event) -> Event:
+    """The lower-cased view of an event that predicates compare plain strings against."""
+    return {k: (v.lower() if isinstance(v, str) else v) for k, v in event.items()}
+
+
+__all__ = [
+    "CompiledDetection",
+    "Predicate",
+    "RequiredLiteral",
+    "UnsupportedRule",
+    "_always_false",
+    "compile_rule",
+    "lowered",
+    "required_literal",
+]
