@@ -77,6 +77,8 @@ class RuleMeta:
     attack_tags: tuple[str, ...]
     recommended_actions: tuple[str, ...]
     description: str = ""
+    incident: bool | None = None
+    """Custom attribute ``incident``: force (true) or suppress (false) standalone incidents."""
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,7 @@ def _meta(rule: SigmaRule | SigmaCorrelationRule, rule_id: str) -> RuleMeta:
         attack_tags=tags,
         recommended_actions=tuple(str(a) for a in actions),
         description=(rule.description or "").strip(),
+        incident=bool(custom["incident"]) if "incident" in custom else None,
     )
 
 
@@ -352,7 +355,7 @@ def load_rules(
     referenced = {ref for c in rs.correlations.values() for ref in c.rules}
     generating = {ref for c in rs.correlations.values() if c.generate for ref in c.rules}
     for rid, det in rs.detections.items():
-        if rid not in referenced or rid in generating:
+        if _raises_incidents(det, referenced=rid in referenced, generating=rid in generating):
             rs.correlations[f"single:{rid}"] = CorrelationRule(
                 meta=replace(det.meta, rule_id=f"single:{rid}"),
                 type="event_count",
@@ -383,6 +386,19 @@ def _for_pysigma(doc: dict[str, Any]) -> dict[str, Any]:
     reduced = {k: v for k, v in cond.items() if k in ("field", "percentile")}
     reduced["gte"] = 0
     return {**doc, "correlation": {**corr, "condition": reduced}}
+
+
+def _raises_incidents(det: DetectionRule, *, referenced: bool, generating: bool) -> bool:
+    """Whether a detection rule opens incidents by itself (Sigma ``generate`` semantics).
+
+    Unreferenced rules and rules referenced by a correlation with ``generate: true`` do,
+    unless informational; the custom attribute ``incident`` overrides either way.
+    """
+    if det.meta.incident is not None:
+        return det.meta.incident
+    if referenced and not generating:
+        return False
+    return det.meta.severity != "informational"
 
 
 def _detection(rule: SigmaRule, meta: RuleMeta, pipeline: Any) -> DetectionRule:
