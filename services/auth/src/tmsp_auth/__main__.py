@@ -1,0 +1,3 @@
+from tmsp_auth.entrypoints.main import main
+
+main()

@@ -1,0 +1,81 @@
+"""TOTP (RFC 6238) as Google Authenticator honours it: SHA1, 6 digits, 30 s, 160-bit secret.
+
+Verification accepts the current step and one either side, and returns the *step* that
+matched: the repository accepts a step only if it is newer than the last one used by that
+user (compare-and-set), so each code works at most once, including the enrolment code.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import io
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+import pyotp
+import segno
+
+DIGITS = 6
+PERIOD_S = 30
+SECRET_BYTES = 20  # 160 bits, RFC 4226's recommended length
+WINDOW = 1
+
+
+def new_secret() -> str:
+    """A fresh 160-bit secret, base32 without padding (32 characters)."""
+    return base64.b32encode(secrets.token_bytes(SECRET_BYTES)).decode("ascii").rstrip("=")
+
+
+def time_step(now: datetime) -> int:
+    return int(now.timestamp()) // PERIOD_S
+
+
+def code_at_step(secret: str, step: int) -> str:
+    return pyotp.TOTP(secret, digits=DIGITS, interval=PERIOD_S).generate_otp(step)
+
+
+def looks_like_code(code: str) -> bool:
+    return len(code) == DIGITS and code.isascii() and code.isdigit()
+
+
+def matching_step(secret: str, code: str, now: datetime, window: int = WINDOW) -> int | None:
+    """The time step within +-``window`` whose code equals ``code``, else None.
+
+    Every candidate is compared in constant time, and all are compared (no early exit).
+    """
+    code = code.strip().replace(" ", "")
+    if not looks_like_code(code):
+        return None
+    current = time_step(now)
+    found: int | None = None
+    for step in range(current - window, current + window + 1):
+        if hmac.compare_digest(code_at_step(secret, step), code) and found is None:
+            found = step
+    return found
+
+
+@dataclass(frozen=True)
+class Provisioning:
+    """What the authenticator app needs: the URI, and the URI as QR codes."""
+
+    uri: str
+    secret: str
+    qr_png: bytes
+    qr_svg: str
+
+
+def provisioning(secret: str, *, issuer: str, account_label: str) -> Provisioning:
+    """otpauth:// URI (issuer, label, secret, SHA1, 6 digits, 30 s) and PNG/SVG QR codes."""
+    uri = pyotp.TOTP(secret, digits=DIGITS, interval=PERIOD_S, issuer=issuer).provisioning_uri(
+        name=account_label, issuer_name=issuer
+    )
+    qr = segno.make(uri, error="m")
+    png = io.BytesIO()
+    qr.save(png, kind="png", scale=5)
+    svg = io.BytesIO()
+    qr.save(svg, kind="svg", scale=4, xmldecl=False)
+    return Provisioning(
+        uri=uri, secret=secret, qr_png=png.getvalue(), qr_svg=svg.getvalue().decode()
+    )

@@ -1,0 +1,78 @@
+"""``python -m tmsp_auth``: the auth gRPC service.
+
+Order: logging, settings (exit 2), MongoDB and Kafka (exit 3 naming the URL), topics,
+build, serve; on SIGTERM: health NOT_SERVING, drain in-flight calls, flush, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from tmsp.auth.v1 import auth_pb2_grpc
+from tmsp_auth.bootstrap import build
+from tmsp_auth.config import AuthSettings
+from tmsp_auth.entrypoints.grpc_api import (
+    PUBLIC_METHODS,
+    AccountServicer,
+    AuthServicer,
+    service_names,
+)
+from tmsp_common import mongo
+from tmsp_common.grpc_server import GrpcConfig, GrpcServer
+from tmsp_common.kafka.admin import ensure_topics
+from tmsp_common.kafka.producer import EventProducer
+from tmsp_common.kafka.topics import ACCOUNTS, AUTH_AUDIT, NOTIFICATION_REQUESTS
+from tmsp_common.lifecycle import run_service
+from tmsp_common.logging import get_logger
+from tmsp_common.metrics import start_metrics_server
+
+log = get_logger(__name__)
+TOPICS = [ACCOUNTS, AUTH_AUDIT, NOTIFICATION_REQUESTS]
+
+
+async def serve(settings: AuthSettings, stop: asyncio.Event) -> None:
+    db = await mongo.connect(settings.mongo_url.get_secret_value(), settings.mongo_database)
+    await ensure_topics(settings.kafka_bootstrap, TOPICS, prefix=settings.topic_prefix)
+    producer = EventProducer(
+        settings.kafka_bootstrap, service="auth", topic_prefix=settings.topic_prefix
+    )
+    await producer.start()
+    try:
+        app = await build(settings, db, producer)
+        # Re-publish every account snapshot: the compacted topic converges even if a
+        # publication was lost between a write and its acknowledgement.
+        for doc in await app.ctx.accounts.all_including_deleted():
+            await app.ctx.events.account_changed(doc)
+        if settings.metrics_port:
+            start_metrics_server(settings.metrics_port)
+        auth_servicer, account_servicer = AuthServicer(app), AccountServicer(app)
+        server = GrpcServer(
+            GrpcConfig(
+                host=settings.grpc_host,
+                port=settings.grpc_port,
+                tls=settings.grpc_tls,
+                tls_dir=settings.tls_dir,
+            ),
+            registrars=[
+                lambda s: auth_pb2_grpc.add_AuthServiceServicer_to_server(auth_servicer, s),
+                lambda s: auth_pb2_grpc.add_AccountServiceServicer_to_server(account_servicer, s),
+            ],
+            service_names=service_names(),
+            verifier=app.verifier,
+            public_methods=PUBLIC_METHODS,
+        )
+        port = await server.start()
+        log.info("service ready", port=port, tls=settings.grpc_tls)
+        await stop.wait()
+        await server.drain()
+    finally:
+        await producer.stop()
+        await mongo.close(db)
+
+
+def main() -> None:
+    run_service(AuthSettings, serve)
+
+
+if __name__ == "__main__":
+    main()
