@@ -125,7 +125,7 @@ class Deliverer:
                 items=list(n.items),
             )
         except InvalidArgument as exc:
-            return await self._reject(notification, exc.message, origin)
+            return await self.reject(notification, exc.message, origin)
         record = await self.log.claim(
             DeliveryRecord(
                 notification_id=n.notification_id,
@@ -258,7 +258,7 @@ class Deliverer:
         )
         return await self._get(n.notification_id)
 
-    async def _reject(self, n: Notification, reason: str, origin: Origin) -> DeliveryRecord:
+    async def reject(self, n: Notification, reason: str, origin: Origin) -> DeliveryRecord:
         """Invalid request: recorded (without parameters) and dead-lettered, never sent."""
         if n.notification_id:
             existing = await self.log.get(n.notification_id[:200])

@@ -1,0 +1,3 @@
+from tmsp_notifier.entrypoints.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Thin translation layers: Kafka consumers, the gRPC servicer, the process entry point."""
