@@ -1,0 +1,105 @@
+"""A real SMTP server on loopback for tests and benchmarks (aiosmtpd, a dev dependency).
+
+:class:`RecordingSmtpServer` records every accepted message and can be told to answer
+4xx/5xx for the next messages, to delay its answer, or be stopped and started again on the
+same port (the "SMTP down" case).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    message: EmailMessage
+    accepted_at: float
+
+
+@dataclass
+class _Handler:
+    received: list[Received] = field(default_factory=list)
+    script: list[str] = field(default_factory=list)
+    delay_s: float = 0.0
+    refused: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        if self.delay_s:
+            import asyncio
+
+            await asyncio.sleep(self.delay_s)
+        with self.lock:
+            if self.script:
+                self.refused += 1
+                return self.script.pop(0)
+            content = envelope.original_content or envelope.content
+            msg = email.message_from_bytes(content, policy=email.policy.default)
+            assert isinstance(msg, EmailMessage)  # noqa: S101 - policy.default makes these
+            self.received.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), msg, time.monotonic())
+            )
+        return "250 2.0.0 OK queued"
+
+
+class RecordingSmtpServer:
+    """``with RecordingSmtpServer(port) as smtp: ...``; ``smtp.port`` is the bound port."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port
+        self.handler = _Handler()
+        self._controller: Controller | None = None
+
+    def start(self) -> RecordingSmtpServer:
+        self._controller = Controller(
+            self.handler, hostname=self.host, port=self.port, data_size_limit=50 * 1024 * 1024
+        )
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def __enter__(self) -> RecordingSmtpServer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    @property
+    def messages(self) -> list[EmailMessage]:
+        with self.handler.lock:
+            return [r.message for r in self.handler.received]
+
+    @property
+    def received(self) -> list[Received]:
+        with self.handler.lock:
+            return list(self.handler.received)
+
+    def answer_next(self, *replies: str) -> None:
+        """The next messages get these replies (e.g. ``"451 4.3.0 later"``) instead of 250."""
+        with self.handler.lock:
+            self.handler.script.extend(replies)
+
+    def set_delay(self, seconds: float) -> None:
+        self.handler.delay_s = seconds
+
+    def message_ids(self) -> Counter[str]:
+        return Counter(str(m["Message-ID"]) for m in self.messages)
+
+    def by_message_id(self, message_id: str) -> list[EmailMessage]:
+        return [m for m in self.messages if m["Message-ID"] == message_id]

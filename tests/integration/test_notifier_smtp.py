@@ -1,0 +1,139 @@
+"""The SMTP sender and the delivery use case against a real SMTP server on loopback.
+
+Needs no Kafka or MongoDB: in-memory repositories, real aiosmtplib over a real socket to a
+real aiosmtpd server that records messages and answers 4xx/5xx on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from tmsp_common.clock import SystemClock
+from tmsp_common.testing import free_port
+from tmsp_notifier.adapters.memory import (
+    MemoryAccounts,
+    MemoryCounter,
+    MemoryDeliveryLog,
+    MemoryDigests,
+    MemorySettings,
+    RecordingDeadLetters,
+)
+from tmsp_notifier.adapters.smtp import SmtpConfig, SmtpSender
+from tmsp_notifier.domain.model import DeliveryState, Kind, Notification
+from tmsp_notifier.service_layer.delivery import Deliverer, RetryPolicy
+from tmsp_notifier.service_layer.rendering import Renderer
+from tmsp_notifier.testing import RecordingSmtpServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.smtp]
+
+CODE = "604129"
+
+
+@pytest.fixture
+def smtp() -> Iterator[RecordingSmtpServer]:
+    with RecordingSmtpServer(free_port()) as server:
+        yield server
+
+
+def make_deliverer(port: int) -> Deliverer:
+    return Deliverer(
+        log=MemoryDeliveryLog(),
+        settings=MemorySettings(),
+        accounts=MemoryAccounts(),
+        counter=MemoryCounter(),
+        digests=MemoryDigests(),
+        sender=SmtpSender(SmtpConfig(port=port, timeout_s=2, connections=2)),
+        dead_letters=RecordingDeadLetters(),
+        renderer=Renderer("https://portal.example"),
+        clock=SystemClock(),
+        mail_from="TMSP <notify@tmsp.example>",
+        retry=RetryPolicy(initial_s=0.05, max_s=0.2, max_transient_replies=5),
+    )
+
+
+def code_mail(nid: str, to: str = "user@acme.example") -> Notification:
+    return Notification(
+        notification_id=nid,
+        kind=Kind.EMERGENCY_CODE,
+        account_id="acct-1",
+        recipients=(to,),
+        params={"code": CODE, "user_name": "Ada"},
+    )
+
+
+async def test_mail_headers_and_both_parts(smtp: RecordingSmtpServer) -> None:
+    deliverer = make_deliverer(smtp.port)
+    record = await deliverer.deliver(code_mail("em-1"))
+    assert record.state == DeliveryState.SENT
+    assert record.last_reply.startswith("250") and record.attempts == 1
+    (got,) = smtp.received
+    assert got.rcpt_tos == ["user@acme.example"]
+    msg = got.message
+    assert msg["Message-ID"] == "<em-1@tmsp.notifier>"
+    assert msg["From"] == "TMSP <notify@tmsp.example>"
+    assert msg["To"] == "user@acme.example"
+    assert msg["Subject"] == "Your TMSP emergency access code"
+    assert CODE not in msg["Subject"]
+    assert msg.get_content_type() == "multipart/alternative"
+    text, html = msg.get_body(("plain",)), msg.get_body(("html",))
+    assert text is not None and html is not None
+    assert CODE in text.get_content() and CODE in html.get_content()
+    assert "<strong>" in html.get_content()
+    await deliverer.deliver(code_mail("em-1"))  # redelivered
+    assert len(smtp.messages) == 1
+
+
+async def test_smtp_down_then_up_delivered_once(smtp: RecordingSmtpServer) -> None:
+    deliverer = make_deliverer(smtp.port)
+    smtp.stop()
+    task = asyncio.create_task(deliverer.deliver(code_mail("down-1")))
+    await asyncio.sleep(0.6)
+    assert not task.done()
+    record = await deliverer.log.get("down-1")
+    assert record is not None and record.state == DeliveryState.RETRYING
+    assert "connection" in record.last_reply
+    smtp.start()
+    record = await asyncio.wait_for(task, 10)
+    assert record.state == DeliveryState.SENT and record.attempts >= 2
+    assert smtp.message_ids() == {"<down-1@tmsp.notifier>": 1}
+
+
+async def test_4xx_then_success(smtp: RecordingSmtpServer) -> None:
+    deliverer = make_deliverer(smtp.port)
+    smtp.answer_next("451 4.3.0 try again later", "452 4.2.2 mailbox busy")
+    record = await deliverer.deliver(code_mail("busy-1"))
+    assert record.state == DeliveryState.SENT and record.attempts == 3
+    assert smtp.handler.refused == 2
+    assert smtp.message_ids() == {"<busy-1@tmsp.notifier>": 1}
+
+
+async def test_5xx_failed_and_dead_lettered(smtp: RecordingSmtpServer) -> None:
+    deliverer = make_deliverer(smtp.port)
+    smtp.answer_next("550 5.1.1 mailbox unavailable")
+    record = await deliverer.deliver(code_mail("dead-1"))
+    assert record.state == DeliveryState.FAILED and "550" in record.last_reply
+    assert isinstance(deliverer.dead_letters, RecordingDeadLetters)
+    (letter,) = deliverer.dead_letters.letters
+    assert letter[1].startswith("smtp: 550")
+    assert smtp.messages == []
+    # the pooled connection still works for the next mail
+    ok = await deliverer.deliver(code_mail("dead-2"))
+    assert ok.state == DeliveryState.SENT
+
+
+async def test_header_injection_never_reaches_the_server(smtp: RecordingSmtpServer) -> None:
+    deliverer = make_deliverer(smtp.port)
+    evil = code_mail("inj-1", to="user@acme.example\r\nBcc: thief@evil.example")
+    record = await deliverer.deliver(evil)
+    assert record.state == DeliveryState.REJECTED
+    title = Notification(
+        notification_id="inj-2",
+        kind=Kind.INCIDENT,
+        account_id="acct-1",
+        recipients=("admin@acme.example",),
+        params={"title": "x\r\nBcc: thief@evil.example", "severity": "High"},
+    )
+    assert (await deliverer.deliver(title)).state == DeliveryState.REJECTED
+    assert smtp.messages == []
