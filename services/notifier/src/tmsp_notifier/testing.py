@@ -103,3 +103,38 @@ class RecordingSmtpServer:
 
     def by_message_id(self, message_id: str) -> list[EmailMessage]:
         return [m for m in self.messages if m["Message-ID"] == message_id]
+
+
+def notifier_env(
+    *,
+    infra_env: dict[str, str],
+    prefix: str,
+    database: str,
+    smtp_port: int,
+    grpc_port: int,
+    tls_dir: str,
+    public_keys: dict[str, str] | None = None,
+    **extra: str,
+) -> dict[str, str]:
+    """Environment for ``python -m tmsp_notifier`` in integration tests and benchmarks."""
+    import json
+
+    env = {
+        **infra_env,
+        "TMSP_TOPIC_PREFIX": prefix,
+        "TMSP_NOTIFIER_MONGO_DATABASE": database,
+        "TMSP_NOTIFIER_CONSUMER_GROUP": f"{prefix}notifier",
+        "TMSP_NOTIFIER_SMTP_HOST": "127.0.0.1",
+        "TMSP_NOTIFIER_SMTP_PORT": str(smtp_port),
+        "TMSP_NOTIFIER_SMTP_TIMEOUT_S": "3",
+        "TMSP_NOTIFIER_GRPC_PORT": str(grpc_port),
+        "TMSP_NOTIFIER_METRICS_PORT": "0",
+        "TMSP_NOTIFIER_RETRY_INITIAL_S": "0.1",
+        "TMSP_NOTIFIER_RETRY_MAX_S": "0.5",
+        "TMSP_NOTIFIER_DIGEST_INTERVAL_S": "1",
+        "TMSP_NOTIFIER_SUBSCRIPTION_CHECK_INTERVAL_S": "1",
+        "TMSP_TLS_DIR": tls_dir,
+        "TMSP_NOTIFIER_AUTH_PUBLIC_KEYS": json.dumps(public_keys or {}),
+    }
+    env.update({f"TMSP_NOTIFIER_{k.upper()}": v for k, v in extra.items()})
+    return env

@@ -67,14 +67,18 @@ class MemoryDeliveryLog:
         return self.records.get(notification_id)
 
     async def list_for_account(
-        self, account_id: str, *, limit: int, before: datetime | None = None
+        self, account_id: str, *, limit: int, after: tuple[datetime, str] | None = None
     ) -> list[DeliveryRecord]:
-        rows = [
-            r
-            for r in self.records.values()
-            if r.account_id == account_id and (before is None or r.created_at < before)
-        ]
+        rows = [r for r in self.records.values() if r.account_id == account_id]
+        rows.sort(key=lambda r: r.notification_id)
         rows.sort(key=lambda r: r.created_at, reverse=True)
+        if after is not None:
+            at, nid = after
+            rows = [
+                r
+                for r in rows
+                if r.created_at < at or (r.created_at == at and r.notification_id > nid)
+            ]
         return rows[:limit]
 
 

@@ -146,11 +146,15 @@ class MongoDeliveryLog:
         return _record(doc) if doc is not None else None
 
     async def list_for_account(
-        self, account_id: str, *, limit: int, before: datetime | None = None
+        self, account_id: str, *, limit: int, after: tuple[datetime, str] | None = None
     ) -> list[DeliveryRecord]:
         query: Document = {"account_id": account_id}
-        if before is not None:
-            query["created_at"] = {"$lt": before}
+        if after is not None:
+            at, nid = after
+            query["$or"] = [
+                {"created_at": {"$lt": at}},
+                {"created_at": at, "_id": {"$gt": nid}},
+            ]
         cursor = self._c.find(query).sort([("created_at", DESCENDING), ("_id", ASCENDING)])
         return [_record(d) async for d in cursor.limit(limit)]
 

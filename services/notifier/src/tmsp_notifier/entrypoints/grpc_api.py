@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +32,17 @@ def _severity(value: int) -> Severity:
         return Severity(value)
     except ValueError:
         raise InvalidArgument("min_severity", "unknown severity") from None
+
+
+def _page_token(token: str) -> tuple[datetime, str]:
+    try:
+        at, nid = json.loads(base64.urlsafe_b64decode(token.encode()))
+        when = datetime.fromisoformat(at)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidArgument("page_token", "not a token from a previous page") from None
+    if when.tzinfo is None or not isinstance(nid, str):
+        raise InvalidArgument("page_token", "not a token from a previous page")
+    return when, nid
 
 
 def settings_to_proto(s: KindSettings) -> notifier_pb2.NotificationSettings:
@@ -107,19 +121,16 @@ class NotificationSettingsServicer(notifier_pb2_grpc.NotificationSettingsService
     async def ListDeliveries(
         self, request: notifier_pb2.ListDeliveriesRequest, context: Any
     ) -> notifier_pb2.ListDeliveriesResponse:
-        before = None
-        if request.page_token:
-            try:
-                before = datetime.fromisoformat(request.page_token)
-            except ValueError:
-                raise InvalidArgument("page_token", "not a token from a previous page") from None
-            if before.tzinfo is None:
-                raise InvalidArgument("page_token", "not a token from a previous page")
+        after = _page_token(request.page_token) if request.page_token else None
         size = request.page_size or 50
         rows = await self.admin.deliveries(
-            current_principal(), request.account_id, limit=size, before=before
+            current_principal(), request.account_id, limit=size, after=after
         )
-        token = rows[-1].created_at.isoformat() if len(rows) == size else ""
+        token = ""
+        if len(rows) == size:
+            token = base64.urlsafe_b64encode(
+                json.dumps([rows[-1].created_at.isoformat(), rows[-1].notification_id]).encode()
+            ).decode()
         return notifier_pb2.ListDeliveriesResponse(
             entries=[entry_to_proto(r) for r in rows], next_page_token=token
         )

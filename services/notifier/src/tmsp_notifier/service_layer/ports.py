@@ -66,9 +66,9 @@ class DeliveryLog(Protocol):
     async def get(self, notification_id: str) -> DeliveryRecord | None: ...
 
     async def list_for_account(
-        self, account_id: str, *, limit: int, before: datetime | None = None
+        self, account_id: str, *, limit: int, after: tuple[datetime, str] | None = None
     ) -> list[DeliveryRecord]:
-        """Newest first."""
+        """Newest first (ties by id); ``after`` is the (created_at, id) of the last row seen."""
 
 
 class SettingsRepository(Protocol):

@@ -99,10 +99,10 @@ class SettingsAdmin:
         account_id: str,
         *,
         limit: int = 50,
-        before: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
     ) -> list[DeliveryRecord]:
         self._check_account(principal, account_id)
         principal.require_role(*READ_ROLES)
         if not 1 <= limit <= 500:
             raise InvalidArgument("page_size", "between 1 and 500")
-        return await self.log.list_for_account(account_id, limit=limit, before=before)
+        return await self.log.list_for_account(account_id, limit=limit, after=after)
