@@ -1,0 +1,3 @@
+from tmsp_correlator.entrypoints.main import main
+
+main()

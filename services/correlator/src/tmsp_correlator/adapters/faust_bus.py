@@ -1,0 +1,91 @@
+"""Publishing and dead-lettering through the faust app's own producer.
+
+Sending through faust (rather than a second producer) matters for correctness: faust
+flushes its producer before it commits consumer offsets, so an event's incident, hits and
+dead letters are on the broker before the event counts as consumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import faust
+from google.protobuf.message import Message
+
+from tmsp_common.kafka.consumer import (
+    DLQ_CONSUMER_GROUP,
+    DLQ_OFFSET,
+    DLQ_PARTITION,
+    DLQ_REASON,
+    DLQ_TOPIC,
+)
+from tmsp_common.kafka.envelope import wrap
+from tmsp_common.kafka.topics import Topic
+from tmsp_common.metrics import KAFKA_MESSAGES_DEAD_LETTERED, KAFKA_MESSAGES_PRODUCED
+
+SERVICE = "correlator"
+
+
+class FaustBus:
+    """Registry topics under a prefix, as raw-bytes faust topics."""
+
+    def __init__(self, app: faust.App, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix
+        self._topics: dict[str, Any] = {}
+
+    def topic(self, name: str, partitions: int | None = None) -> Any:
+        t = self._topics.get(name)
+        if t is None:
+            t = self.app.topic(
+                name,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=partitions,
+            )
+            self._topics[name] = t
+        return t
+
+    async def publish(
+        self,
+        topic: Topic,
+        payload: Message,
+        *,
+        key: str,
+        account_id: str = "",
+        occurred_at: datetime | None = None,
+    ) -> None:
+        env = wrap(payload, producer=SERVICE, account_id=account_id, occurred_at=occurred_at)
+        await self.topic(topic.qualified(self.prefix)).send(
+            key=key.encode(), value=env.SerializeToString()
+        )
+        KAFKA_MESSAGES_PRODUCED.labels(topic.name).inc()
+
+    async def dead_letter(
+        self,
+        source: Topic,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        reason: str,
+        partition: int | str = "",
+        offset: int | str = "",
+        extra_headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        dlq = source.dead_letter
+        if dlq is None:
+            return
+        headers = [
+            (DLQ_REASON, reason.encode()[:1000]),
+            (DLQ_TOPIC, source.qualified(self.prefix).encode()),
+            (DLQ_PARTITION, str(partition).encode()),
+            (DLQ_OFFSET, str(offset).encode()),
+            (DLQ_CONSUMER_GROUP, self.app.conf.id.encode()),
+            *extra_headers,
+        ]
+        await self.topic(dlq.qualified(self.prefix)).send(key=key, value=value, headers=headers)
+        KAFKA_MESSAGES_DEAD_LETTERED.labels(source.name, reason.split(":")[0][:40]).inc()

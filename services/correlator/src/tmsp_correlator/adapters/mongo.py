@@ -1,0 +1,188 @@
+"""The correlator's own Mongo database: incidents, nonconforming endpoints, liveness.
+
+Single-document atomic operations only (FerretDB 1.x has no transactions): incidents are
+upserted under a version guard, the other documents are changed with compare-and-set.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from tmsp_common.mongo import Document, ensure_indexes
+
+INCIDENTS = "incidents"
+NONCONFORMING = "nonconforming_endpoints"
+LIVENESS = "product_liveness"
+OPEN_STATUSES = ["new", "investigating"]
+
+
+async def create_indexes(db: AsyncDatabase[Document]) -> None:
+    await ensure_indexes(
+        db,
+        {
+            INCIDENTS: [
+                IndexModel([("account_id", ASCENDING), ("status", ASCENDING)]),
+                IndexModel([("account_id", ASCENDING), ("last_seen", ASCENDING)]),
+            ],
+            NONCONFORMING: [IndexModel([("account_id", ASCENDING), ("cleared", ASCENDING)])],
+        },
+    )
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def incident_document(inc: dict[str, Any]) -> Document:
+    return {
+        "account_id": inc["account_id"],
+        "rule_ids": inc["rule_ids"],
+        "title": inc["title"],
+        "description": inc.get("description", ""),
+        "severity": inc["severity"],
+        "group": inc.get("group", {}),
+        "endpoints": [{"host": h, "ip": i, "mac": m} for h, i, m in inc["endpoints"]],
+        "first_seen": _dt(inc["first"]),
+        "last_seen": _dt(inc["last"]),
+        "event_count": inc["count"],
+        "event_ids": inc["event_ids"],
+        "timeline": [
+            {
+                "at": _dt(at),
+                "event_id": eid,
+                "rule_id": rid,
+                "summary": summary,
+                "endpoint": {"host": h, "ip": i, "mac": m},
+            }
+            for at, eid, rid, summary, h, i, m in inc["timeline"]
+        ],
+        "attack_tags": inc["tags"],
+        "recommended_actions": inc["actions"],
+        "version": inc["version"],
+        "updated_at": datetime.now(UTC),
+    }
+
+
+class MongoIncidents:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.coll = db[INCIDENTS]
+
+    async def upsert(self, incident: dict[str, Any]) -> bool:
+        doc = incident_document(incident)
+        try:
+            result = await self.coll.update_one(
+                {"_id": incident["id"], "version": {"$lt": incident["version"]}},
+                {"$set": doc, "$setOnInsert": {"status": "new", "created_at": doc["updated_at"]}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return False  # the same or a newer version is stored already
+        return bool(result.upserted_id is not None or result.modified_count)
+
+    async def get(self, incident_id: str) -> Document | None:
+        return await self.coll.find_one({"_id": incident_id})
+
+    async def counts(self, account_id: str) -> tuple[int, int]:
+        total = await self.coll.count_documents({"account_id": account_id})
+        open_ = await self.coll.count_documents(
+            {"account_id": account_id, "status": {"$in": OPEN_STATUSES}}
+        )
+        return open_, total
+
+    async def all_counts(self) -> dict[str, tuple[int, int]]:
+        totals: dict[str, int] = {}
+        opens: dict[str, int] = {}
+        async for row in await self.coll.aggregate(
+            [{"$group": {"_id": "$account_id", "n": {"$sum": 1}}}]
+        ):
+            totals[str(row["_id"])] = int(row["n"])
+        async for row in await self.coll.aggregate(
+            [
+                {"$match": {"status": {"$in": OPEN_STATUSES}}},
+                {"$group": {"_id": "$account_id", "n": {"$sum": 1}}},
+            ]
+        ):
+            opens[str(row["_id"])] = int(row["n"])
+        return {a: (opens.get(a, 0), t) for a, t in totals.items()}
+
+
+class MongoNonconforming:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.coll = db[NONCONFORMING]
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        return await self.coll.find_one({"_id": key})
+
+    async def put(self, key: str, state: dict[str, Any], expected_version: int) -> bool:
+        doc = {k: v for k, v in state.items() if k != "_id"}
+        if expected_version == 0:
+            try:
+                await self.coll.insert_one({"_id": key, **doc})
+            except DuplicateKeyError:
+                return False
+            return True
+        result = await self.coll.replace_one({"_id": key, "version": expected_version}, doc)
+        return bool(result.modified_count)
+
+
+class MongoLiveness:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.coll = db[LIVENESS]
+
+    async def heartbeat(
+        self,
+        product_id: str,
+        account_id: str,
+        at: float,
+        interval_s: float | None,
+        compliance: bool | None,
+    ) -> dict[str, Any] | None:
+        fields: dict[str, Any] = {"account_id": account_id}
+        if interval_s:
+            fields["heartbeat_interval_s"] = interval_s
+        if compliance is not None:
+            fields["compliance"] = compliance
+        return await self.coll.find_one_and_update(
+            {"_id": product_id},
+            {"$max": {"last_heartbeat_at": at}, "$set": fields},
+            upsert=True,
+            return_document=ReturnDocument.BEFORE,
+        )
+
+    async def upload(self, product_id: str, account_id: str, at: float) -> dict[str, Any] | None:
+        return await self.coll.find_one_and_update(
+            {"_id": product_id},
+            {"$max": {"last_upload_at": at}, "$set": {"account_id": account_id}},
+            upsert=True,
+            return_document=ReturnDocument.BEFORE,
+        )
+
+    async def product(
+        self,
+        product_id: str,
+        account_id: str,
+        heartbeat_interval_s: float,
+        upload_frequency_s: float,
+        deregistered: bool,
+    ) -> None:
+        fields: dict[str, Any] = {"account_id": account_id, "deregistered": deregistered}
+        if heartbeat_interval_s:
+            fields["heartbeat_interval_s"] = heartbeat_interval_s
+        if upload_frequency_s:
+            fields["upload_frequency_s"] = upload_frequency_s
+        await self.coll.update_one({"_id": product_id}, {"$set": fields}, upsert=True)
+
+    async def mark(self, product_id: str, expect: dict[str, Any], change: dict[str, Any]) -> bool:
+        result = await self.coll.update_one({"_id": product_id, **expect}, {"$set": change})
+        return bool(result.modified_count)
+
+    async def scan(self) -> list[dict[str, Any]]:
+        return [d async for d in self.coll.find({})]
+
+    async def get(self, product_id: str) -> dict[str, Any] | None:
+        return await self.coll.find_one({"_id": product_id})

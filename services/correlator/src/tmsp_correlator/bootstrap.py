@@ -1,0 +1,113 @@
+"""The one place that builds adapters and wires them to the use cases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from tmsp_common.logging import get_logger
+from tmsp_common.mongo import Document
+from tmsp_correlator.config import CorrelatorSettings
+from tmsp_correlator.domain.correlation import Limits
+from tmsp_correlator.domain.liveness import LivenessPolicy
+from tmsp_correlator.domain.rules import RuleSet, load_rule_directory
+from tmsp_correlator.service_layer.incidents import IncidentRecorder
+from tmsp_correlator.service_layer.monitoring import NonconformingEndpoints, ProductLiveness
+from tmsp_correlator.service_layer.ports import (
+    IncidentRepository,
+    LivenessRepository,
+    NonconformingRepository,
+    Publisher,
+)
+
+log = get_logger(__name__)
+
+
+def load_rules_logged(settings: CorrelatorSettings) -> RuleSet:
+    """Load the rule directory; every rejected rule is logged with its file and reason."""
+    rules = load_rule_directory(
+        settings.rules_dir, standalone_window_s=settings.standalone_window_s
+    )
+    for r in rules.rejected:
+        log.warning("rule rejected", file=r.file, rule=r.rule, reason=r.reason)
+    log.info(
+        "rules loaded",
+        directory=settings.rules_dir,
+        detections=len(rules.detections),
+        correlations=len(rules.correlations),
+        rejected=len(rules.rejected),
+    )
+    return rules
+
+
+def rules_fingerprint(directory: str) -> tuple[tuple[str, int, int], ...]:
+    """Changes when a rule file is added, removed or modified."""
+    root = Path(directory)
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.suffix in (".yml", ".yaml") and p.is_file():
+            st = p.stat()
+            out.append((str(p), st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+@dataclass
+class Container:
+    settings: CorrelatorSettings
+    rules: RuleSet
+    limits: Limits
+    recorder: IncidentRecorder
+    nonconforming: NonconformingEndpoints
+    liveness: ProductLiveness
+    fingerprint: tuple[tuple[str, int, int], ...] = field(default_factory=tuple)
+
+    def reload_rules_if_changed(self) -> bool:
+        """Swap in a freshly loaded rule set when the directory changed; window state stays."""
+        fp = rules_fingerprint(self.settings.rules_dir)
+        if fp == self.fingerprint:
+            return False
+        self.rules = load_rules_logged(self.settings)
+        self.fingerprint = fp
+        return True
+
+
+def build(
+    settings: CorrelatorSettings,
+    *,
+    publisher: Publisher,
+    incidents: IncidentRepository,
+    nonconforming: NonconformingRepository,
+    liveness: LivenessRepository,
+) -> Container:
+    return Container(
+        settings=settings,
+        rules=load_rules_logged(settings),
+        limits=Limits(
+            allowed_lateness_s=settings.allowed_lateness_s,
+            max_window_events=settings.max_window_events,
+            max_incident_event_ids=settings.max_incident_event_ids,
+        ),
+        recorder=IncidentRecorder(incidents, publisher),
+        nonconforming=NonconformingEndpoints(nonconforming, publisher),
+        liveness=ProductLiveness(
+            liveness,
+            publisher,
+            LivenessPolicy(
+                offline_multiple=settings.offline_multiple,
+                default_heartbeat_interval_s=settings.default_heartbeat_interval_s,
+                logs_timeout_s=settings.logs_timeout_s,
+            ),
+        ),
+        fingerprint=rules_fingerprint(settings.rules_dir),
+    )
+
+
+def mongo_database(settings: CorrelatorSettings) -> AsyncDatabase[Document]:
+    """A client bound lazily (first use happens inside the worker's event loop)."""
+    client: AsyncMongoClient[Document] = AsyncMongoClient(
+        settings.mongo_url.get_secret_value(), tz_aware=True, serverSelectionTimeoutMS=10_000
+    )
+    return client[settings.mongo_database]

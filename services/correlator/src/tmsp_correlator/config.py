@@ -1,0 +1,58 @@
+"""Settings of the correlator (env prefix ``TMSP_CORRELATOR_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from tmsp_common.settings import ServiceSettings
+
+DEFAULT_RULES_DIR = str(Path(__file__).resolve().parents[2] / "rules")
+
+
+class CorrelatorSettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TMSP_CORRELATOR_",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        validate_default=True,
+    )
+    service_name: ClassVar[str] = "correlator"
+
+    app_id: str = Field("tmsp-correlator", pattern=r"^[A-Za-z0-9._-]+$")
+    """Faust application id: consumer group and prefix of its internal topics."""
+    mongo_database: str = "tmsp_correlator"
+    rules_dir: str = DEFAULT_RULES_DIR
+    rules_reload_interval_s: float = Field(30.0, ge=0)
+    """How often the rules directory is checked for changes (0 = never)."""
+    partitions: int = Field(6, ge=1, le=256)
+    """Partitions of the hits topic and the window-state table (fixed once created)."""
+    allowed_lateness_s: float = Field(3600.0, ge=0)
+    standalone_window_s: float = Field(3600.0, gt=0)
+    """Window within which repeats of a standalone detection rule update one incident."""
+    max_window_events: int = Field(5000, ge=10)
+    max_incident_event_ids: int = Field(200, ge=1)
+    time_zone: str = "UTC"
+    """IANA time zone of the daily incident count (02:00)."""
+    daily_count_cron: str = "0 2 * * *"
+    offline_multiple: float = Field(3.0, gt=1)
+    default_heartbeat_interval_s: float = Field(300.0, gt=0)
+    logs_timeout_s: float = Field(24 * 3600.0, gt=0)
+    liveness_check_interval_s: float = Field(30.0, gt=0)
+    web_port: int = Field(0, ge=0, le=65535)
+    """Faust's web server port; 0 disables it."""
+    replication_factor: int = Field(1, ge=1)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value

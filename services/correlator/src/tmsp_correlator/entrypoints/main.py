@@ -1,0 +1,115 @@
+"""``python -m tmsp_correlator``: the faust worker.
+
+Order: logging, settings (exit 2), ping MongoDB and Kafka and create the registry topics
+(exit 3 naming the URL), build, then hand over to the faust worker, which handles SIGTERM
+(stop consuming, commit, flush, close) itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import faust
+
+from tmsp_common.kafka.admin import ensure_topics
+from tmsp_common.kafka.topics import (
+    DETECTIONS,
+    HEARTBEATS,
+    INCIDENT_COUNTS,
+    INCIDENTS,
+    MITIGATION_RESULTS,
+    NONCONFORMING_ENDPOINTS,
+    PRODUCT_LIVENESS,
+    PRODUCTS,
+    UPLOADS,
+)
+from tmsp_common.lifecycle import DependencyUnavailable
+from tmsp_common.logging import configure_logging, get_logger
+from tmsp_common.metrics import start_metrics_server
+from tmsp_common.mongo import close, connect
+from tmsp_common.settings import load_settings
+from tmsp_correlator.adapters.faust_bus import FaustBus
+from tmsp_correlator.adapters.mongo import (
+    MongoIncidents,
+    MongoLiveness,
+    MongoNonconforming,
+    create_indexes,
+)
+from tmsp_correlator.bootstrap import build, mongo_database
+from tmsp_correlator.config import CorrelatorSettings
+from tmsp_correlator.entrypoints.faust_app import make_app, wire
+
+log = get_logger("tmsp_correlator")
+
+TOPICS = (
+    DETECTIONS,
+    MITIGATION_RESULTS,
+    HEARTBEATS,
+    UPLOADS,
+    PRODUCTS,
+    INCIDENTS,
+    INCIDENT_COUNTS,
+    NONCONFORMING_ENDPOINTS,
+    PRODUCT_LIVENESS,
+)
+
+
+async def preflight(settings: CorrelatorSettings) -> None:
+    """Ping MongoDB (and create indexes), reach Kafka and create the registry topics."""
+    db = await connect(settings.mongo_url.get_secret_value(), settings.mongo_database)
+    try:
+        await create_indexes(db)
+    finally:
+        await close(db)
+    await ensure_topics(
+        settings.kafka_bootstrap,
+        TOPICS,
+        prefix=settings.topic_prefix,
+        replication_factor=settings.replication_factor,
+    )
+
+
+class CorrelatorWorker(faust.Worker):
+    """A faust worker that says ``service ready`` once tables are recovered and agents run."""
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        log.info("service ready", app_id=self.app.conf.id)
+
+
+def create(settings: CorrelatorSettings) -> faust.App:
+    app = make_app(settings)
+    bus = FaustBus(app, settings.topic_prefix)
+    db = mongo_database(settings)
+    container = build(
+        settings,
+        publisher=bus,
+        incidents=MongoIncidents(db),
+        nonconforming=MongoNonconforming(db),
+        liveness=MongoLiveness(db),
+    )
+    wire(app, bus, container)
+    app.correlator = container  # type: ignore[attr-defined]
+    return app
+
+
+def main() -> None:
+    settings = load_settings(CorrelatorSettings)
+    configure_logging(CorrelatorSettings.service_name, settings.log_level, settings.log_format)
+    try:
+        asyncio.run(preflight(settings))
+    except DependencyUnavailable as exc:
+        print(f"tmsp-correlator: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None
+    if settings.metrics_port:
+        start_metrics_server(settings.metrics_port)
+    app = create(settings)
+    worker_kw: dict[str, Any] = {
+        "loglevel": settings.log_level,
+        "override_logging": False,
+        "redirect_stdouts": False,
+    }
+    worker = CorrelatorWorker(app, **worker_kw)
+    worker.execute_from_commandline()

@@ -1,0 +1,81 @@
+"""Bus events (protobuf) to the flat event dicts the rule engine matches."""
+
+from __future__ import annotations
+
+from tmsp.events.v1 import detections_pb2, products_pb2
+from tmsp.events.v1.envelope_pb2 import Envelope
+from tmsp_correlator.domain.fields import SEVERITY_NAMES, Event
+
+_KIND = {
+    products_pb2.PRODUCT_KIND_THREAT_DISCOVERY_APPLIANCE: "threat_discovery_appliance",
+    products_pb2.PRODUCT_KIND_THREAT_MITIGATOR: "threat_mitigator",
+}
+_OUTCOME = {
+    detections_pb2.MITIGATION_OUTCOME_CLEANED: "cleaned",
+    detections_pb2.MITIGATION_OUTCOME_FAILED: "failed",
+    detections_pb2.MITIGATION_OUTCOME_UNRESOLVED: "unresolved",
+}
+
+
+def _ts(env: Envelope, occurred: float) -> float:
+    if occurred > 0:
+        return occurred
+    return env.occurred_at.seconds + env.occurred_at.nanos / 1e9
+
+
+def _put(out: Event, key: str, value: str | int) -> None:
+    if value not in ("", 0):
+        out[key] = value
+
+
+def detection_event(env: Envelope, d: detections_pb2.Detection) -> Event:
+    """A Detection as a flat event (empty fields left out; ``ts`` is event time)."""
+    out: Event = {
+        "event_type": "detection",
+        "event_id": d.event_id or env.event_id,
+        "account_id": d.account_id or env.account_id,
+        "product_id": d.product_id,
+        "product_kind": _KIND.get(d.product_kind, "threat_discovery_appliance"),
+        "ts": _ts(env, d.occurred_at.seconds + d.occurred_at.nanos / 1e9),
+        "severity": SEVERITY_NAMES[d.severity] if d.severity < len(SEVERITY_NAMES) else "",
+    }
+    _put(out, "source_ip", d.source.address)
+    _put(out, "source_port", d.source.port)
+    _put(out, "source_host", d.source.host)
+    _put(out, "destination_ip", d.destination.address)
+    _put(out, "destination_port", d.destination.port)
+    _put(out, "destination_host", d.destination.host)
+    _put(out, "endpoint_host", d.endpoint.host)
+    _put(out, "endpoint_ip", d.endpoint.ip)
+    _put(out, "endpoint_mac", d.endpoint.mac)
+    _put(out, "user", d.user)
+    _put(out, "threat_name", d.threat_name)
+    _put(out, "threat_category", d.threat_category)
+    _put(out, "vendor_severity", d.vendor_severity)
+    _put(out, "signature_id", d.signature_id)
+    _put(out, "file_hash", d.file_hash)
+    _put(out, "url", d.url)
+    _put(out, "action", d.action)
+    _put(out, "protocol", d.protocol)
+    for k, v in d.extra.items():
+        out[f"extra.{k}"] = v
+    return out
+
+
+def mitigation_event(env: Envelope, m: detections_pb2.MitigationResult) -> Event:
+    """A MitigationResult as a flat event (log source: Threat Mitigator, mitigation)."""
+    out: Event = {
+        "event_type": "mitigation",
+        "event_id": m.event_id or env.event_id,
+        "account_id": m.account_id or env.account_id,
+        "product_id": m.product_id,
+        "product_kind": "threat_mitigator",
+        "ts": _ts(env, m.occurred_at.seconds + m.occurred_at.nanos / 1e9),
+        "outcome": _OUTCOME.get(m.outcome, ""),
+    }
+    _put(out, "endpoint_host", m.endpoint.host)
+    _put(out, "endpoint_ip", m.endpoint.ip)
+    _put(out, "endpoint_mac", m.endpoint.mac)
+    _put(out, "threat_name", m.threat_name)
+    _put(out, "action", m.action)
+    return out

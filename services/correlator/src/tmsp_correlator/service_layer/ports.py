@@ -1,0 +1,80 @@
+"""What the use cases need from the outside world (implemented in adapters/)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from google.protobuf.message import Message
+
+from tmsp_common.kafka.topics import Topic
+
+
+class Publisher(Protocol):
+    """Puts an enveloped event on a registry topic (flushed before offsets are committed)."""
+
+    async def publish(
+        self,
+        topic: Topic,
+        payload: Message,
+        *,
+        key: str,
+        account_id: str = "",
+        occurred_at: datetime | None = None,
+    ) -> None: ...
+
+
+class IncidentRepository(Protocol):
+    async def upsert(self, incident: dict[str, Any]) -> bool:
+        """Store ``incident`` unless a newer version is stored; True if this one was stored."""
+        ...
+
+    async def counts(self, account_id: str) -> tuple[int, int]:
+        """(open, total) incidents of one account."""
+        ...
+
+    async def all_counts(self) -> dict[str, tuple[int, int]]:
+        """(open, total) per account."""
+        ...
+
+
+class NonconformingRepository(Protocol):
+    async def get(self, key: str) -> dict[str, Any] | None: ...
+
+    async def put(self, key: str, state: dict[str, Any], expected_version: int) -> bool:
+        """Compare-and-set on the stored version; False when someone else changed it."""
+        ...
+
+
+class LivenessRepository(Protocol):
+    async def heartbeat(
+        self,
+        product_id: str,
+        account_id: str,
+        at: float,
+        interval_s: float | None,
+        compliance: bool | None,
+    ) -> dict[str, Any] | None:
+        """Record a heartbeat (newest wins); returns the document *before* the change."""
+        ...
+
+    async def upload(self, product_id: str, account_id: str, at: float) -> dict[str, Any] | None:
+        """Record a finished upload (newest wins); returns the document before."""
+        ...
+
+    async def product(
+        self,
+        product_id: str,
+        account_id: str,
+        heartbeat_interval_s: float,
+        upload_frequency_s: float,
+        deregistered: bool,
+    ) -> None: ...
+
+    async def mark(self, product_id: str, expect: dict[str, Any], change: dict[str, Any]) -> bool:
+        """Apply ``change`` if the fields in ``expect`` still hold (compare-and-set)."""
+        ...
+
+    async def scan(self) -> list[dict[str, Any]]: ...
+
+    async def get(self, product_id: str) -> dict[str, Any] | None: ...

@@ -1,0 +1,197 @@
+# ruff: noqa: E501  (tables and fakes read best one per line)
+"""Nonconforming endpoints and product liveness: domain transitions and use cases with fakes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+from google.protobuf.message import Message
+
+from tmsp.events.v1 import incidents_pb2
+from tmsp_common.kafka.topics import NONCONFORMING_ENDPOINTS, PRODUCT_LIVENESS, Topic
+from tmsp_correlator.domain.liveness import LivenessPolicy, due_transitions
+from tmsp_correlator.domain.nonconforming import MitigationFact, apply_result, endpoint_key
+from tmsp_correlator.service_layer.monitoring import NonconformingEndpoints, ProductLiveness
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.sent: list[tuple[Topic, Message, str]] = []
+
+    async def publish(
+        self,
+        topic: Topic,
+        payload: Message,
+        *,
+        key: str,
+        account_id: str = "",
+        occurred_at: datetime | None = None,
+    ) -> None:
+        self.sent.append((topic, payload, key))
+
+
+class FakeNonconforming:
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        d = self.docs.get(key)
+        return dict(d) if d else None
+
+    async def put(self, key: str, state: dict[str, Any], expected_version: int) -> bool:
+        current = self.docs.get(key)
+        if (current.get("version", 0) if current else 0) != expected_version:
+            return False
+        self.docs[key] = dict(state)
+        return True
+
+
+class FakeLiveness:
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+
+    async def heartbeat(
+        self,
+        product_id: str,
+        account_id: str,
+        at: float,
+        interval_s: float | None,
+        compliance: bool | None,
+    ) -> dict[str, Any] | None:
+        before = self.docs.get(product_id)
+        doc = dict(before or {"_id": product_id})
+        doc["last_heartbeat_at"] = max(at, doc.get("last_heartbeat_at", at))
+        doc["account_id"] = account_id
+        if interval_s:
+            doc["heartbeat_interval_s"] = interval_s
+        self.docs[product_id] = doc
+        return dict(before) if before else None
+
+    async def upload(self, product_id: str, account_id: str, at: float) -> dict[str, Any] | None:
+        before = self.docs.get(product_id)
+        doc = dict(before or {"_id": product_id})
+        doc["last_upload_at"] = max(at, doc.get("last_upload_at", at))
+        self.docs[product_id] = doc
+        return dict(before) if before else None
+
+    async def product(
+        self,
+        product_id: str,
+        account_id: str,
+        heartbeat_interval_s: float,
+        upload_frequency_s: float,
+        deregistered: bool,
+    ) -> None:
+        doc = self.docs.setdefault(product_id, {"_id": product_id})
+        doc.update(
+            account_id=account_id,
+            heartbeat_interval_s=heartbeat_interval_s,
+            deregistered=deregistered,
+        )
+
+    async def mark(self, product_id: str, expect: dict[str, Any], change: dict[str, Any]) -> bool:
+        doc = self.docs.get(product_id)
+        if doc is None or any(doc.get(k) != v for k, v in expect.items()):
+            return False
+        doc.update(change)
+        return True
+
+    async def scan(self) -> list[dict[str, Any]]:
+        return [dict(d) for d in self.docs.values()]
+
+    async def get(self, product_id: str) -> dict[str, Any] | None:
+        return self.docs.get(product_id)
+
+
+def fact(outcome: str, ts: float, threat: str = "TROJ_A", host: str = "pc1") -> MitigationFact:
+    return MitigationFact("acc", "tm1", (host, "", ""), threat, outcome, ts)
+
+
+NONCONFORMING = [
+    ("failed makes it nonconforming", [("failed", 1)], False, ["TROJ_A"]),
+    ("unresolved makes it nonconforming", [("unresolved", 1)], False, ["TROJ_A"]),
+    ("cleaned alone changes nothing", [("cleaned", 1)], True, []),
+    ("later cleaned clears", [("failed", 1), ("cleaned", 2)], True, []),
+    ("older cleaned does not clear", [("failed", 5), ("cleaned", 2)], False, ["TROJ_A"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "steps", "cleared", "threats"), NONCONFORMING, ids=[n[0] for n in NONCONFORMING]
+)
+def test_nonconforming_transitions(
+    name: str, steps: list[tuple[str, float]], cleared: bool, threats: list[str]
+) -> None:
+    state = None
+    for outcome, ts in steps:
+        state, _ = apply_result(state, fact(outcome, ts))
+    assert state is not None
+    assert state["cleared"] is cleared
+    assert sorted(state["threats"]) == threats
+
+
+def test_endpoint_cleared_only_when_every_threat_is_cleaned() -> None:
+    state, _ = apply_result(None, fact("failed", 1, "A"))
+    state, _ = apply_result(state, fact("unresolved", 2, "B"))
+    state, changed = apply_result(state, fact("cleaned", 3, "A"))
+    assert changed and not state["cleared"] and list(state["threats"]) == ["B"]
+    state, _ = apply_result(state, fact("cleaned", 4, "B"))
+    assert state["cleared"]
+
+
+async def test_nonconforming_use_case_publishes_changes_once() -> None:
+    pub, repo = FakePublisher(), FakeNonconforming()
+    uc = NonconformingEndpoints(repo, pub)
+    assert await uc.apply(fact("failed", 1))
+    assert not await uc.apply(fact("failed", 1))  # replay: no change, no publish
+    assert await uc.apply(fact("cleaned", 2))
+    msgs = [m for t, m, _ in pub.sent if t is NONCONFORMING_ENDPOINTS]
+    assert [m.cleared for m in msgs] == [False, True]  # type: ignore[attr-defined]
+    assert msgs[0].reason == incidents_pb2.NONCONFORMING_REASON_MITIGATION_FAILED  # type: ignore[attr-defined]
+    assert pub.sent[0][2] == f"acc/{endpoint_key('pc1', '', '')}"
+
+
+POLICY = LivenessPolicy(offline_multiple=3, default_heartbeat_interval_s=60, logs_timeout_s=600)
+
+
+@pytest.mark.parametrize(
+    ("doc", "now", "expected"),
+    [
+        ({"last_heartbeat_at": 0.0}, 179.0, []),
+        ({"last_heartbeat_at": 0.0}, 181.0, ["offline"]),
+        ({"last_heartbeat_at": 0.0, "heartbeat_interval_s": 120}, 300.0, []),
+        ({"last_heartbeat_at": 0.0, "state": "offline"}, 1000.0, []),
+        ({"last_upload_at": 0.0}, 601.0, ["logs_not_received"]),
+        ({"last_upload_at": 0.0, "logs_missing": True}, 601.0, []),
+        ({"last_upload_at": 0.0, "upload_frequency_s": 3600}, 601.0, []),
+        ({"last_heartbeat_at": 0.0, "deregistered": True}, 1000.0, []),
+    ],
+)
+def test_liveness_due_transitions(doc: dict[str, Any], now: float, expected: list[str]) -> None:
+    assert due_transitions(doc, now, POLICY) == expected
+
+
+async def test_liveness_offline_then_online_then_logs() -> None:
+    pub, repo = FakePublisher(), FakeLiveness()
+    uc = ProductLiveness(repo, pub, POLICY)
+    await uc.heartbeat("p1", "acc", 0.0, 60.0)
+    await uc.heartbeat("p1", "acc", 60.0, 60.0)  # already online: nothing new
+    await uc.upload("p1", "acc", 0.0)
+    assert await uc.check(100.0) == 0
+    assert await uc.check(300.0) == 1
+    assert await uc.check(301.0) == 0  # published once
+    await uc.heartbeat("p1", "acc", 302.0, 60.0)
+    assert await uc.check(700.0) == 2  # offline again (last heartbeat 302) and logs missing
+    await uc.upload("p1", "acc", 701.0)
+    states = [m.state for t, m, _ in pub.sent if t is PRODUCT_LIVENESS]  # type: ignore[attr-defined]
+    S = incidents_pb2
+    assert states == [
+        S.PRODUCT_LIVENESS_STATE_ONLINE,
+        S.PRODUCT_LIVENESS_STATE_OFFLINE,
+        S.PRODUCT_LIVENESS_STATE_ONLINE,
+        S.PRODUCT_LIVENESS_STATE_OFFLINE,
+        S.PRODUCT_LIVENESS_STATE_LOGS_NOT_RECEIVED,
+        S.PRODUCT_LIVENESS_STATE_LOGS_RESUMED,
+    ]
