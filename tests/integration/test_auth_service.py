@@ -8,6 +8,7 @@ emailed link read from Kafka -> ResetPassword), so tests do not depend on each o
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,8 @@ async def new_account(client: AuthClient, op: auth_pb2.Session) -> auth_pb2.Acco
         ),
         metadata=md(op),
     )
-    return response.account
+    account: auth_pb2.Account = response.account
+    return account
 
 
 async def new_user(
@@ -117,7 +119,7 @@ async def new_user(
     mail: Mailbox,
     caller: auth_pb2.Session,
     account_id: str,
-    role: int = auth_pb2.ROLE_ACCOUNT_ADMINISTRATOR,
+    role: auth_pb2.Role.ValueType = auth_pb2.ROLE_ACCOUNT_ADMINISTRATOR,
 ) -> tuple[str, str, str]:
     """Invite a user, accept the emailed link; returns (user_id, email, password)."""
     email = f"{unique('user')}@Example.com"
@@ -167,10 +169,11 @@ async def setup_user(client: AuthClient, mail: Mailbox) -> tuple[auth_pb2.Sessio
 async def audit_events(
     deployment: Deployment, count_at_least: int = 1
 ) -> list[audit_pb2.AuthAuditEvent]:
+    """Every audit event so far (all were acknowledged before the RPCs answered)."""
     async with TopicReader(deployment.infra.kafka_bootstrap, AUTH_AUDIT, deployment.prefix) as r:
         await r.read_until(lambda rs: len(rs) >= count_at_least, timeout=20)
-        await asyncio.sleep(0.5)
-        await r.read_until(lambda rs: True, timeout=5)
+        drain_until = time.monotonic() + 1.5
+        await r.read_until(lambda _rs: time.monotonic() > drain_until, timeout=10)
         return [unwrap(x.value, audit_pb2.AuthAuditEvent)[1] for x in r.records]
 
 

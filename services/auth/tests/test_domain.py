@@ -40,6 +40,8 @@ def test_common_password_list_is_shipped_and_large() -> None:
         ("short-pw", "at least 12"),
         ("x" * 129 + "yz", "at most 128"),
         ("Password1234", "commonly used"),
+        ("password123456!", "commonly used"),
+        ("123456789012345", "commonly used"),
         ("aaaaaaaaaaaaaaaa", "commonly used|repetitive"),
     ],
 )

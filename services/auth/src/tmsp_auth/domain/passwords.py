@@ -47,7 +47,10 @@ def check_password_policy(password: str, *, field: str = "new_password", email: 
     if len(pw) > MAX_LENGTH:
         raise InvalidArgument(field, f"must be at most {MAX_LENGTH} characters")
     lowered = pw.lower()
-    if lowered in common_passwords():
+    common = common_passwords()
+    # A common password with digits or symbols appended ("password123456") is still common.
+    stem = lowered.rstrip("0123456789!@#$%^&*()-_=+.,;:?~ ")
+    if lowered in common or stem in common or not stem:
         raise InvalidArgument(field, "is a commonly used password")
     if email and lowered == email.strip().lower():
         raise InvalidArgument(field, "must not be the email address")
