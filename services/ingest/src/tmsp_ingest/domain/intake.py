@@ -4,7 +4,7 @@ Format auto-detection is per line (the first bytes decide: ``CEF:``, ``<PRI>1 ``
 5424, ``<PRI>`` otherwise for RFC 3164, ``{`` for EVE or JSON lines, a syslog-less
 ``... CEF:`` prefix for CEF), unless the upload names its format. Gzip is recognised by
 its magic bytes and decompressed with a bound. Every record gets a deterministic event id
-(product, line number and content), so a re-upload of the same file yields the same ids.
+(product, file name, line number and content), so a re-upload of the same file yields the same ids.
 """
 
 from __future__ import annotations
@@ -121,9 +121,12 @@ def parse_line(line: str, fmt: Format, *, default_year: int, now: float) -> Fiel
     return fields
 
 
-def event_id(product_id: str, line_no: int, raw: bytes) -> str:
+def event_id(product_id: str, file_name: str, line_no: int, raw: bytes) -> str:
+    """Deterministic: the same line of the same file of the same product, the same id."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(product_id.encode())
+    digest.update(b"\0")
+    digest.update(file_name.encode())
     digest.update(b"\0%d\0" % line_no)
     digest.update(raw)
     return digest.hexdigest()
@@ -146,7 +149,7 @@ def build_detection(
 ) -> detections_pb2.Detection:
     raw_text, truncated = _raw_text(text)
     det = detections_pb2.Detection(
-        event_id=event_id(ctx.product_id, line_no, raw),
+        event_id=event_id(ctx.product_id, ctx.file_name, line_no, raw),
         account_id=ctx.account_id,
         product_id=ctx.product_id,
         product_kind=ctx.product_kind,  # type: ignore[arg-type]
@@ -191,7 +194,7 @@ def build_mitigation(
     if outcome is None:
         raise InvalidRecord(f"unknown mitigation outcome {word[:40]!r}")
     result = detections_pb2.MitigationResult(
-        event_id=event_id(ctx.product_id, line_no, raw),
+        event_id=event_id(ctx.product_id, ctx.file_name, line_no, raw),
         account_id=ctx.account_id,
         product_id=ctx.product_id,
         threat_name=fields.threat_name,

@@ -1,0 +1,3 @@
+from tmsp_ingest.entrypoints.main import main
+
+main()

@@ -1,0 +1,168 @@
+"""Publishing uploads, snapshots and heartbeats to Kafka.
+
+Uploads are encoded in chunks (in a worker process when configured) and sent with
+:meth:`EventProducer.send_raw`; the sink keeps at most ``window`` acknowledgements
+outstanding, so memory stays bounded while the broker is slow, and raises
+:class:`Unavailable` when any send fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from functools import partial
+from typing import Any
+
+from aiokafka.errors import KafkaError
+
+from tmsp.events.v1 import products_pb2, status_pb2
+from tmsp_common.errors import Unavailable
+from tmsp_common.kafka import topics
+from tmsp_common.kafka.envelope import to_timestamp
+from tmsp_common.kafka.producer import EventProducer
+from tmsp_ingest.adapters.encoding import EncodedChunk, encode_chunk
+from tmsp_ingest.domain.intake import UploadContext
+from tmsp_ingest.domain.products import Product
+from tmsp_ingest.service_layer.ports import UploadStats
+
+
+def snapshot(product: Product) -> products_pb2.ProductSnapshot:
+    """The product as other services see it: never any credential."""
+    msg = products_pb2.ProductSnapshot(
+        product_id=product.product_id,
+        account_id=product.account_id,
+        kind=int(product.kind),  # type: ignore[arg-type]
+        name=product.name,
+        protocol=int(product.protocol),  # type: ignore[arg-type]
+        upload_frequency_seconds=product.upload_frequency_seconds,
+        heartbeat_interval_seconds=product.heartbeat_interval_seconds,
+        registration_email=product.registration_email,
+        upload_bandwidth_bytes_per_second=product.upload_bandwidth,
+        download_bandwidth_bytes_per_second=product.download_bandwidth,
+        state=int(product.state),  # type: ignore[arg-type]
+        server_user_name=product.user_name,
+        version=product.version,
+    )
+    msg.registered_at.CopyFrom(to_timestamp(product.registered_at))
+    msg.updated_at.CopyFrom(to_timestamp(product.updated_at))
+    return msg
+
+
+class KafkaPublisher:
+    """Implements ProductPublisher, UploadSink and HeartbeatSink."""
+
+    def __init__(
+        self,
+        producer: EventProducer,
+        *,
+        executor: Executor | None = None,
+        chunk_lines: int = 4000,
+        window: int = 100_000,
+    ) -> None:
+        self.producer = producer
+        self.executor = executor
+        self.chunk_lines = chunk_lines
+        self.window = window
+        self._detections = producer.topic_name(topics.DETECTIONS)
+        self._mitigations = producer.topic_name(topics.MITIGATION_RESULTS)
+        self._rejected = producer.topic_name(topics.INGEST_REJECTED)
+
+    async def product_changed(self, product: Product) -> None:
+        try:
+            await self.producer.publish(
+                topics.PRODUCTS,
+                snapshot(product),
+                key=product.product_id,
+                account_id=product.account_id,
+                event_id=f"{product.product_id}:{product.version}",
+            )
+        except KafkaError as exc:
+            raise Unavailable(f"cannot publish product snapshot: {type(exc).__name__}") from exc
+
+    async def heartbeat(self, event: status_pb2.Heartbeat) -> None:
+        try:
+            await self.producer.publish(
+                topics.HEARTBEATS, event, key=event.product_id, account_id=event.account_id
+            )
+        except KafkaError as exc:
+            raise Unavailable(f"cannot publish heartbeat: {type(exc).__name__}") from exc
+
+    async def upload_received(self, event: status_pb2.UploadReceived, event_id: str) -> None:
+        try:
+            await self.producer.publish(
+                topics.UPLOADS,
+                event,
+                key=event.product_id,
+                account_id=event.account_id,
+                event_id=event_id,
+            )
+        except KafkaError as exc:
+            raise Unavailable(f"cannot publish upload: {type(exc).__name__}") from exc
+
+    async def _encode(
+        self, lines: Sequence[bytes], first: int, ctx: UploadContext, trace: str
+    ) -> EncodedChunk:
+        if self.executor is None:
+            return encode_chunk(lines, first, ctx, trace, self.producer.service)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.executor,
+            partial(encode_chunk, list(lines), first, ctx, trace, self.producer.service),
+        )
+
+    async def publish_records(
+        self, lines: Sequence[bytes], ctx: UploadContext, first_line: int = 1
+    ) -> UploadStats:
+        trace = uuid.uuid4().hex
+        key = ctx.product_id.encode()
+        stats = UploadStats()
+        pending: list[asyncio.Future[Any]] = []
+        send = self.producer.send_raw
+        starts = range(0, len(lines), self.chunk_lines)
+        try:
+            # Encode the next chunk while the current one is being sent.
+            next_chunk: asyncio.Future[EncodedChunk] | None = None
+            for index, start in enumerate(starts):
+                if next_chunk is None:
+                    chunk = await self._encode(
+                        lines[start : start + self.chunk_lines], start + first_line, ctx, trace
+                    )
+                else:
+                    chunk = await next_chunk
+                following = start + self.chunk_lines
+                next_chunk = (
+                    asyncio.ensure_future(
+                        self._encode(
+                            lines[following : following + self.chunk_lines],
+                            following + first_line,
+                            ctx,
+                            trace,
+                        )
+                    )
+                    if self.executor is not None and index + 1 < len(starts)
+                    else None
+                )
+                for value in chunk.detections:
+                    pending.append(await send(self._detections, value, key=key, headers=()))
+                for value in chunk.mitigations:
+                    pending.append(await send(self._mitigations, value, key=key, headers=()))
+                for raw, headers in chunk.rejections:
+                    pending.append(await send(self._rejected, raw, key=key, headers=headers))
+                stats.merge(UploadStats(chunk.accepted, chunk.rejected))
+                if len(pending) >= self.window:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+            if pending:
+                await asyncio.gather(*pending)
+        except KafkaError as exc:
+            for fut in pending:
+                if fut.done():
+                    fut.exception()  # retrieved, so asyncio does not log it again
+                else:
+                    fut.cancel()
+            raise Unavailable(
+                f"Kafka did not acknowledge the upload: {type(exc).__name__}"
+            ) from exc
+        return stats

@@ -1,0 +1,225 @@
+"""The SSH log server: SFTP only, one upload directory per product.
+
+Authentication is the product's user name with its password or SSH public key. Each product
+is confined to ``<data_dir>/uploads/<product_id>``: asyncssh's virtual chroot normalises
+``..``, :meth:`ProductSFTPServer.map_path` additionally resolves links and refuses anything
+that lands outside, and creating symlinks or hard links is refused. Shell, exec, SCP and
+forwarding are not offered.
+
+Closing a file that was written is the commit point: the file is parsed, every record
+published and acknowledged by Kafka, the upload recorded; only then does the close succeed.
+If Kafka fails the close returns an SFTP failure, so the appliance uploads again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from tmsp.events.v1 import products_pb2
+from tmsp_common.errors import InvalidArgument, Unavailable
+from tmsp_common.logging import get_logger
+from tmsp_ingest import metrics
+from tmsp_ingest.domain.intake import UploadTooLarge
+from tmsp_ingest.domain.products import Refusal
+from tmsp_ingest.service_layer.authenticate import Authenticated, AuthenticationFailed
+from tmsp_ingest.service_layer.gateway import Gateway
+
+log = get_logger(__name__)
+AUTH_INFO = "tmsp_auth"
+WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
+
+
+def ensure_host_key(data_dir: str) -> Path:
+    """The server's persistent Ed25519 host key, generated on first start (mode 0600)."""
+    path = Path(data_dir) / "ssh_host_ed25519_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key.export_private_key())
+        tmp.replace(path)
+    return path
+
+
+class _OpenFile:
+    __slots__ = ("file", "name", "path", "size", "writing")
+
+    def __init__(self, file: Any, name: str, path: str, writing: bool) -> None:
+        self.file = file
+        self.name = name
+        self.path = path
+        self.writing = writing
+        self.size = 0
+
+
+class ProductSFTPServer(asyncssh.SFTPServer):
+    def __init__(self, chan: asyncssh.SSHServerChannel[bytes], gateway: Gateway, root: Path):
+        who: Authenticated = chan.get_extra_info(AUTH_INFO)
+        self.who = who
+        self.gateway = gateway
+        home = root / who.product.product_id
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.home = os.path.realpath(home).encode()
+        super().__init__(chan, chroot=self.home)
+
+    def map_path(self, path: bytes) -> bytes:
+        mapped = super().map_path(path)
+        real = os.path.realpath(mapped)
+        if real != self.home and not real.startswith(self.home + b"/"):
+            raise asyncssh.SFTPPermissionDenied("outside the upload directory")
+        return mapped
+
+    async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
+        mapped = self.map_path(path)
+        if os.path.islink(mapped):
+            raise asyncssh.SFTPPermissionDenied("links are not allowed")
+        file_obj = super().open(path, pflags, attrs)
+        name = os.path.basename(mapped).decode(errors="replace")
+        return _OpenFile(
+            file_obj, name, mapped.decode(errors="surrogateescape"), bool(pflags & WRITE_FLAGS)
+        )
+
+    async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        if not isinstance(file_obj, _OpenFile):
+            raise asyncssh.SFTPFailure("unknown handle")
+        await self.gateway.bandwidth.download(self.who.product, size)
+        file_obj.file.seek(offset)
+        data: bytes = file_obj.file.read(size)
+        return data
+
+    async def write(self, file_obj: object, offset: int, data: bytes) -> int:
+        if not isinstance(file_obj, _OpenFile):
+            raise asyncssh.SFTPFailure("unknown handle")
+        end = offset + len(data)
+        if end > self.gateway.max_upload_bytes:
+            raise asyncssh.SFTPFailure(f"file larger than {self.gateway.max_upload_bytes} bytes")
+        await self.gateway.bandwidth.upload(self.who.product, len(data))
+        file_obj.file.seek(offset)
+        file_obj.file.write(data)
+        file_obj.size = max(file_obj.size, end)
+        return len(data)
+
+    async def close(self, file_obj: object) -> None:
+        if not isinstance(file_obj, _OpenFile):
+            raise asyncssh.SFTPFailure("unknown handle")
+        file_obj.file.close()
+        if not file_obj.writing:
+            return
+        try:
+            data = Path(file_obj.path).read_bytes()
+            if not data:
+                return
+            outcome = await self.gateway.ingest(
+                self.who.product,
+                file_obj.name,
+                data,
+                protocol=products_pb2.UPLOAD_PROTOCOL_SSH,
+                protocol_label="sftp",
+            )
+        except Unavailable as exc:
+            log.warning(
+                "upload not acknowledged",
+                product_id=self.who.product.product_id,
+                reason=exc.message,
+            )
+            raise asyncssh.SFTPFailure(f"upload not accepted, retry: {exc.message}") from None
+        except (UploadTooLarge, InvalidArgument) as exc:
+            raise asyncssh.SFTPFailure(f"upload refused: {exc}") from None
+        finally:
+            Path(file_obj.path).unlink(missing_ok=True)
+        log.info(
+            "upload received",
+            product_id=self.who.product.product_id,
+            file=file_obj.name,
+            accepted=outcome.accepted,
+            rejected=outcome.rejected,
+            duplicate=outcome.duplicate,
+        )
+
+    def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+        raise asyncssh.SFTPPermissionDenied("links are not allowed")
+
+    def link(self, oldpath: bytes, newpath: bytes) -> None:
+        raise asyncssh.SFTPPermissionDenied("links are not allowed")
+
+
+class ProductSSHServer(asyncssh.SSHServer):
+    """Per-connection authentication against the registry."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.source = "?"
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername")
+        self.source = str(peer[0]) if peer else "?"
+        metrics.ACTIVE_SESSIONS.labels("sftp").inc()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        metrics.ACTIVE_SESSIONS.labels("sftp").dec()
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def _refused(self, exc: AuthenticationFailed) -> bool:
+        metrics.AUTH_FAILURES.labels("sftp", exc.reason).inc()
+        if self.conn is not None and exc.reason != Refusal.BAD_CREDENTIALS:
+            self.conn.send_auth_banner(f"TMSP: {exc.reason}\n")
+        return False
+
+    def _accepted(self, who: Authenticated) -> bool:
+        if self.conn is None:
+            return False
+        self.conn.set_extra_info(**{AUTH_INFO: who})
+        return True
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        try:
+            who = await self.gateway.auth.with_password(username, password, self.source)
+        except AuthenticationFailed as exc:
+            return self._refused(exc)
+        return self._accepted(who)
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        blob = key.export_public_key("openssh").decode()
+        try:
+            who = await self.gateway.auth.with_public_key(username, blob, self.source)
+        except AuthenticationFailed as exc:
+            return self._refused(exc)
+        return self._accepted(who)
+
+
+async def start_sftp(
+    gateway: Gateway, host: str, port: int, data_dir: str
+) -> tuple[asyncssh.SSHAcceptor, int]:
+    key_path = ensure_host_key(data_dir)
+    root = Path(data_dir) / "uploads"
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    acceptor = await asyncssh.create_server(
+        lambda: ProductSSHServer(gateway),
+        host,
+        port,
+        server_host_keys=[str(key_path)],
+        sftp_factory=lambda chan: ProductSFTPServer(chan, gateway, root),
+        allow_scp=False,
+        agent_forwarding=False,
+        x11_forwarding=False,
+        allow_pty=False,
+        login_timeout=30,
+    )
+    bound = acceptor.sockets[0].getsockname()[1] if acceptor.sockets else port
+    return acceptor, bound

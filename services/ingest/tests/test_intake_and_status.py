@@ -1,0 +1,67 @@
+"""Upload and heartbeat use cases: dedup by content hash, failures, tasks."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from tmsp.events.v1 import status_pb2
+from tmsp_common.errors import InvalidArgument, Unavailable
+from tmsp_ingest.domain.intake import UploadTooLarge
+from tmsp_ingest.service_layer.status import HeartbeatReport
+from tmsp_ingest.testing import OPERATOR, REG, World
+
+DATA = b"CEF:0|TM|TDA|1|1|A|5|src=1.1.1.1\nbad line\nCEF:0|TM|TDA|1|2|B|High|src=2.2.2.2\n"
+
+
+async def test_upload_counts_and_dedup(world: World) -> None:
+    product, _ = await world.registry.register(OPERATOR, REG)
+    first = await world.intake.ingest(product, "a.log", DATA, protocol=1)
+    assert (first.accepted, first.rejected, first.duplicate) == (2, 1, False)
+    assert [r.line for r in world.publisher.rejections] == [2]
+    assert len(world.publisher.uploads) == 1
+    again = await world.intake.ingest(product, "b.log", DATA, protocol=1)
+    assert (again.accepted, again.rejected, again.duplicate) == (2, 1, True)
+    assert len(world.publisher.events) == 2 and len(world.publisher.uploads) == 1
+
+
+async def test_failed_bus_records_nothing_and_the_retry_lands(world: World) -> None:
+    product, _ = await world.registry.register(OPERATOR, REG)
+    world.publisher.fail = True
+    with pytest.raises(Unavailable):
+        await world.intake.ingest(product, "a.log", DATA, protocol=1)
+    assert world.ledger.items == {} and world.publisher.uploads == []
+    world.publisher.fail = False
+    outcome = await world.intake.ingest(product, "a.log", DATA, protocol=1)
+    assert not outcome.duplicate and outcome.accepted == 2
+
+
+async def test_gzip_upload_and_bad_gzip(world: World) -> None:
+    product, _ = await world.registry.register(OPERATOR, REG)
+    outcome = await world.intake.ingest(product, "a.gz", gzip.compress(DATA), protocol=1)
+    assert outcome.accepted == 2
+    with pytest.raises(InvalidArgument, match="gzip"):
+        await world.intake.ingest(product, "b.gz", gzip.compress(DATA)[:15], protocol=1)
+    with pytest.raises(UploadTooLarge):
+        await world.intake.ingest(product, "c.gz", gzip.compress(b"x" * 2_000_000), protocol=1)
+
+
+async def test_heartbeat_hands_out_tasks_until_acknowledged(world: World) -> None:
+    product, _ = await world.registry.register(OPERATOR, REG)
+    await world.tasks.add(
+        status_pb2.MitigationTask(task_id="t1", product_id=product.product_id, kind=1)
+    )
+    await world.tasks.add(status_pb2.MitigationTask(task_id="t2", product_id="other", kind=1))
+    report = HeartbeatReport("2.5.1", 100, True, {"logs_sent": 5}, [])
+    answer = await world.status.heartbeat(product, report)
+    assert answer.next_interval_seconds == 300
+    assert [t.task_id for t in answer.tasks] == ["t1"]
+    answer = await world.status.heartbeat(
+        product, HeartbeatReport("2.5.1", 400, True, {}, ["t1", "t2"])
+    )
+    assert answer.tasks == []
+    assert world.tasks.items["t2"][1] is False  # another product's task is untouched
+    beat = world.publisher.heartbeats[0]
+    assert beat.security_compliance_enabled is True and beat.counters["logs_sent"] == 5
+    assert list(world.publisher.heartbeats[1].acknowledged_task_ids) == ["t1", "t2"]

@@ -1,0 +1,119 @@
+"""Product registration use cases with in-memory adapters."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from tmsp_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from tmsp_ingest.domain.products import State
+from tmsp_ingest.testing import ADMIN_A, ADMIN_B, OPERATOR, REG, World
+
+
+async def test_register_issues_credentials_once_and_publishes_a_snapshot(world: World) -> None:
+    product, creds = await world.registry.register(OPERATOR, REG)
+    assert product.state is State.ACTIVE and product.account_id == "acct-a"
+    assert creds.user_name == product.user_name and len(creds.password) >= 20
+    assert creds.password not in product.password_hash
+    assert world.hasher.verify(product.password_hash, creds.password)
+    assert [p.product_id for p in world.publisher.snapshots] == [product.product_id]
+    assert world.products.items[product.product_id] == product
+
+
+async def test_registration_email_must_match_the_account(world: World) -> None:
+    with pytest.raises(FailedPrecondition, match="email"):
+        await world.registry.register(
+            OPERATOR, replace(REG, registration_email="someone@else.example")
+        )
+    assert world.products.items == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"deleted": True}, "account deleted"),
+        ({"valid_until_days": -1}, "account expired"),
+    ],
+)
+async def test_products_of_deleted_or_expired_accounts_are_refused(
+    world: World, change: dict[str, object], reason: str
+) -> None:
+    account = world.accounts.items["acct-a"]
+    if "deleted" in change:
+        account = replace(account, deleted=True)
+    else:
+        account = replace(account, valid_until=world.clock.now() + timedelta(days=-1))
+    world.accounts.items["acct-a"] = account
+    with pytest.raises(FailedPrecondition, match=reason):
+        await world.registry.register(OPERATOR, REG)
+
+
+async def test_unknown_account_is_refused(world: World) -> None:
+    with pytest.raises(FailedPrecondition, match="account unknown"):
+        await world.registry.register(OPERATOR, replace(REG, account_id="nope"))
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"name": " "}, "name"),
+        ({"upload_frequency_seconds": 5}, "upload_frequency_seconds"),
+        ({"upload_bandwidth": 10}, "upload_bandwidth_bytes_per_second"),
+        ({"registration_email": "nope"}, "registration_email"),
+        ({"ssh_public_key": "garbage"}, "ssh_public_key"),
+    ],
+)
+async def test_invalid_registration_names_the_field(
+    world: World, change: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        await world.registry.register(OPERATOR, replace(REG, **change))  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+async def test_only_operators_register(world: World) -> None:
+    with pytest.raises(PermissionDenied):
+        await world.registry.register(ADMIN_A, REG)
+
+
+async def test_admins_list_only_their_own_account(world: World) -> None:
+    product, _ = await world.registry.register(OPERATOR, REG)
+    assert [p.product_id for p in await world.registry.list(ADMIN_A, "acct-a")] == [
+        product.product_id
+    ]
+    with pytest.raises(NotFound):
+        await world.registry.list(ADMIN_B, "acct-a")
+    with pytest.raises(NotFound):
+        await world.registry.get(ADMIN_B, product.product_id)
+
+
+async def test_rotate_disable_enable_deregister(world: World) -> None:
+    product, first = await world.registry.register(OPERATOR, REG)
+    rotated, second = await world.registry.rotate_credentials(OPERATOR, product.product_id)
+    assert second.password != first.password
+    assert rotated.credentials_version == 2 and rotated.version == 2
+    assert rotated.client_cert_sha256 != product.client_cert_sha256
+    disabled = await world.registry.set_state(OPERATOR, product.product_id, State.DISABLED)
+    assert disabled.state is State.DISABLED
+    enabled = await world.registry.set_state(OPERATOR, product.product_id, State.ACTIVE)
+    gone = await world.registry.set_state(OPERATOR, product.product_id, State.DEREGISTERED)
+    assert (enabled.state, gone.state) == (State.ACTIVE, State.DEREGISTERED)
+    with pytest.raises(FailedPrecondition, match="deregistered"):
+        await world.registry.set_state(OPERATOR, product.product_id, State.ACTIVE)
+    assert [s.version for s in world.publisher.snapshots] == [1, 2, 3, 4, 5]
+
+
+async def test_a_second_product_may_use_a_recorded_registration_email(world: World) -> None:
+    world.accounts.items["acct-a"] = replace(
+        world.accounts.items["acct-a"], managed_by_email="new-owner@a.example"
+    )
+    world.products.items.clear()
+    with pytest.raises(FailedPrecondition):
+        await world.registry.register(OPERATOR, REG)
+    await world.registry.register(OPERATOR, replace(REG, registration_email="new-owner@a.example"))
+    world.accounts.items["acct-a"] = replace(
+        world.accounts.items["acct-a"], managed_by_email="third@a.example"
+    )
+    await world.registry.register(OPERATOR, replace(REG, registration_email="NEW-owner@a.example"))
