@@ -71,10 +71,10 @@ demo: setup infra-up ## the main job: simulated appliances, incidents, a report,
 	@$(PY) scripts/demo.py
 
 bench: setup infra-up ## benchmarks, as ratios to a reference measured in the same run
-	@$(UV) run --frozen python bench/run.py $(BENCH_ARGS)
+	@$(PY) bench/run.py $(BENCH_ARGS)
 
 fuzz: setup ## run the atheris fuzz targets of every parser for a short while
-	@$(UV) run --frozen python bench/../scripts/fuzz.py
+	@$(PY) services/ingest/fuzz/run.py $(FUZZ_ARGS)
 
 k8s-validate: setup ## validate the Kubernetes manifests under deploy/k8s
 	@$(PY) scripts/k8s_validate.py

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+
 from tmsp_common.testing import Infra, local_infra, unique
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}

@@ -52,6 +52,8 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def env_name(cls, field: str) -> str:
         """The environment variable that sets ``field``."""
+        if field not in cls.model_fields and field.upper() == field:
+            return field  # pydantic reports aliased fields by their alias
         info = cls.model_fields.get(field)
         alias = info.validation_alias if info else None
         if isinstance(alias, AliasChoices):
