@@ -125,9 +125,9 @@ class Registration:
     """What an operator asks for when registering a product."""
 
     account_id: str
-    kind: Kind
+    kind: int
     name: str
-    protocol: Protocol_
+    protocol: int
     upload_frequency_seconds: int
     registration_email: str
     upload_bandwidth: int

@@ -8,12 +8,9 @@ import grpc
 
 from tmsp.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from tmsp_common.authn import current_principal
-from tmsp_common.errors import InvalidArgument
 from tmsp_ingest.adapters.kafka_sink import snapshot
 from tmsp_ingest.domain.products import (
     DEFAULT_HEARTBEAT_INTERVAL,
-    Kind,
-    Protocol_,
     Registration,
     State,
 )
@@ -32,13 +29,6 @@ def _credentials(issued: IssuedCredentials) -> ingest_pb2.ServerCredentials:
     )
 
 
-def _enum(cls: type[Kind] | type[Protocol_], value: int, field: str) -> Kind | Protocol_:
-    try:
-        return cls(value)
-    except ValueError:
-        raise InvalidArgument(field, "required") from None
-
-
 class ProductRegistryServicer(ingest_pb2_grpc.ProductRegistryServiceServicer):
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
@@ -48,9 +38,9 @@ class ProductRegistryServicer(ingest_pb2_grpc.ProductRegistryServiceServicer):
     ) -> ingest_pb2.RegisterProductResponse:
         reg = Registration(
             account_id=request.account_id,
-            kind=Kind(_enum(Kind, request.kind, "kind")),
+            kind=request.kind,
             name=request.name,
-            protocol=Protocol_(_enum(Protocol_, request.protocol, "protocol")),
+            protocol=request.protocol,
             upload_frequency_seconds=request.upload_frequency_seconds,
             registration_email=request.registration_email,
             upload_bandwidth=request.upload_bandwidth_bytes_per_second,

@@ -15,8 +15,10 @@ from tmsp_common.authn import Principal, Role
 from tmsp_common.clock import Clock
 from tmsp_common.errors import FailedPrecondition, NotFound
 from tmsp_ingest.domain.products import (
+    Kind,
     PasswordHasher,
     Product,
+    Protocol_,
     Registration,
     State,
     check_account,
@@ -83,9 +85,9 @@ class Registry:
         product = Product(
             product_id=product_id,
             account_id=account.account_id,
-            kind=reg.kind,
+            kind=Kind(reg.kind),
             name=reg.name.strip(),
-            protocol=reg.protocol,
+            protocol=Protocol_(reg.protocol),
             upload_frequency_seconds=reg.upload_frequency_seconds,
             heartbeat_interval_seconds=reg.heartbeat_interval_seconds,
             registration_email=reg.registration_email.strip().lower(),

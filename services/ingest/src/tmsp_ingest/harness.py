@@ -1,0 +1,162 @@
+"""Integration-test support: run the gateway as deployed and talk to it as an operator.
+
+Used by ``tests/integration/test_ingest_*.py`` and ``bench/bench_ingest.py``. Starts
+``python -m tmsp_ingest`` with its own ports, data and TLS directories, a topic prefix and a
+database; signs real access tokens with a fresh Ed25519 key whose public half the gateway
+is configured with; publishes account snapshots to the accounts topic like auth does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tmsp.events.v1 import accounts_pb2, products_pb2
+from tmsp.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from tmsp_common.authn import Principal, Role
+from tmsp_common.grpc_client import bearer, channel
+from tmsp_common.kafka import topics
+from tmsp_common.kafka.envelope import to_timestamp
+from tmsp_common.kafka.producer import EventProducer
+from tmsp_common.testing import ServiceProcess, free_port
+from tmsp_common.tokens import TokenSigner, public_pem
+
+OPERATOR = Principal("op-1", "provider", frozenset({Role.PROVIDER_OPERATOR}))
+
+
+@dataclass
+class Gateway:
+    """One running gateway process and what a test needs to reach it."""
+
+    kafka_bootstrap: str
+    mongo_url: str
+    prefix: str
+    database: str
+    workdir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    process: ServiceProcess | None = None
+    signer: TokenSigner | None = None
+    public_keys: str = ""
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.workdir / "tls"
+
+    @property
+    def ca(self) -> Path:
+        return self.tls_dir / "ca.pem"
+
+    def env(self) -> dict[str, str]:
+        if not self.ports:
+            for name in ("grpc", "sftp", "https", "status", "syslog"):
+                self.ports[name] = free_port()
+        if self.signer is None:
+            key = Ed25519PrivateKey.generate()
+            self.signer = TokenSigner(key, "it-key")
+            self.public_keys = json.dumps({"it-key": public_pem(key).decode()})
+        return {
+            "TMSP_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "TMSP_MONGO_URL": self.mongo_url,
+            "TMSP_TOPIC_PREFIX": self.prefix,
+            "TMSP_TLS_DIR": str(self.tls_dir),
+            "TMSP_INGEST_MONGO_DATABASE": self.database,
+            "TMSP_INGEST_DATA_DIR": str(self.workdir / "data"),
+            "TMSP_INGEST_BIND_HOST": "127.0.0.1",
+            "TMSP_INGEST_GRPC_PORT": str(self.ports["grpc"]),
+            "TMSP_INGEST_SFTP_PORT": str(self.ports["sftp"]),
+            "TMSP_INGEST_HTTPS_PORT": str(self.ports["https"]),
+            "TMSP_INGEST_STATUS_PORT": str(self.ports["status"]),
+            "TMSP_INGEST_SYSLOG_TLS_PORT": str(self.ports["syslog"]),
+            "TMSP_INGEST_AUTH_PUBLIC_KEYS": self.public_keys,
+            "TMSP_INGEST_ARGON2_TIME_COST": "1",
+            "TMSP_INGEST_ARGON2_MEMORY_KIB": "8192",
+            "TMSP_INGEST_ACCOUNTS_GROUP": f"{self.prefix}ingest-accounts",
+            "TMSP_INGEST_TASKS_GROUP": f"{self.prefix}ingest-tasks",
+            "TMSP_INGEST_PARSE_WORKERS": "0",
+            **self.extra_env,
+        }
+
+    def start(self, timeout: float = 60.0) -> Gateway:
+        self.process = ServiceProcess("tmsp_ingest", env=self.env()).start()
+        self.process.wait_for_log("service ready", timeout=timeout)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+
+    def token(self, principal: Principal = OPERATOR) -> str:
+        assert self.signer is not None  # noqa: S101 - env() ran
+        return self.signer.issue(principal)
+
+    def stub(self) -> tuple[grpc.aio.Channel, ingest_pb2_grpc.ProductRegistryServiceStub]:
+        chan = channel(f"127.0.0.1:{self.ports['grpc']}", tls=True, tls_dir=str(self.tls_dir))
+        return chan, ingest_pb2_grpc.ProductRegistryServiceStub(chan)
+
+    async def publish_account(
+        self,
+        account_id: str,
+        email: str,
+        *,
+        valid_days: float = 30,
+        deleted: bool = False,
+        version: int = 1,
+    ) -> None:
+        snap = accounts_pb2.AccountSnapshot(
+            account_id=account_id,
+            name=account_id,
+            managed_by_email=email,
+            deleted=deleted,
+            version=version,
+        )
+        snap.valid_until.CopyFrom(to_timestamp(datetime.now(UTC) + timedelta(days=valid_days)))
+        async with EventProducer(
+            self.kafka_bootstrap, service="auth", topic_prefix=self.prefix
+        ) as producer:
+            await producer.publish(topics.ACCOUNTS, snap, key=account_id, account_id=account_id)
+
+    async def register(
+        self,
+        account_id: str,
+        email: str,
+        *,
+        kind: int = products_pb2.PRODUCT_KIND_THREAT_DISCOVERY_APPLIANCE,
+        timeout: float = 30.0,
+        **fields: Any,
+    ) -> ingest_pb2.RegisterProductResponse:
+        """Register a product, waiting for the account projection to know the account."""
+        request = ingest_pb2.RegisterProductRequest(
+            account_id=account_id,
+            kind=kind,  # type: ignore[arg-type]
+            name=fields.pop("name", "appliance"),
+            protocol=fields.pop("protocol", products_pb2.UPLOAD_PROTOCOL_SSH),
+            upload_frequency_seconds=fields.pop("upload_frequency_seconds", 300),
+            registration_email=email,
+            **fields,
+        )
+        chan, stub = self.stub()
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    # grpc's generated stubs are typed for the sync API.
+                    response: ingest_pb2.RegisterProductResponse = await stub.RegisterProduct(  # type: ignore[misc]
+                        request, metadata=bearer(self.token()), timeout=10
+                    )
+                    return response
+                except grpc.aio.AioRpcError as exc:
+                    unknown = "account unknown" in (exc.details() or "")
+                    if not unknown or time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.3)
+        finally:
+            await chan.close()

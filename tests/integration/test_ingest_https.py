@@ -1,0 +1,262 @@
+"""The HTTPS log server, the status server and the admin API, against real Kafka and Mongo.
+
+The gateway runs as deployed (``python -m tmsp_ingest``); uploads go through curl, the
+admin API through gRPC with a real signed token.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tmsp.events.v1 import detections_pb2, products_pb2, status_pb2
+from tmsp.ingest.v1 import ingest_pb2
+from tmsp_common.authn import Principal, Role
+from tmsp_common.grpc_client import bearer
+from tmsp_common.kafka import topics
+from tmsp_common.kafka.envelope import unwrap
+from tmsp_common.kafka.producer import EventProducer
+from tmsp_common.testing import TopicReader, wait_until
+from tmsp_ingest.harness import Gateway
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.kafka,
+    pytest.mark.mongo,
+    pytest.mark.tls,
+    pytest.mark.grpc,
+]
+
+CEF = (
+    b"CEF:0|Trend Micro|TDA|2.5|1001|Trojan in download|8|src=10.0.0.1 spt=1234 "
+    b"dst=192.168.1.5 dpt=80 shost=ws-1 act=blocked cs1=with spaces\n"
+    b"definitely not a log line\n"
+    b'{"timestamp":"2026-11-20T09:00:00Z","event_type":"alert","src_ip":"1.1.1.1",'
+    b'"alert":{"signature":"ET X","signature_id":7,"severity":2}}\n'
+)
+
+
+@pytest.fixture
+async def gateway(infra, names, tmp_path: Path) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+    gw = Gateway(
+        infra.kafka_bootstrap, infra.mongo_url, names.prefix, names.database("ingest"), tmp_path
+    )
+    gw.start()
+    await gw.publish_account("acct-a", "owner@a.example")
+    yield gw
+    gw.stop()
+
+
+def curl(gw: Gateway, *args: str, port: str = "https") -> tuple[int, dict[str, str], str]:
+    """Run curl against the gateway; (status, headers, body)."""
+    proc = subprocess.run(  # noqa: S603
+        [
+            "curl",
+            "-sS",
+            "--cacert",
+            str(gw.ca),
+            "-D",
+            "-",
+            *args[:-1],
+            f"https://127.0.0.1:{gw.ports[port]}{args[-1]}",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    head, _, body = proc.stdout.decode().partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    return status, headers, body
+
+
+async def test_upload_over_https_is_acknowledged_with_counts_and_published(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    reg = await gateway.register("acct-a", "owner@a.example")
+    creds = reg.credentials
+    upload = tmp_path / "events.log"
+    upload.write_bytes(CEF)
+    user = f"{creds.user_name}:{creds.password}"
+
+    status, _, body = curl(
+        gateway, "-u", user, "--data-binary", f"@{upload}", "/v1/uploads?file=events.log"
+    )
+    assert status == 202, body
+    answer = json.loads(body)
+    assert (answer["accepted"], answer["rejected"], answer["duplicate"]) == (2, 1, False)
+
+    async with TopicReader(gateway.kafka_bootstrap, topics.DETECTIONS, gateway.prefix) as r:
+        dets = await r.read_events(detections_pb2.Detection, 2, timeout=20)
+    assert {d.format for d in dets} == {
+        detections_pb2.LOG_FORMAT_CEF,
+        detections_pb2.LOG_FORMAT_SURICATA_EVE,
+    }
+    cef = next(d for d in dets if d.format == detections_pb2.LOG_FORMAT_CEF)
+    assert cef.product_id == reg.product.product_id and cef.account_id == "acct-a"
+    assert (cef.source.address, cef.destination.port, cef.extra["cs1"]) == (
+        "10.0.0.1",
+        80,
+        "with spaces",
+    )
+    async with TopicReader(gateway.kafka_bootstrap, topics.INGEST_REJECTED, gateway.prefix) as r:
+        (rejected,) = await r.read_until(lambda rs: len(rs) >= 1, timeout=20)
+    headers = dict(rejected.headers)
+    assert headers["tmsp-line"] == b"2" and headers["tmsp-reason"] == b"unknown format"
+    assert headers["tmsp-file"] == b"events.log"
+    assert rejected.value == b"definitely not a log line"
+    async with TopicReader(gateway.kafka_bootstrap, topics.UPLOADS, gateway.prefix) as r:
+        (done,) = await r.read_events(status_pb2.UploadReceived, 1, timeout=20)
+    assert (done.records_accepted, done.records_rejected, done.file_name) == (2, 1, "events.log")
+
+    # The same content again: recognised, nothing published twice.
+    status, _, body = curl(
+        gateway, "-u", user, "--data-binary", f"@{upload}", "/v1/uploads?file=retry.log"
+    )
+    assert status == 202 and json.loads(body)["duplicate"] is True
+    async with TopicReader(gateway.kafka_bootstrap, topics.DETECTIONS, gateway.prefix) as r:
+        await r.read_until(lambda rs: len(rs) >= 2, timeout=10)
+        with pytest.raises(TimeoutError):
+            await r.read_until(lambda rs: len(rs) > 2, timeout=3)
+
+
+async def test_https_errors(gateway: Gateway, tmp_path: Path) -> None:
+    reg = await gateway.register("acct-a", "owner@a.example")
+    user = f"{reg.credentials.user_name}:{reg.credentials.password}"
+    status, headers, body = curl(gateway, "-u", f"{reg.credentials.user_name}:wrong",
+                                 "--data-binary", "x", "/v1/uploads")  # fmt: skip
+    assert status == 401 and json.loads(body) == {"error": "bad credentials"}
+    assert headers["www-authenticate"].startswith("Basic")
+    status, _, body = curl(gateway, "-u", user, "--data-binary", "x", "/v1/uploads?format=xml")
+    assert status == 400 and "format" in json.loads(body)["error"]
+    bad_gzip = tmp_path / "bad.gz"
+    bad_gzip.write_bytes(b"\x1f\x8bnot gzip at all")
+    status, _, body = curl(gateway, "-u", user, "--data-binary", f"@{bad_gzip}", "/v1/uploads")
+    assert status == 400 and "gzip" in json.loads(body)["error"]
+    # Oversize: the gateway allows 256 MiB by default; announce 300 MB.
+    status, _, body = curl(
+        gateway, "-u", user, "-H", "Content-Length: 300000000", "--data-binary", "x",
+        "/v1/uploads",
+    )  # fmt: skip
+    assert status == 413
+    # Throttle: after 10 failures from this address, even good credentials get 429.
+    for _ in range(10):
+        curl(gateway, "-u", "nobody:nothing", "/v1/test-connection")
+    status, headers, body = curl(gateway, "-u", user, "/v1/test-connection")
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    assert json.loads(body)["status"] == "too many failed authentications"
+
+
+async def test_test_connection_reasons_and_heartbeats_with_tasks(gateway: Gateway) -> None:
+    reg = await gateway.register("acct-a", "owner@a.example")
+    user = f"{reg.credentials.user_name}:{reg.credentials.password}"
+    for port in ("https", "status"):
+        status, _, body = curl(gateway, "-u", user, "/v1/test-connection", port=port)
+        assert (status, json.loads(body)["status"]) == (200, "OK")
+        status, _, body = curl(gateway, "-u", "x:y", "/v1/test-connection", port=port)
+        assert (status, json.loads(body)["status"]) == (401, "bad credentials")
+
+    task = status_pb2.MitigationTask(
+        task_id="task-1",
+        account_id="acct-a",
+        product_id=reg.product.product_id,
+        kind=status_pb2.MITIGATION_TASK_KIND_FORENSIC_DATA_REQUEST,
+        parameters={"endpoint": "ws-1"},
+    )
+    async with EventProducer(
+        gateway.kafka_bootstrap, service="portal", topic_prefix=gateway.prefix
+    ) as producer:
+        await producer.publish(topics.MITIGATION_TASKS, task, key=task.product_id)
+
+    beat = json.dumps(
+        {"product_version": "2.5", "uptime_seconds": 42, "security_compliance_enabled": True,
+         "counters": {"logs_sent": 3}}
+    )  # fmt: skip
+
+    async def tasks_handed_out() -> list[dict[str, object]]:
+        status, _, body = curl(gateway, "-u", user, "--data", beat, "/v1/heartbeat", port="status")
+        assert status == 200, body
+        tasks: list[dict[str, object]] = json.loads(body)["tasks"]
+        return tasks
+
+    tasks = await wait_until(tasks_handed_out, timeout=20, interval=0.5)
+    assert tasks[0]["task_id"] == "task-1" and tasks[0]["parameters"] == {"endpoint": "ws-1"}
+    ack = json.dumps({"product_version": "2.5", "uptime_seconds": 50,
+                      "acknowledged_task_ids": ["task-1"]})  # fmt: skip
+    status, _, body = curl(gateway, "-u", user, "--data", ack, "/v1/heartbeat", port="status")
+    assert status == 200 and json.loads(body) == {"next_interval_seconds": 300, "tasks": []}
+    async with TopicReader(gateway.kafka_bootstrap, topics.HEARTBEATS, gateway.prefix) as r:
+        records = await r.read_until(lambda rs: len(rs) >= 2, timeout=20)
+    beats = [unwrap(rec.value, status_pb2.Heartbeat)[1] for rec in records]
+    assert beats[0].security_compliance_enabled and beats[0].counters["logs_sent"] == 3
+    assert list(beats[-1].acknowledged_task_ids) == ["task-1"]
+
+    # Disabled product and expired account: exact reasons.
+    chan, stub = gateway.stub()
+    await stub.DisableProduct(
+        ingest_pb2.DisableProductRequest(product_id=reg.product.product_id),
+        metadata=bearer(gateway.token()),
+    )
+    status, _, body = curl(gateway, "-u", user, "/v1/test-connection", port="status")
+    assert (status, json.loads(body)["status"]) == (403, "product disabled")
+    await stub.EnableProduct(
+        ingest_pb2.EnableProductRequest(product_id=reg.product.product_id),
+        metadata=bearer(gateway.token()),
+    )
+    await chan.close()
+    await gateway.publish_account("acct-a", "owner@a.example", valid_days=-1, version=2)
+
+    async def expired() -> bool:
+        status, _, body = curl(gateway, "-u", user, "/v1/test-connection")
+        return status == 403 and json.loads(body)["status"] == "account expired"
+
+    await wait_until(expired, timeout=20, interval=0.5)
+
+
+async def test_admin_api_tenancy_and_snapshots(gateway: Gateway) -> None:
+    await gateway.publish_account("acct-b", "owner@b.example")
+    reg = await gateway.register("acct-a", "owner@a.example", name="TDA one")
+    chan, stub = gateway.stub()
+    admin_b = gateway.token(Principal("u-b", "acct-b", frozenset({Role.ACCOUNT_ADMINISTRATOR})))
+    admin_a = gateway.token(Principal("u-a", "acct-a", frozenset({Role.ACCOUNT_ADMINISTRATOR})))
+    try:
+        listed = await stub.ListProducts(
+            ingest_pb2.ListProductsRequest(account_id="acct-a"), metadata=bearer(admin_a)
+        )
+        assert [p.product_id for p in listed.products] == [reg.product.product_id]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GetProduct(
+                ingest_pb2.GetProductRequest(product_id=reg.product.product_id),
+                metadata=bearer(admin_b),
+            )
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.RegisterProduct(
+                ingest_pb2.RegisterProductRequest(account_id="acct-a"), metadata=bearer(admin_a)
+            )
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ListProducts(ingest_pb2.ListProductsRequest(account_id="acct-a"))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await gateway.register("acct-a", "intruder@evil.example")
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        rotated = await stub.RotateProductCredentials(
+            ingest_pb2.RotateProductCredentialsRequest(product_id=reg.product.product_id),
+            metadata=bearer(gateway.token()),
+        )
+        assert rotated.credentials.password != reg.credentials.password
+    finally:
+        await chan.close()
+    async with TopicReader(gateway.kafka_bootstrap, topics.PRODUCTS, gateway.prefix) as r:
+        records = await r.read_until(lambda rs: len(rs) >= 2, timeout=20)
+    snaps = [unwrap(rec.value, products_pb2.ProductSnapshot)[1] for rec in records]
+    assert [s.version for s in snaps] == [1, 2]
+    assert all(s.server_user_name == reg.credentials.user_name for s in snaps)
+    assert reg.credentials.password.encode() not in b"".join(rec.value for rec in records)
