@@ -31,6 +31,14 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
+async def ensure_indexes(db: AsyncDatabase[Document]) -> None:
+    """Create the gateway's indexes, one ``createIndexes`` per index: FerretDB 1.24 panics
+    (drops the connection) when one call re-creates several existing indexes."""
+    for collection, models in INDEXES.items():
+        for model in models:
+            await db[collection].create_indexes([model])
+
+
 def _utc(value: Any) -> datetime:
     when: datetime = value
     return when if when.tzinfo else when.replace(tzinfo=UTC)

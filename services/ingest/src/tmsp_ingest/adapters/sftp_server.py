@@ -48,7 +48,7 @@ def ensure_host_key(data_dir: str) -> Path:
 
 
 class _OpenFile:
-    __slots__ = ("file", "name", "path", "size", "writing")
+    __slots__ = ("failed", "file", "name", "path", "size", "writing")
 
     def __init__(self, file: Any, name: str, path: str, writing: bool) -> None:
         self.file = file
@@ -56,6 +56,7 @@ class _OpenFile:
         self.path = path
         self.writing = writing
         self.size = 0
+        self.failed = False
 
 
 class ProductSFTPServer(asyncssh.SFTPServer):
@@ -98,6 +99,7 @@ class ProductSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPFailure("unknown handle")
         end = offset + len(data)
         if end > self.gateway.max_upload_bytes:
+            file_obj.failed = True  # the close discards it instead of ingesting a prefix
             raise asyncssh.SFTPFailure(f"file larger than {self.gateway.max_upload_bytes} bytes")
         await self.gateway.bandwidth.upload(self.who.product, len(data))
         file_obj.file.seek(offset)
@@ -111,6 +113,9 @@ class ProductSFTPServer(asyncssh.SFTPServer):
         file_obj.file.close()
         if not file_obj.writing:
             return
+        if file_obj.failed:
+            Path(file_obj.path).unlink(missing_ok=True)
+            raise asyncssh.SFTPFailure("upload refused: file too large")
         try:
             data = Path(file_obj.path).read_bytes()
             if not data:

@@ -26,7 +26,7 @@ from tmsp_common.logging import get_logger
 from tmsp_common.metrics import start_metrics_server
 from tmsp_common.tls import ensure_server_certificate
 from tmsp_ingest.adapters.http_servers import log_server_app, start_https, status_server_app
-from tmsp_ingest.adapters.mongo_repos import INDEXES
+from tmsp_ingest.adapters.mongo_repos import ensure_indexes
 from tmsp_ingest.adapters.sftp_server import start_sftp
 from tmsp_ingest.adapters.syslog_tls import SyslogTlsServer, server_context
 from tmsp_ingest.bootstrap import build, verifier
@@ -49,7 +49,7 @@ CONSUMED = (topics.ACCOUNTS, topics.MITIGATION_TASKS)
 
 async def serve(settings: IngestSettings, stop: asyncio.Event) -> None:
     db = await mongo.connect(settings.mongo_url.get_secret_value(), settings.mongo_database)
-    await mongo.ensure_indexes(db, INDEXES)
+    await ensure_indexes(db)
     await ensure_topics(
         settings.kafka_bootstrap, [*PRODUCED, *CONSUMED], prefix=settings.topic_prefix
     )

@@ -1,0 +1,198 @@
+"""The SSH log server with the real OpenSSH ``sftp`` client (sshpass for the password) and
+with asyncssh (public-key authentication), against real Kafka and Mongo.
+
+Needs ``sftp`` (openssh-client) and ``sshpass`` on the PATH: CI must
+``apt-get install openssh-client sshpass``; without them these tests fail, naming the tool.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from tmsp.events.v1 import detections_pb2, status_pb2
+from tmsp_common.kafka import topics
+from tmsp_common.testing import TopicReader
+from tmsp_ingest.harness import Gateway
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.mongo, pytest.mark.ssh]
+
+MAX_UPLOAD = 64 * 1024
+CEF = b"".join(
+    b"CEF:0|Trend Micro|TDA|2.5|%d|Worm %d|7|src=10.0.0.%d dst=10.1.0.1 dpt=445\n" % (i, i, i)
+    for i in range(1, 6)
+)
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed (apt-get install openssh-client sshpass)")
+    return path
+
+
+@pytest.fixture
+async def gateway(infra, names, tmp_path: Path) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+    gw = Gateway(
+        infra.kafka_bootstrap,
+        infra.mongo_url,
+        names.prefix,
+        names.database("ingest"),
+        tmp_path,
+        extra_env={"TMSP_INGEST_MAX_UPLOAD_BYTES": str(MAX_UPLOAD)},
+    )
+    gw.start()
+    await gw.publish_account("acct-a", "owner@a.example")
+    yield gw
+    gw.stop()
+
+
+def openssh_sftp(
+    gw: Gateway, user: str, password: str, commands: str, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run OpenSSH sftp in batch mode with a password (sshpass -e keeps it off argv)."""
+    batch = tmp_path / "batch.txt"
+    batch.write_text(commands)
+    return subprocess.run(  # noqa: S603
+        [
+            tool("sshpass"),
+            "-e",
+            tool("sftp"),
+            # Before -b, so it wins over the BatchMode=yes that -b adds (password prompt).
+            "-oBatchMode=no",
+            "-oStrictHostKeyChecking=no",
+            f"-oUserKnownHostsFile={tmp_path / 'known_hosts'}",
+            "-oPreferredAuthentications=password",
+            "-oPubkeyAuthentication=no",
+            "-oNumberOfPasswordPrompts=1",
+            "-P",
+            str(gw.ports["sftp"]),
+            "-b",
+            str(batch),
+            f"{user}@127.0.0.1",
+        ],
+        env={**os.environ, "SSHPASS": password},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+
+
+async def test_openssh_upload_lands_once_and_the_host_key_persists(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    reg = await gateway.register("acct-a", "owner@a.example")
+    creds = reg.credentials
+    (tmp_path / "tda.log").write_bytes(CEF)
+    done = openssh_sftp(gateway, creds.user_name, creds.password, "put tda.log\n", tmp_path)
+    assert done.returncode == 0, done.stderr
+    async with TopicReader(gateway.kafka_bootstrap, topics.DETECTIONS, gateway.prefix) as r:
+        dets = await r.read_events(detections_pb2.Detection, 5, timeout=20)
+    assert sorted(d.threat_name for d in dets) == [f"Worm {i}" for i in range(1, 6)]
+    assert {d.source_file for d in dets} == {"tda.log"}
+    # The same file again (a retry): acknowledged, not published twice.
+    again = openssh_sftp(gateway, creds.user_name, creds.password, "put tda.log\n", tmp_path)
+    assert again.returncode == 0, again.stderr
+    async with TopicReader(gateway.kafka_bootstrap, topics.UPLOADS, gateway.prefix) as r:
+        (upload,) = await r.read_events(status_pb2.UploadReceived, 1, timeout=20)
+        with pytest.raises(TimeoutError):
+            await r.read_until(lambda rs: len(rs) > 1, timeout=3)
+    assert upload.records_accepted == 5 and upload.protocol == 1
+    async with TopicReader(gateway.kafka_bootstrap, topics.DETECTIONS, gateway.prefix) as r:
+        with pytest.raises(TimeoutError):
+            await r.read_until(lambda rs: len(rs) > 5, timeout=3)
+
+    key_file = gateway.workdir / "data" / "ssh_host_ed25519_key"
+    first_key = key_file.read_bytes()
+    gateway.stop()
+    gateway.start()
+    assert key_file.read_bytes() == first_key
+    # known_hosts from the first run still matches: StrictHostKeyChecking=yes passes.
+    third = openssh_sftp(gateway, creds.user_name, creds.password, "ls\n", tmp_path)
+    assert third.returncode == 0, third.stderr
+
+
+async def test_refusals(gateway: Gateway, tmp_path: Path) -> None:
+    reg = await gateway.register("acct-a", "owner@a.example")
+    user, password = reg.credentials.user_name, reg.credentials.password
+
+    wrong = openssh_sftp(gateway, user, password + "x", "ls\n", tmp_path)
+    assert wrong.returncode != 0
+
+    (tmp_path / "big.log").write_bytes(b"x" * (MAX_UPLOAD + 1))
+    big = openssh_sftp(gateway, user, password, "put big.log\n", tmp_path)
+    assert big.returncode != 0 and "Failure" in big.stderr
+    assert not list((gateway.workdir / "data" / "uploads").rglob("big.log"))
+
+    (tmp_path / "ok.log").write_bytes(CEF)
+    link = openssh_sftp(gateway, user, password, "put ok.log keep.log\nsymlink /etc/passwd pw\n", tmp_path)  # fmt: skip
+    assert link.returncode != 0 and "ermission denied" in link.stderr
+
+    # Traversal is confined to the product's own directory.
+    escape = openssh_sftp(gateway, user, password, "put ok.log ../../../escaped.log\n", tmp_path)
+    assert escape.returncode == 0, escape.stderr
+    assert not list(gateway.workdir.rglob("escaped.log"))[1:]  # at most the confined copy
+    for found in gateway.workdir.rglob("escaped.log"):
+        assert found.parent.name == reg.product.product_id
+    outside = openssh_sftp(gateway, user, password, "get /../../ssh_host_ed25519_key stolen\n", tmp_path)  # fmt: skip
+    assert outside.returncode != 0 and not (tmp_path / "stolen").exists()
+
+
+async def test_asyncssh_public_key_and_other_products_files(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    public = key.export_public_key().decode().strip()
+    reg_a = await gateway.register("acct-a", "owner@a.example", ssh_public_key=public)
+    reg_b = await gateway.register("acct-a", "owner@a.example")
+    # A file that sits in product B's directory (e.g. an upload in progress).
+    b_dir = gateway.workdir / "data" / "uploads" / reg_b.product.product_id
+    b_dir.mkdir(parents=True, exist_ok=True)
+    (b_dir / "secret.log").write_bytes(b"product B only")
+
+    async with (
+        asyncssh.connect(
+            "127.0.0.1",
+            gateway.ports["sftp"],
+            username=reg_a.credentials.user_name,
+            client_keys=[key],
+            known_hosts=None,
+            password=None,
+        ) as conn,
+        conn.start_sftp_client() as sftp,
+    ):
+        async with sftp.open("eve.json", "wb") as fh:
+            await fh.write(
+                b'{"timestamp":"2026-11-20T09:00:00Z","event_type":"alert",'
+                b'"src_ip":"10.0.0.1","alert":{"signature":"ET Y","severity":1}}\n'
+            )
+        for path in (
+            f"/../{reg_b.product.product_id}/secret.log",
+            f"../{reg_b.product.product_id}/secret.log",
+            "/../../ssh_host_ed25519_key",
+        ):
+            with pytest.raises(asyncssh.SFTPError):
+                async with sftp.open(path, "rb") as fh:
+                    await fh.read()
+        assert await sftp.listdir("/..") == await sftp.listdir("/")
+    async with TopicReader(gateway.kafka_bootstrap, topics.DETECTIONS, gateway.prefix) as r:
+        (det,) = await r.read_events(detections_pb2.Detection, 1, timeout=20)
+    assert det.threat_name == "ET Y" and det.product_id == reg_a.product.product_id
+
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    with pytest.raises(asyncssh.PermissionDenied):
+        await asyncssh.connect(
+            "127.0.0.1",
+            gateway.ports["sftp"],
+            username=reg_a.credentials.user_name,
+            client_keys=[other],
+            known_hosts=None,
+            password=None,
+        )
