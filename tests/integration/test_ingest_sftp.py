@@ -132,7 +132,8 @@ async def test_refusals(gateway: Gateway, tmp_path: Path) -> None:
     assert not list((gateway.workdir / "data" / "uploads").rglob("big.log"))
 
     (tmp_path / "ok.log").write_bytes(CEF)
-    link = openssh_sftp(gateway, user, password, "put ok.log keep.log\nsymlink /etc/passwd pw\n", tmp_path)  # fmt: skip
+    commands = "put ok.log keep.log\nsymlink /etc/passwd pw\n"
+    link = openssh_sftp(gateway, user, password, commands, tmp_path)
     assert link.returncode != 0 and "ermission denied" in link.stderr
 
     # Traversal is confined to the product's own directory.
@@ -141,7 +142,8 @@ async def test_refusals(gateway: Gateway, tmp_path: Path) -> None:
     assert not list(gateway.workdir.rglob("escaped.log"))[1:]  # at most the confined copy
     for found in gateway.workdir.rglob("escaped.log"):
         assert found.parent.name == reg.product.product_id
-    outside = openssh_sftp(gateway, user, password, "get /../../ssh_host_ed25519_key stolen\n", tmp_path)  # fmt: skip
+    commands = "get /../../ssh_host_ed25519_key stolen\n"
+    outside = openssh_sftp(gateway, user, password, commands, tmp_path)
     assert outside.returncode != 0 and not (tmp_path / "stolen").exists()
 
 
