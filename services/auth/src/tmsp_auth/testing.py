@@ -63,7 +63,7 @@ def run_cli(env: Mapping[str, str], args: list[str], password: str) -> str:
         check=False,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"cli {args[0]} failed ({result.returncode}): {result.stderr[-2000:]}")
+        raise RuntimeError(f"cli {args[0]} failed ({result.returncode}): {result.stderr[-12000:]}")
     return result.stdout
 
 

@@ -1,11 +1,20 @@
-"""MongoDB repositories. Every state change that races is ONE single-document atomic
-operation whose filter is the precondition (compare-and-set): failure counting, the TOTP
-last-used step, code and token consumption, refresh-token rotation. No transactions (FerretDB
-1.x has none), so this works on FerretDB and MongoDB alike.
+"""MongoDB repositories.
+
+Every state change that races is decided by ONE atomic primitive: inserting a document with
+a unique ``_id`` into the ``markers`` collection (a *claim*). Only one of any number of
+concurrent inserts of the same ``_id`` succeeds, on MongoDB and on FerretDB 1.24 alike.
+Conditional updates are not enough: FerretDB 1.24 (SQLite) evaluates the filter of
+``findAndModify``/``update`` and writes the document back without isolation, so 50
+concurrent ``find_one_and_update({"n": {"$lt": 5}}, {"$inc": {"n": 1}})`` all "win"
+(measured). Claims decide: lockout attempt slots, TOTP time steps, code attempts and
+consumption, reset tokens, challenges, refresh-token rotation, recovery codes. Frequently
+written state lives outside the user document (``lockouts``, ``totp_steps``), so a
+whole-document write-back cannot undo it.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -33,11 +42,25 @@ INDEXES: dict[str, list[IndexModel]] = {
     "challenges": [IndexModel([("expires_at", ASCENDING)], name="expires")],
     "sessions": [IndexModel([("user_id", ASCENDING)], name="user")],
     "signing_keys": [IndexModel([("created_at", ASCENDING)], name="created")],
+    "markers": [
+        IndexModel([("user_id", ASCENDING), ("kind", ASCENDING), ("at", ASCENDING)], name="uka"),
+        IndexModel([("group", ASCENDING)], name="group"),
+    ],
 }
 
 
 async def create_indexes(db: AsyncDatabase[Document]) -> None:
-    await ensure_indexes(db, INDEXES)
+    """Create auth's missing indexes, by name.
+
+    Only the missing ones are sent: FerretDB 1.24 (SQLite) panics and drops the connection
+    ("slice bounds out of range") when createIndexes names an index that already exists,
+    which a restart always does.
+    """
+    for collection, models in INDEXES.items():
+        existing = {ix["name"] async for ix in await db[collection].list_indexes()}
+        missing = [m for m in models if m.document["name"] not in existing]
+        if missing:
+            await ensure_indexes(db, {collection: missing})
 
 
 def aware(value: Any) -> datetime:
@@ -47,13 +70,13 @@ def aware(value: Any) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def lock_state(doc: Document) -> LockState:
+def lock_state(doc: Document | None, window_failures: int = 0, now: datetime = EPOCH) -> LockState:
+    doc = doc or {}
     return LockState(
-        failures=int(doc.get("failures", 0)),
         locked_until=aware(doc.get("locked_until")),
         lockouts=int(doc.get("lockouts", 0)),
-        window_start=aware(doc.get("window_start")),
-        window_failures=int(doc.get("window_failures", 0)),
+        window_start=now - HOUR if window_failures else None,
+        window_failures=window_failures,
     )
 
 
@@ -62,30 +85,74 @@ class Reservation:
     """One attempt reserved against the lockout counters (taken before checking)."""
 
     attempt: int
-    """This attempt's number among the current failures (1..threshold)."""
+    """This attempt's slot among the current epoch's failures (1..threshold)."""
     lockouts: int
     window_failures: int
-    window_start: datetime
+    key: str
+    epoch: int
+
+
+class Markers:
+    """Claims: inserting a unique ``_id`` is the one atomic decision (see module doc)."""
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.coll = db["markers"]
+
+    async def claim(
+        self, key: str, *, user_id: str = "", kind: str = "", group: str = "", at: datetime = EPOCH
+    ) -> bool:
+        try:
+            await self.coll.insert_one(
+                {"_id": key, "user_id": user_id, "kind": kind, "group": group, "at": at}
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def exists(self, key: str) -> bool:
+        return await self.coll.find_one({"_id": key}, {"_id": 1}) is not None
+
+    async def drop(self, key: str) -> None:
+        await self.coll.delete_one({"_id": key})
+
+    async def count(self, query: Document) -> int:
+        return await self.coll.count_documents(query)
+
+    async def claim_slot(
+        self,
+        prefix: str,
+        limit: int,
+        *,
+        group: str,
+        user_id: str = "",
+        kind: str = "",
+        at: datetime = EPOCH,
+    ) -> tuple[int, str] | None:
+        """Claim the first free slot ``prefix:1..limit`` of ``group``; None when all are taken."""
+        start = await self.count({"group": group}) + 1
+        for n in range(max(1, start), limit + 1):
+            key = f"{prefix}:{n}"
+            if await self.claim(key, user_id=user_id, kind=kind, group=group, at=at):
+                return n, key
+        return None
 
 
 class UserRepository:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self.coll = db["users"]
+        self.lockouts = db["lockouts"]
+        self.totp_steps = db["totp_steps"]
+        self.markers = Markers(db)
 
     @staticmethod
     def new_user_fields() -> Document:
         return {
             "disabled": False,
             "password_hash": None,
-            "failures": 0,
-            "locked_until": EPOCH,
-            "lockouts": 0,
-            "window_start": EPOCH,
-            "window_failures": 0,
             "totp": None,
             "totp_pending": None,
-            "totp_last_step": 0,
             "recovery_codes": [],
+            "recovery_set": "",
             "two_factor_prompt": "",
         }
 
@@ -116,92 +183,119 @@ class UserRepository:
     async def disable_account_users(self, account_id: str) -> None:
         await self.coll.update_many({"account_id": account_id}, {"$set": {"disabled": True}})
 
-    # -- lockout -------------------------------------------------------------------------
+    # -- lockout (state in ``lockouts``, attempt slots as claims) -------------------------
+
+    async def lockout(self, user_id: str) -> Document | None:
+        return await self.lockouts.find_one({"_id": user_id})
+
+    async def lockouts_of(self, user_ids: list[str]) -> dict[str, Document]:
+        return {str(d["_id"]): d async for d in self.lockouts.find({"_id": {"$in": user_ids}})}
+
+    async def failures_last_hour(self, user_id: str, now: datetime) -> int:
+        return await self.markers.count(
+            {"user_id": user_id, "kind": "attempt", "at": {"$gt": now - HOUR}}
+        )
 
     async def reserve_attempt(
         self, user_id: str, policy: LockoutPolicy, now: datetime
     ) -> Reservation | None:
         """Count one attempt as a failure *before* it is checked; None when none is left.
 
-        The filter is the whole precondition (not locked, under the threshold, under the
-        hourly cap), so concurrent attempts can never reserve more than the threshold.
+        The attempt takes one of ``threshold`` slots of the current epoch by a claim, so
+        concurrent attempts can never get more checks than the threshold. The hourly hard
+        cap is a count (it can be exceeded by at most the number of in-flight attempts).
         """
-        base: Document = {
-            "_id": user_id,
-            "locked_until": {"$lte": now},
-            "failures": {"$lt": policy.effective_threshold},
-        }
-        hour_ago = now - HOUR
-        doc = await self.coll.find_one_and_update(
-            {
-                **base,
-                "window_start": {"$gt": hour_ago},
-                "window_failures": {"$lt": HOURLY_HARD_CAP},
-            },
-            {"$inc": {"failures": 1, "window_failures": 1}},
-            return_document=ReturnDocument.AFTER,
+        state = await self.lockout(user_id) or {}
+        if aware(state.get("locked_until")) > now:
+            return None
+        window = await self.failures_last_hour(user_id, now)
+        if window >= HOURLY_HARD_CAP:
+            return None
+        epoch = int(state.get("epoch", 0))
+        slot = await self.markers.claim_slot(
+            f"attempt:{user_id}:{epoch}",
+            policy.effective_threshold,
+            group=f"attempt:{user_id}:{epoch}",
+            user_id=user_id,
+            kind="attempt",
+            at=now,
         )
-        if doc is None:
-            doc = await self.coll.find_one_and_update(
-                {**base, "window_start": {"$lte": hour_ago}},
-                {"$inc": {"failures": 1}, "$set": {"window_start": now, "window_failures": 1}},
-                return_document=ReturnDocument.AFTER,
-            )
-        if doc is None:
+        if slot is None:
             return None
         return Reservation(
-            attempt=int(doc["failures"]),
-            lockouts=int(doc.get("lockouts", 0)),
-            window_failures=int(doc.get("window_failures", 0)),
-            window_start=aware(doc.get("window_start")),
+            attempt=slot[0],
+            lockouts=int(state.get("lockouts", 0)),
+            window_failures=window + 1,
+            key=slot[1],
+            epoch=epoch,
         )
 
-    async def lock(self, user_id: str, until: datetime) -> None:
-        """Start a lockout: the failure count restarts, the lockout counter grows."""
-        await self.coll.update_one(
+    async def lock(self, user_id: str, until: datetime, epoch: int) -> None:
+        """Start a lockout: a new epoch (fresh slots once it ends), one more lockout."""
+        await self.lockouts.update_one(
             {"_id": user_id},
-            {"$set": {"locked_until": until, "failures": 0}, "$inc": {"lockouts": 1}},
+            {"$set": {"locked_until": until, "epoch": epoch + 1}, "$inc": {"lockouts": 1}},
+            upsert=True,
         )
 
-    async def release_attempt(self, user_id: str) -> None:
+    async def release_attempt(self, reservation: Reservation) -> None:
         """Give back a reservation whose check succeeded but did not complete a login."""
-        await self.coll.update_one(
-            {"_id": user_id, "failures": {"$gt": 0}}, {"$inc": {"failures": -1}}
+        await self.markers.drop(reservation.key)
+
+    async def clear_failures(self, user_id: str, reservation: Reservation) -> None:
+        """A completed login: failures and consecutive lockouts start over (new epoch)."""
+        await self.markers.drop(reservation.key)
+        await self.lockouts.update_one(
+            {"_id": user_id},
+            {"$set": {"lockouts": 0, "epoch": reservation.epoch + 1}},
+            upsert=True,
         )
 
-    async def clear_failures(self, user_id: str) -> None:
-        """A completed login: failures and consecutive lockouts start over."""
-        await self.coll.update_one({"_id": user_id}, {"$set": {"failures": 0, "lockouts": 0}})
-
-    async def unlock(self, user_id: str) -> bool:
-        result = await self.coll.update_one(
+    async def unlock(self, user_id: str) -> None:
+        state = await self.lockout(user_id) or {}
+        await self.lockouts.update_one(
             {"_id": user_id},
             {
                 "$set": {
-                    "failures": 0,
-                    "lockouts": 0,
                     "locked_until": EPOCH,
-                    "window_failures": 0,
+                    "lockouts": 0,
+                    "epoch": int(state.get("epoch", 0)) + 1,
                 }
             },
+            upsert=True,
         )
-        return result.matched_count == 1
+        await self.markers.coll.delete_many({"user_id": user_id, "kind": "attempt"})
 
     # -- TOTP ----------------------------------------------------------------------------
 
-    async def claim_totp_step(self, user_id: str, step: int) -> bool:
-        """Compare-and-set: accept ``step`` only if newer than the last step used."""
-        result = await self.coll.update_one(
-            {"_id": user_id, "totp_last_step": {"$lt": step}},
-            {"$set": {"totp_last_step": step}},
+    async def claim_totp_step(self, user_id: str, step: int, now: datetime) -> bool:
+        """Accept ``step`` once: newer than the last step used, and claimed (atomic)."""
+        last = await self.totp_steps.find_one({"_id": user_id})
+        if last is not None and int(last.get("step", 0)) >= step:
+            return False
+        if not await self.markers.claim(
+            f"totp:{user_id}:{step}", user_id=user_id, kind="totp", at=now
+        ):
+            return False
+        await self.totp_steps.update_one(
+            {"_id": user_id, "step": {"$lt": step}}, {"$set": {"step": step}}
         )
-        return result.modified_count == 1
+        await self.totp_steps.update_one(
+            {"_id": user_id}, {"$setOnInsert": {"step": step}}, upsert=True
+        )
+        return True
 
-    async def consume_recovery_code(self, user_id: str, digest: str) -> bool:
-        result = await self.coll.update_one(
-            {"_id": user_id, "recovery_codes": digest}, {"$pull": {"recovery_codes": digest}}
+    async def consume_recovery_code(self, user: Document, digest: str, now: datetime) -> bool:
+        if digest not in user.get("recovery_codes", []):
+            return False
+        group = f"recovery:{user['_id']}:{user.get('recovery_set', '')}"
+        return await self.markers.claim(
+            f"{group}:{digest}", user_id=str(user["_id"]), kind="recovery", group=group, at=now
         )
-        return result.modified_count == 1
+
+    async def recovery_codes_left(self, user: Document) -> int:
+        group = f"recovery:{user['_id']}:{user.get('recovery_set', '')}"
+        return len(user.get("recovery_codes", [])) - await self.markers.count({"group": group})
 
 
 class AccountRepository:
@@ -251,68 +345,79 @@ class CodeResult(StrEnum):
 
 
 class CodeRepository:
-    """Emailed codes: one live code per user and purpose; a new one replaces the old."""
+    """Emailed codes: one live code per user and purpose; a new one replaces the old.
+
+    Each issued code has an ``issue_id``; its attempts and its use are claims under it.
+    """
 
     def __init__(self, db: AsyncDatabase[Document], hasher: CodeHasher) -> None:
         self.coll = db["codes"]
         self.hasher = hasher
+        self.markers = Markers(db)
 
     async def issue(
         self, user_id: str, purpose: CodePurpose, code: str, rules: CodeRules, now: datetime
     ) -> datetime:
         """Store a new code (resend-throttled); returns its expiry. RateLimited if too soon."""
         key = f"{user_id}:{purpose.value}"
-        expires = now + rules.ttl
-        fields = {
-            "user_id": user_id,
-            "purpose": purpose.value,
-            "digest": self.hasher.digest(code),
-            "created_at": now,
-            "expires_at": expires,
-            "attempts_left": rules.max_attempts,
-            "used": False,
-        }
-        result = await self.coll.update_one(
-            {"_id": key, "created_at": {"$lte": now - rules.resend_interval}}, {"$set": fields}
-        )
-        if result.matched_count == 1:
-            return expires
-        try:
-            await self.coll.insert_one({"_id": key, **fields})
-        except DuplicateKeyError:
-            existing = await self.coll.find_one({"_id": key})
-            wait = rules.resend_interval
-            if existing is not None:
-                wait = aware(existing.get("created_at")) + rules.resend_interval - now
+        existing = await self.coll.find_one({"_id": key})
+        if existing is not None:
+            wait = aware(existing.get("created_at")) + rules.resend_interval - now
+            if wait.total_seconds() > 0:
+                raise RateLimited(
+                    "a code was sent recently; wait before asking again",
+                    retry_after_seconds=max(1.0, wait.total_seconds()),
+                )
+        # One send per resend interval, decided by a claim (concurrent requests included).
+        bucket = int(now.timestamp() // max(1.0, rules.resend_interval.total_seconds()))
+        if not await self.markers.claim(
+            f"send:{key}:{bucket}", user_id=user_id, kind="send", at=now
+        ):
             raise RateLimited(
                 "a code was sent recently; wait before asking again",
-                retry_after_seconds=max(1.0, wait.total_seconds()),
-            ) from None
+                retry_after_seconds=max(1.0, rules.resend_interval.total_seconds()),
+            )
+        expires = now + rules.ttl
+        await self.coll.replace_one(
+            {"_id": key},
+            {
+                "_id": key,
+                "user_id": user_id,
+                "purpose": purpose.value,
+                "issue_id": uuid.uuid4().hex,
+                "digest": self.hasher.digest(code),
+                "created_at": now,
+                "expires_at": expires,
+                "max_attempts": rules.max_attempts,
+            },
+            upsert=True,
+        )
         return expires
 
     async def consume(
         self, user_id: str, purpose: CodePurpose, code: str, now: datetime
     ) -> CodeResult:
-        """Spend one attempt, then the code itself if it matches (both compare-and-set)."""
-        key = f"{user_id}:{purpose.value}"
-        doc = await self.coll.find_one_and_update(
-            {"_id": key, "used": False, "attempts_left": {"$gt": 0}},
-            {"$inc": {"attempts_left": -1}},
-            return_document=ReturnDocument.AFTER,
-        )
+        """Spend one attempt, then the code itself if it matches (both claims)."""
+        doc = await self.coll.find_one({"_id": f"{user_id}:{purpose.value}"})
         if doc is None:
             return CodeResult.INVALID
-        if not self.hasher.matches(str(doc["digest"]), code):
+        issue = str(doc["issue_id"])
+        slot = await self.markers.claim_slot(
+            f"code-attempt:{issue}",
+            int(doc.get("max_attempts", 5)),
+            group=f"code-attempt:{issue}",
+            user_id=user_id,
+            kind="code-attempt",
+            at=now,
+        )
+        if slot is None or not self.hasher.matches(str(doc["digest"]), code):
             return CodeResult.INVALID
         if aware(doc["expires_at"]) <= now:
             return CodeResult.EXPIRED
-        result = await self.coll.update_one(
-            {"_id": key, "used": False, "digest": doc["digest"]}, {"$set": {"used": True}}
+        used = await self.markers.claim(
+            f"code-used:{issue}", user_id=user_id, kind="code-used", at=now
         )
-        return CodeResult.OK if result.modified_count == 1 else CodeResult.INVALID
-
-    async def discard(self, user_id: str, purpose: CodePurpose) -> None:
-        await self.coll.delete_one({"_id": f"{user_id}:{purpose.value}"})
+        return CodeResult.OK if used else CodeResult.INVALID
 
 
 class TokenRepository:
@@ -321,24 +426,22 @@ class TokenRepository:
     def __init__(self, db: AsyncDatabase[Document], hasher: CodeHasher) -> None:
         self.coll = db["reset_tokens"]
         self.hasher = hasher
+        self.markers = Markers(db)
 
     async def issue(self, user_id: str, token: str, expires_at: datetime) -> None:
         await self.coll.insert_one(
-            {
-                "_id": self.hasher.digest(token),
-                "user_id": user_id,
-                "expires_at": expires_at,
-                "used": False,
-            }
+            {"_id": self.hasher.digest(token), "user_id": user_id, "expires_at": expires_at}
         )
 
     async def consume(self, token: str, now: datetime) -> str | None:
         """The user id of a live token, which is spent by this call; None otherwise."""
-        doc = await self.coll.find_one_and_update(
-            {"_id": self.hasher.digest(token), "used": False, "expires_at": {"$gt": now}},
-            {"$set": {"used": True}},
-        )
-        return None if doc is None else str(doc["user_id"])
+        digest = self.hasher.digest(token)
+        doc = await self.coll.find_one({"_id": digest, "expires_at": {"$gt": now}})
+        if doc is None:
+            return None
+        if not await self.markers.claim(f"reset:{digest}", kind="reset", at=now):
+            return None
+        return str(doc["user_id"])
 
     async def discard_for_user(self, user_id: str) -> None:
         await self.coll.delete_many({"user_id": user_id})
@@ -347,9 +450,12 @@ class TokenRepository:
 class ChallengeRepository:
     """Pending second-factor challenges (after a correct password)."""
 
+    MAX_ATTEMPTS = 5
+
     def __init__(self, db: AsyncDatabase[Document], hasher: CodeHasher) -> None:
         self.coll = db["challenges"]
         self.hasher = hasher
+        self.markers = Markers(db)
 
     async def create(self, challenge_id: str, user_id: str, expires_at: datetime) -> None:
         await self.coll.insert_one(
@@ -357,35 +463,34 @@ class ChallengeRepository:
                 "_id": self.hasher.digest(challenge_id),
                 "user_id": user_id,
                 "expires_at": expires_at,
-                "attempts_left": 5,
-                "used": False,
             }
         )
 
     async def peek(self, challenge_id: str, now: datetime) -> str | None:
-        doc = await self.coll.find_one(
-            {"_id": self.hasher.digest(challenge_id), "used": False, "expires_at": {"$gt": now}}
-        )
-        return None if doc is None else str(doc["user_id"])
+        digest = self.hasher.digest(challenge_id)
+        doc = await self.coll.find_one({"_id": digest, "expires_at": {"$gt": now}})
+        if doc is None or await self.markers.exists(f"challenge-done:{digest}"):
+            return None
+        return str(doc["user_id"])
 
     async def take_attempt(self, challenge_id: str, now: datetime) -> str | None:
         """Spend one of the challenge's attempts; the user id, or None if it is spent."""
-        doc = await self.coll.find_one_and_update(
-            {
-                "_id": self.hasher.digest(challenge_id),
-                "used": False,
-                "expires_at": {"$gt": now},
-                "attempts_left": {"$gt": 0},
-            },
-            {"$inc": {"attempts_left": -1}},
+        user_id = await self.peek(challenge_id, now)
+        if user_id is None:
+            return None
+        digest = self.hasher.digest(challenge_id)
+        slot = await self.markers.claim_slot(
+            f"challenge-attempt:{digest}",
+            self.MAX_ATTEMPTS,
+            group=f"challenge-attempt:{digest}",
+            kind="challenge-attempt",
+            at=now,
         )
-        return None if doc is None else str(doc["user_id"])
+        return None if slot is None else user_id
 
     async def complete(self, challenge_id: str) -> bool:
-        result = await self.coll.update_one(
-            {"_id": self.hasher.digest(challenge_id), "used": False}, {"$set": {"used": True}}
-        )
-        return result.modified_count == 1
+        digest = self.hasher.digest(challenge_id)
+        return await self.markers.claim(f"challenge-done:{digest}", kind="challenge-done")
 
 
 class RefreshOutcome(StrEnum):
@@ -395,9 +500,12 @@ class RefreshOutcome(StrEnum):
 
 
 class SessionRepository:
+    """Sessions; rotation and revocation are claims (``refresh:<digest>``, ``revoked:<sid>``)."""
+
     def __init__(self, db: AsyncDatabase[Document], hasher: CodeHasher) -> None:
         self.coll = db["sessions"]
         self.hasher = hasher
+        self.markers = Markers(db)
 
     async def create(self, doc: Document, refresh_token: str) -> None:
         await self.coll.insert_one(
@@ -416,37 +524,38 @@ class SessionRepository:
         doc = await self.coll.find_one(
             {"_id": session_id, "revoked": False, "expires_at": {"$gt": now}}, {"_id": 1}
         )
-        return doc is not None
+        return doc is not None and not await self.markers.exists(f"revoked:{session_id}")
 
     async def rotate(
         self, session_id: str, presented: str, new_token: str, now: datetime
     ) -> tuple[RefreshOutcome, Document | None]:
-        """Compare-and-set the refresh digest; a spent token revokes the session."""
+        """Spend the presented refresh token (a claim); a spent one revokes the session."""
         digest = self.hasher.digest(presented)
-        doc = await self.coll.find_one_and_update(
-            {
-                "_id": session_id,
-                "refresh_digest": digest,
-                "revoked": False,
-                "expires_at": {"$gt": now},
-            },
-            {
-                "$set": {"refresh_digest": self.hasher.digest(new_token), "refreshed_at": now},
-                "$push": {"previous_digests": digest},
-            },
-            return_document=ReturnDocument.AFTER,
-        )
-        if doc is not None:
-            return RefreshOutcome.ROTATED, doc
-        reused = await self.coll.find_one_and_update(
-            {"_id": session_id, "previous_digests": digest},
-            {"$set": {"revoked": True, "revoked_reason": "refresh token reused"}},
-        )
-        if reused is not None:
-            return RefreshOutcome.REUSED, reused
-        return RefreshOutcome.INVALID, None
+        doc = await self.coll.find_one({"_id": session_id})
+        if doc is None:
+            return RefreshOutcome.INVALID, None
+        current = self.hasher.matches(str(doc.get("refresh_digest", "")), presented)
+        if not current and digest not in doc.get("previous_digests", []):
+            return RefreshOutcome.INVALID, None
+        if current and not await self.is_active(session_id, now):
+            return RefreshOutcome.INVALID, None
+        if current and await self.markers.claim(
+            f"refresh:{digest}", user_id=str(doc["user_id"]), kind="refresh", at=now
+        ):
+            new_digest = self.hasher.digest(new_token)
+            await self.coll.update_one(
+                {"_id": session_id},
+                {
+                    "$set": {"refresh_digest": new_digest, "refreshed_at": now},
+                    "$push": {"previous_digests": digest},
+                },
+            )
+            return RefreshOutcome.ROTATED, {**doc, "refresh_digest": new_digest}
+        await self.revoke(session_id, "refresh token reused")
+        return RefreshOutcome.REUSED, doc
 
     async def revoke(self, session_id: str, reason: str) -> None:
+        await self.markers.claim(f"revoked:{session_id}", kind="revoked")
         await self.coll.update_one(
             {"_id": session_id}, {"$set": {"revoked": True, "revoked_reason": reason}}
         )
@@ -455,13 +564,13 @@ class SessionRepository:
         query: Document = {"user_id": user_id, "revoked": False}
         if keep:
             query["_id"] = {"$ne": keep}
-        await self.coll.update_many(query, {"$set": {"revoked": True, "revoked_reason": reason}})
+        for doc in [d async for d in self.coll.find(query, {"_id": 1})]:
+            await self.revoke(str(doc["_id"]), reason)
 
     async def revoke_account(self, account_id: str, reason: str) -> None:
-        await self.coll.update_many(
-            {"account_id": account_id, "revoked": False},
-            {"$set": {"revoked": True, "revoked_reason": reason}},
-        )
+        query: Document = {"account_id": account_id, "revoked": False}
+        for doc in [d async for d in self.coll.find(query, {"_id": 1})]:
+            await self.revoke(str(doc["_id"]), reason)
 
 
 class SigningKeyRepository:

@@ -276,8 +276,13 @@ class AccountUseCases:
         )
 
     async def list_users(self, principal: Principal, account_id: str) -> list[Document]:
+        """The users, each with ``locked_until`` from its lockout state."""
         await self._account(principal, account_id)
-        return await self.ctx.users.list_for_account(account_id)
+        users = await self.ctx.users.list_for_account(account_id)
+        locks = await self.ctx.users.lockouts_of([str(u["_id"]) for u in users])
+        return [
+            {**u, "locked_until": locks.get(str(u["_id"]), {}).get("locked_until")} for u in users
+        ]
 
     async def unlock_user(self, principal: Principal, user_id: str) -> None:
         user = await self._target_user(principal, user_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from tmsp_auth.adapters.events import AuditKind, NotificationKind
 from tmsp_auth.adapters.repositories import (
@@ -100,8 +100,8 @@ class AuthUseCases:
             return
         until = now + policy.lock_period(reservation.lockouts)
         if cap_hit:
-            until = max(until, reservation.window_start + HOUR)
-        await ctx.users.lock(uid, until)
+            until = max(until, now + HOUR)
+        await ctx.users.lock(uid, until, reservation.epoch)
         seconds = int((until - now).total_seconds())
         await ctx.events.all(
             ctx.events.audit(
@@ -134,8 +134,9 @@ class AuthUseCases:
             return reservation
         if not tell:
             raise Unauthenticated(INVALID_LOGIN)
-        fresh = await self.ctx.users.get(str(user["_id"])) or user
-        wait = lock_state(fresh).retry_after(self._now())
+        now, uid = self._now(), str(user["_id"])
+        window = await self.ctx.users.failures_last_hour(uid, now)
+        wait = lock_state(await self.ctx.users.lockout(uid), window, now).retry_after(now)
         raise RateLimited(
             "too many failed attempts; try again later",
             retry_after_seconds=max(1.0, wait.total_seconds()),
@@ -155,7 +156,7 @@ class AuthUseCases:
                 detail="wrong password (re-authentication)",
             )
             raise Unauthenticated("the password is wrong")
-        await self.ctx.users.release_attempt(str(user["_id"]))
+        await self.ctx.users.release_attempt(reservation)
 
     async def _check_totp(self, user: Document, code: str, *, pending: bool = False) -> bool:
         """A code of the user's (pending) device, accepted at most once per time step."""
@@ -167,7 +168,7 @@ class AuthUseCases:
         step = totp.matching_step(secret, code, self._now())
         if step is None:
             return False
-        return await self.ctx.users.claim_totp_step(uid, step)
+        return await self.ctx.users.claim_totp_step(uid, step, self._now())
 
     async def _open_session(self, user: Document, factors: tuple[str, ...]) -> SessionTokens:
         ctx, now = self.ctx, self._now()
@@ -257,12 +258,12 @@ class AuthUseCases:
             await ctx.users.set_fields(uid, {"password_hash": await ctx.hash_password(password)})
         if user.get("totp"):
             # The password attempt is given back; the second factor reserves its own.
-            await ctx.users.release_attempt(uid)
+            await ctx.users.release_attempt(reservation)
             challenge = code_gen.token()
             expires = now + ctx.config.challenge_ttl
             await ctx.challenges.create(challenge, uid, expires)
             return LoginResult(challenge_id=challenge, challenge_expires_at=expires)
-        await ctx.users.clear_failures(uid)
+        await ctx.users.clear_failures(uid, reservation)
         session = await self._open_session(user, ("pwd",))
         await ctx.events.audit(
             AuditKind.AUTH_AUDIT_KIND_LOGIN_SUCCEEDED,
@@ -312,7 +313,8 @@ class AuthUseCases:
             ok, factor, expired = result is CodeResult.OK, "email", result is CodeResult.EXPIRED
         else:
             digest = ctx.code_hasher.digest(recovery_code)
-            ok, factor = await ctx.users.consume_recovery_code(uid, digest), "recovery"
+            ok = await ctx.users.consume_recovery_code(user, digest, now)
+            factor = "recovery"
         if not ok:
             await self._failed(
                 user,
@@ -324,7 +326,7 @@ class AuthUseCases:
             raise Unauthenticated("the code has expired" if expired else "the code is invalid")
         if not await ctx.challenges.complete(challenge_id):
             raise Unauthenticated("the login challenge is invalid or expired; log in again")
-        await ctx.users.clear_failures(uid)
+        await ctx.users.clear_failures(uid, reservation)
         session = await self._open_session(user, ("pwd", factor))
         left = 0
         publications = [
@@ -350,8 +352,7 @@ class AuthUseCases:
                 ),
             }[factor]
             if factor == "recovery":
-                fresh = await ctx.users.get(uid) or user
-                left = len(fresh.get("recovery_codes", []))
+                left = await ctx.users.recovery_codes_left(user)
             publications += [
                 ctx.events.audit(
                     kinds[0], user_id=uid, account_id=acct, email=email, source_ip=source_ip
@@ -438,7 +439,7 @@ class AuthUseCases:
                     detail="wrong otp code (password change)",
                 )
                 raise Unauthenticated("the code is invalid")
-            await ctx.users.release_attempt(principal.user_id)
+            await ctx.users.release_attempt(reservation)
         await ctx.users.set_fields(
             principal.user_id, {"password_hash": await ctx.hash_password(new)}
         )
@@ -585,6 +586,7 @@ class AuthUseCases:
                 "totp": {**enabled, "enabled_at": self._now()},
                 "totp_pending": None,
                 "recovery_codes": digests,
+                "recovery_set": uuid.uuid4().hex,
             },
         )
         if not swapped:
@@ -708,7 +710,7 @@ class AuthUseCases:
                 )
                 expired = result is CodeResult.EXPIRED
                 raise InvalidArgument("emergency_code", "has expired" if expired else "is invalid")
-            await ctx.users.release_attempt(principal.user_id)
+            await ctx.users.release_attempt(reservation)
             detail = "emergency code"
         swapped = await ctx.users.compare_and_set(
             principal.user_id,
@@ -725,7 +727,9 @@ class AuthUseCases:
             raise FailedPrecondition("two-factor authentication is not enabled")
         await self._reauthenticate(user, password, "current_password")
         plain, digests = await self._new_recovery_codes()
-        await self.ctx.users.set_fields(principal.user_id, {"recovery_codes": digests})
+        await self.ctx.users.set_fields(
+            principal.user_id, {"recovery_codes": digests, "recovery_set": uuid.uuid4().hex}
+        )
         return plain
 
     async def principal_user(self, principal: Principal) -> Document:
@@ -733,7 +737,3 @@ class AuthUseCases:
         if user is None:
             raise NotFound("user not found")
         return user
-
-
-def lock_remaining(user: Document, now: datetime) -> timedelta:
-    return lock_state(user).retry_after(now)
