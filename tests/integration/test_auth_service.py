@@ -35,7 +35,7 @@ from tmsp_auth.testing import (
 )
 from tmsp_common.kafka.envelope import unwrap
 from tmsp_common.kafka.topics import ACCOUNTS, AUTH_AUDIT
-from tmsp_common.testing import Infra, ServiceProcess, TopicReader, unique
+from tmsp_common.testing import Infra, ServiceProcess, TopicReader, free_port, unique
 
 pytestmark = [
     pytest.mark.integration,
@@ -659,3 +659,30 @@ async def test_tenant_isolation_and_roles(
         )
     )
     assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_second_replica_shares_keys_sessions_and_indexes(
+    client: AuthClient, mail: Mailbox, deployment: Deployment
+) -> None:
+    """A replica started on the same database (as after a restart) keeps the signing keys:
+    tokens issued before verify, and the existing indexes do not stop the start-up."""
+    _op, user_id, email, password = await setup_user(client, mail)
+    session = await client.session(email, password)
+    env = {**deployment.env, "TMSP_AUTH_GRPC_PORT": str(free_port())}
+    replica = start_service(env)
+    other = AuthClient(f"localhost:{env['TMSP_AUTH_GRPC_PORT']}", deployment.tls_dir)
+    try:
+        keys_a = await client.auth.GetSigningKeys(auth_pb2.GetSigningKeysRequest())
+        keys_b = await other.auth.GetSigningKeys(auth_pb2.GetSigningKeysRequest())
+        assert [k.kid for k in keys_a.keys] == [k.kid for k in keys_b.keys]
+        await other.auth.SetTwoFactorPrompt(
+            auth_pb2.SetTwoFactorPromptRequest(choice=auth_pb2.TWO_FACTOR_PROMPT_SKIP_FOR_NOW),
+            metadata=md(session),
+        )
+        rotated = await other.auth.Refresh(
+            auth_pb2.RefreshRequest(refresh_token=session.refresh_token)
+        )
+        assert rotated.session.user_id == user_id
+    finally:
+        await other.close()
+        assert replica.terminate() == 0, replica.logs[-3000:]
