@@ -7,11 +7,16 @@ real aiosmtpd server that records messages and answers 4xx/5xx on demand.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
+
 from tmsp_common.clock import SystemClock
 from tmsp_common.testing import free_port
+from tmsp_common.tls import ensure_server_certificate
 from tmsp_notifier.adapters.memory import (
     MemoryAccounts,
     MemoryCounter,
@@ -23,6 +28,7 @@ from tmsp_notifier.adapters.memory import (
 from tmsp_notifier.adapters.smtp import SmtpConfig, SmtpSender
 from tmsp_notifier.domain.model import DeliveryState, Kind, Notification
 from tmsp_notifier.service_layer.delivery import Deliverer, RetryPolicy
+from tmsp_notifier.service_layer.ports import TransientSendError
 from tmsp_notifier.service_layer.rendering import Renderer
 from tmsp_notifier.testing import RecordingSmtpServer
 
@@ -137,3 +143,43 @@ async def test_header_injection_never_reaches_the_server(smtp: RecordingSmtpServ
     )
     assert (await deliverer.deliver(title)).state == DeliveryState.REJECTED
     assert smtp.messages == []
+
+
+def _server_context(tls_dir: Path) -> ssl.SSLContext:
+    paths = ensure_server_certificate(tls_dir, "smtp-test", hosts=("localhost", "127.0.0.1"))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(paths.cert, paths.key)
+    return ctx
+
+
+@pytest.mark.tls
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+async def test_tls_modes_with_authentication(tmp_path: Path, security: str) -> None:
+    ctx = _server_context(tmp_path)
+    port = free_port()
+    with RecordingSmtpServer(
+        port, security=security, ssl_context=ctx, credentials=("mailer", "s3cret-pw")
+    ) as smtp:
+        config = SmtpConfig(
+            host="localhost",
+            port=port,
+            security=security,  # type: ignore[arg-type]
+            username="mailer",
+            password="s3cret-pw",
+            ca_file=str(tmp_path / "ca.pem"),
+            timeout_s=3,
+        )
+        deliverer = make_deliverer(port)
+        deliverer.sender = SmtpSender(config)
+        record = await asyncio.wait_for(deliverer.deliver(code_mail(f"tls-{security}")), 15)
+        assert record.state == DeliveryState.SENT
+        assert smtp.logins == ["mailer"]
+        assert smtp.message_ids() == {f"<tls-{security}@tmsp.notifier>": 1}
+
+        wrong = SmtpSender(replace(config, password="wrong"))
+        with pytest.raises(TransientSendError, match="authentication"):
+            await wrong.send(smtp.messages[0])
+        untrusted = SmtpSender(replace(config, ca_file=""))
+        with pytest.raises(TransientSendError):
+            await untrusted.send(smtp.messages[0])
+        assert len(smtp.messages) == 1

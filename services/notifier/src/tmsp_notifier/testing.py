@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import hmac
+import ssl
 import threading
 import time
 from collections import Counter
@@ -17,6 +19,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 @dataclass
@@ -56,16 +59,54 @@ class _Handler:
 class RecordingSmtpServer:
     """``with RecordingSmtpServer(port) as smtp: ...``; ``smtp.port`` is the bound port."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        *,
+        security: str = "none",
+        ssl_context: ssl.SSLContext | None = None,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
+        """``security``: ``none``, ``starttls`` (required) or ``tls`` (implicit, needs a context);
+        ``credentials``: AUTH required with this user name and password."""
         self.host = host
         self.port = port
+        self.security = security
+        self.ssl_context = ssl_context
+        self.credentials = credentials
         self.handler = _Handler()
+        self.logins: list[str] = []
         self._controller: Controller | None = None
 
-    def start(self) -> RecordingSmtpServer:
-        self._controller = Controller(
-            self.handler, hostname=self.host, port=self.port, data_size_limit=50 * 1024 * 1024
+    def _authenticate(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        assert self.credentials is not None  # noqa: S101 - only installed with credentials
+        user, password = self.credentials
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and hmac.compare_digest(auth_data.login, user.encode())
+            and hmac.compare_digest(auth_data.password, password.encode())
         )
+        if ok:
+            self.logins.append(user)
+        return AuthResult(success=ok, handled=False)
+
+    def start(self) -> RecordingSmtpServer:
+        kwargs: dict[str, Any] = {"data_size_limit": 50 * 1024 * 1024}
+        if self.security == "tls":
+            kwargs["ssl_context"] = self.ssl_context
+            kwargs["server_hostname"] = "localhost"
+        elif self.security == "starttls":
+            kwargs["tls_context"] = self.ssl_context
+            kwargs["require_starttls"] = True
+        if self.credentials is not None:
+            kwargs["authenticator"] = self._authenticate
+            kwargs["auth_required"] = True
+            # implicit TLS: aiosmtpd does not see the transport as TLS, AUTH must be allowed
+            kwargs["auth_require_tls"] = self.security == "starttls"
+        self._controller = Controller(self.handler, hostname=self.host, port=self.port, **kwargs)
         self._controller.start()
         return self
 
