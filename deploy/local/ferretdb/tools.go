@@ -1,12 +1,12 @@
 //go:build tools
 
-// Package tools pins the FerretDB binary used for local development.
+// Package tools pins FerretDB (the MongoDB-wire server used for local development) and
+// records its checksums in go.sum.
 //
-// Build with (from this directory):
-//
-//	GOBIN=<repo>/.local/bin go install github.com/FerretDB/FerretDB/cmd/ferretdb
-//
-// deploy/local/infra.py does this automatically on first `up`.
+// Do not `go install github.com/FerretDB/FerretDB/cmd/ferretdb` from here: that binary
+// panics at start because build/version/version.txt is not part of the released module.
+// deploy/local/infra.py downloads the pinned module with `go mod download` (verified against
+// this go.sum), copies it under .local/build, writes version.txt and builds ./cmd/ferretdb.
 package tools
 
 import (
