@@ -21,7 +21,8 @@ $(UV):
 	@echo "==> installing uv $(UV_VERSION) into $(TOOLS)"
 	@python3 -m venv $(TOOLS) && $(TOOLS)/bin/pip install -q "uv==$(UV_VERSION)"
 
-setup: $(UV) ## install Python deps (uv, locked) and generate protobuf code
+setup: $(UV) ## install system tools, Python deps (uv, locked) and generate protobuf code
+	@bash scripts/ensure_system_tools.sh
 	@echo "==> uv sync (locked)"
 	@$(UV) sync --frozen --all-packages --python 3.11 -q
 	@$(MAKE) --no-print-directory proto
@@ -40,16 +41,17 @@ lint: setup ## ruff, mypy --strict and buf lint
 	@.local/bin/buf lint
 
 test: setup ## unit and integration tests (fetches and starts Kafka and FerretDB itself)
-	@$(INFRA) up
-	@set -o pipefail; $(UV) run --frozen pytest -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	@set -o pipefail; eval "$$($(INFRA) up)" || exit 1; \
+	  export TMSP_KAFKA_BOOTSTRAP TMSP_MONGO_URL; \
+	  $(UV) run --frozen pytest -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	  if [ -z "$$KEEP_INFRA" ]; then $(INFRA) down; fi; exit $$rc
 
 test-unit: setup ## unit tests only (no infrastructure)
 	@$(UV) run --frozen pytest -m "not integration" $(PYTEST_ARGS)
 
-test-integration: setup ## integration tests only
-	@$(INFRA) up
-	@$(UV) run --frozen pytest -m integration $(PYTEST_ARGS)
+test-integration: setup ## integration tests only (the local stack stays up)
+	@eval "$$($(INFRA) up)" || exit 1; export TMSP_KAFKA_BOOTSTRAP TMSP_MONGO_URL; \
+	  $(UV) run --frozen pytest -m integration $(PYTEST_ARGS)
 
 infra-up: ## start the local Kafka (KRaft) and FerretDB (idempotent)
 	@$(INFRA) up
