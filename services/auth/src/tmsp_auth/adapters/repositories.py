@@ -14,6 +14,7 @@ whole-document write-back cannot undo it.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -205,11 +206,11 @@ class UserRepository:
         concurrent attempts can never get more checks than the threshold. The hourly hard
         cap is a count (it can be exceeded by at most the number of in-flight attempts).
         """
-        state = await self.lockout(user_id) or {}
-        if aware(state.get("locked_until")) > now:
-            return None
-        window = await self.failures_last_hour(user_id, now)
-        if window >= HOURLY_HARD_CAP:
+        found, window = await asyncio.gather(
+            self.lockout(user_id), self.failures_last_hour(user_id, now)
+        )
+        state = found or {}
+        if aware(state.get("locked_until")) > now or window >= HOURLY_HARD_CAP:
             return None
         epoch = int(state.get("epoch", 0))
         slot = await self.markers.claim_slot(
@@ -277,12 +278,7 @@ class UserRepository:
             f"totp:{user_id}:{step}", user_id=user_id, kind="totp", at=now
         ):
             return False
-        await self.totp_steps.update_one(
-            {"_id": user_id, "step": {"$lt": step}}, {"$set": {"step": step}}
-        )
-        await self.totp_steps.update_one(
-            {"_id": user_id}, {"$setOnInsert": {"step": step}}, upsert=True
-        )
+        await self.totp_steps.update_one({"_id": user_id}, {"$max": {"step": step}}, upsert=True)
         return True
 
     async def consume_recovery_code(self, user: Document, digest: str, now: datetime) -> bool:

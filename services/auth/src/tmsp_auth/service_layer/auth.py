@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -263,8 +264,9 @@ class AuthUseCases:
             expires = now + ctx.config.challenge_ttl
             await ctx.challenges.create(challenge, uid, expires)
             return LoginResult(challenge_id=challenge, challenge_expires_at=expires)
-        await ctx.users.clear_failures(uid, reservation)
-        session = await self._open_session(user, ("pwd",))
+        _, session = await asyncio.gather(
+            ctx.users.clear_failures(uid, reservation), self._open_session(user, ("pwd",))
+        )
         await ctx.events.audit(
             AuditKind.AUTH_AUDIT_KIND_LOGIN_SUCCEEDED,
             user_id=uid,
@@ -326,8 +328,9 @@ class AuthUseCases:
             raise Unauthenticated("the code has expired" if expired else "the code is invalid")
         if not await ctx.challenges.complete(challenge_id):
             raise Unauthenticated("the login challenge is invalid or expired; log in again")
-        await ctx.users.clear_failures(uid, reservation)
-        session = await self._open_session(user, ("pwd", factor))
+        _, session = await asyncio.gather(
+            ctx.users.clear_failures(uid, reservation), self._open_session(user, ("pwd", factor))
+        )
         left = 0
         publications = [
             ctx.events.audit(
