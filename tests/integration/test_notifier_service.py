@@ -172,8 +172,8 @@ async def test_5xx_failed_and_dead_lettered_on_kafka(
 async def test_killed_mid_batch_then_restarted_none_lost_duplicates_only_in_window(
     env: dict[str, str], smtp: RecordingSmtpServer, producer: EventProducer, deliveries: Any
 ) -> None:
-    total = 40
-    smtp.set_delay(0.05)
+    total = 60
+    smtp.set_delay(0.1)
     proc = start(env)
     ids = [f"k-{uuid.uuid4().hex[:8]}-{i}" for i in range(total)]
     try:
@@ -195,5 +195,6 @@ async def test_killed_mid_batch_then_restarted_none_lost_duplicates_only_in_wind
         assert duplicated <= in_window
         states = {d["state"] async for d in deliveries.find({"_id": {"$in": ids}})}
         assert states == {"sent"}
+        print(f"killed after {before}/{total}; in window {len(in_window)}; dup {len(duplicated)}")
     finally:
         proc.terminate()
