@@ -208,6 +208,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "vs_keycloak": round(per_cpu / KEYCLOAK_LOGINS_PER_VCPU, 2),
         "concurrency": args.concurrency,
         "users": len(users),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
     }
 
 

@@ -245,11 +245,13 @@ class UserRepository:
 
     async def clear_failures(self, user_id: str, reservation: Reservation) -> None:
         """A completed login: failures and consecutive lockouts start over (new epoch)."""
-        await self.markers.drop(reservation.key)
-        await self.lockouts.update_one(
-            {"_id": user_id},
-            {"$set": {"lockouts": 0, "epoch": reservation.epoch + 1}},
-            upsert=True,
+        await asyncio.gather(
+            self.markers.drop(reservation.key),
+            self.lockouts.update_one(
+                {"_id": user_id},
+                {"$set": {"lockouts": 0, "epoch": reservation.epoch + 1}},
+                upsert=True,
+            ),
         )
 
     async def unlock(self, user_id: str) -> None:

@@ -302,10 +302,12 @@ class AuthUseCases:
         uid = await ctx.challenges.take_attempt(challenge_id, now)
         if uid is None:
             raise Unauthenticated("the login challenge is invalid or expired; log in again")
-        user = await self._user(uid)
+        user, reservation = await asyncio.gather(
+            self._user(uid), self._reserve({"_id": uid}, tell=True)
+        )
         if not user.get("totp"):
+            await ctx.users.release_attempt(reservation)
             raise Unauthenticated("the login challenge is invalid or expired; log in again")
-        reservation = await self._reserve(user, tell=True)
         acct, email = str(user["account_id"]), str(user["email"])
         expired = False
         if totp_code:
