@@ -1,0 +1,205 @@
+"""Auth's use cases in-process with a fake clock, on the real FerretDB and Kafka.
+
+Time-dependent rules (lockout periods that grow, code expiry, challenge expiry, signing key
+rotation) are checked exactly by moving a FakeClock; storage and the bus are real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pyotp
+import pytest
+
+from tmsp_auth.adapters.events import NotificationKind
+from tmsp_auth.bootstrap import App, build
+from tmsp_auth.config import AuthSettings
+from tmsp_auth.domain.crypto import Keyring
+from tmsp_auth.entrypoints.main import TOPICS
+from tmsp_auth.service_layer.accounts import AccountFields
+from tmsp_auth.testing import Mailbox
+from tmsp_common import mongo
+from tmsp_common.authn import Principal, Role
+from tmsp_common.clock import FakeClock
+from tmsp_common.errors import InvalidArgument, RateLimited, Unauthenticated
+from tmsp_common.kafka.admin import ensure_topics
+from tmsp_common.kafka.producer import EventProducer
+from tmsp_common.testing import Infra, unique
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.mongo]
+
+PASSWORD = "a-long-enough-passphrase"
+
+
+@pytest.fixture
+async def app(infra: Infra) -> AsyncIterator[tuple[App, FakeClock]]:
+    name = unique("itauthuc")
+    settings = AuthSettings.model_validate(
+        {
+            "mongo_database": f"{name}_auth",
+            "topic_prefix": f"{name}.",
+            "kafka_bootstrap": infra.kafka_bootstrap,
+            "encryption_keys": Keyring.generate_spec("uc1"),
+            "argon2_memory_kib": 256,
+            "argon2_time_cost": 1,
+            "lockout_threshold": 3,
+        }
+    )
+    db = await mongo.connect(infra.mongo_url, settings.mongo_database)
+    await ensure_topics(infra.kafka_bootstrap, TOPICS, prefix=settings.topic_prefix)
+    producer = EventProducer(
+        infra.kafka_bootstrap, service="auth", topic_prefix=settings.topic_prefix
+    )
+    await producer.start()
+    clock = FakeClock()
+    try:
+        yield await build(settings, db, producer, clock=clock), clock
+    finally:
+        await producer.stop()
+        await db.client.drop_database(db.name)
+        await mongo.close(db)
+
+
+async def user(app: App, *, totp_secret: str = "") -> tuple[str, str]:
+    account = await app.accounts.create_account(None, AccountFields(name=unique("Acct ")))
+    email = f"{unique('u')}@example.com"
+    doc = await app.accounts.add_user(
+        str(account["_id"]), email, "", [Role.ACCOUNT_ADMINISTRATOR], password=PASSWORD
+    )
+    if totp_secret:
+        await app.ctx.users.set_fields(
+            str(doc["_id"]), {"totp": app.ctx.seal_totp(str(doc["_id"]), totp_secret)}
+        )
+    return str(doc["_id"]), email
+
+
+async def fail(app: App, email: str, times: int) -> None:
+    for _ in range(times):
+        with pytest.raises(Unauthenticated):
+            await app.auth.login(email, "wrong-password-123")
+
+
+async def test_lockout_lasts_15_minutes_then_doubles(app: tuple[App, FakeClock]) -> None:
+    a, clock = app
+    _uid, email = await user(a)
+    await fail(a, email, 3)
+    with pytest.raises(Unauthenticated):  # locked: the right password is refused
+        await a.auth.login(email, PASSWORD)
+    clock.advance(timedelta(minutes=15) - timedelta(seconds=1))
+    with pytest.raises(Unauthenticated):
+        await a.auth.login(email, PASSWORD)
+    clock.advance(timedelta(seconds=1))
+    await fail(a, email, 3)  # a fresh epoch: three more attempts, then the second lockout
+    clock.advance(timedelta(minutes=15))
+    with pytest.raises(Unauthenticated):  # the second lockout lasts 30 minutes
+        await a.auth.login(email, PASSWORD)
+    clock.advance(timedelta(minutes=15))
+    assert (await a.auth.login(email, PASSWORD)).session is not None
+    # A completed login resets the growth: the next lockout is 15 minutes again.
+    await fail(a, email, 3)
+    clock.advance(timedelta(minutes=15))
+    assert (await a.auth.login(email, PASSWORD)).session is not None
+
+
+async def test_failures_below_threshold_are_forgiven_by_a_login(app: tuple[App, FakeClock]) -> None:
+    a, _clock = app
+    _uid, email = await user(a)
+    for _ in range(3):
+        await fail(a, email, 2)
+        assert (await a.auth.login(email, PASSWORD)).session is not None
+
+
+async def test_second_factor_failures_count_toward_lockout(app: tuple[App, FakeClock]) -> None:
+    a, clock = app
+    secret = pyotp.random_base32(32)
+    _uid, email = await user(a, totp_secret=secret)
+    for _ in range(3):
+        challenge = await a.auth.login(email, PASSWORD)  # the password alone resets nothing
+        with pytest.raises(Unauthenticated):
+            await a.auth.verify_second_factor(challenge.challenge_id, totp_code="000000")
+    with pytest.raises(Unauthenticated):  # locked: not even a challenge
+        await a.auth.login(email, PASSWORD)
+    clock.advance(timedelta(minutes=15))
+    challenge = await a.auth.login(email, PASSWORD)
+    code = pyotp.TOTP(secret).at(clock.now())
+    session, _ = await a.auth.verify_second_factor(challenge.challenge_id, totp_code=code)
+    assert session.access_token
+
+
+async def test_totp_window_is_one_step_each_way(app: tuple[App, FakeClock]) -> None:
+    a, clock = app
+    secret = pyotp.random_base32(32)
+    _uid, email = await user(a, totp_secret=secret)
+    old = pyotp.TOTP(secret).at(clock.now())
+    clock.advance(60)  # two steps later: too old
+    challenge = await a.auth.login(email, PASSWORD)
+    with pytest.raises(Unauthenticated):
+        await a.auth.verify_second_factor(challenge.challenge_id, totp_code=old)
+    late = pyotp.TOTP(secret).at(clock.now() - timedelta(seconds=30))
+    session, _ = await a.auth.verify_second_factor(challenge.challenge_id, totp_code=late)
+    assert session.access_token
+
+
+async def test_challenge_expires_after_five_minutes(app: tuple[App, FakeClock]) -> None:
+    a, clock = app
+    secret = pyotp.random_base32(32)
+    _uid, email = await user(a, totp_secret=secret)
+    challenge = await a.auth.login(email, PASSWORD)
+    clock.advance(timedelta(minutes=5))
+    with pytest.raises(Unauthenticated, match="challenge"):
+        await a.auth.verify_second_factor(
+            challenge.challenge_id, totp_code=pyotp.TOTP(secret).at(clock.now())
+        )
+
+
+async def test_emergency_code_expiry_is_told_apart_after_the_password(
+    app: tuple[App, FakeClock], infra: Infra
+) -> None:
+    a, clock = app
+    secret = pyotp.random_base32(32)
+    _uid, email = await user(a, totp_secret=secret)
+    challenge = await a.auth.login(email, PASSWORD)
+    await a.auth.request_emergency_code(challenge.challenge_id)
+    with pytest.raises(RateLimited):  # resend throttle
+        await a.auth.request_emergency_code(challenge.challenge_id)
+    async with Mailbox(infra.kafka_bootstrap, a.ctx.events.producer.prefix) as mail:
+        note = await mail.next(NotificationKind.NOTIFICATION_KIND_EMERGENCY_CODE, email)
+    clock.advance(timedelta(minutes=4))
+    challenge = await a.auth.login(email, PASSWORD)
+    clock.advance(timedelta(minutes=6))  # 10 minutes after issue
+    with pytest.raises(Unauthenticated, match="expired"):
+        await a.auth.verify_second_factor(
+            challenge.challenge_id, emergency_code=note.params["code"]
+        )
+    with pytest.raises(Unauthenticated, match="invalid"):
+        await a.auth.verify_second_factor(challenge.challenge_id, emergency_code="00000000")
+
+
+async def test_signing_keys_rotate_and_old_keys_stay_published(app: tuple[App, FakeClock]) -> None:
+    a, clock = app
+    first = (await a.ctx.keys.signer()).kid
+    clock.advance(timedelta(days=30))
+    second = (await a.ctx.keys.signer()).kid
+    assert second != first
+    kids = {k.kid: k.active for k in await a.ctx.keys.public_keys()}
+    assert kids == {first: False, second: True}
+    clock.advance(timedelta(days=61))
+    await a.ctx.keys.signer()
+    assert first not in {k.kid for k in await a.ctx.keys.public_keys()}
+
+
+async def test_validation_errors_name_the_field_and_change_nothing(
+    app: tuple[App, FakeClock],
+) -> None:
+    a, _clock = app
+    uid, email = await user(a)
+    session = (await a.auth.login(email, PASSWORD)).session
+    assert session is not None
+    principal = Principal(
+        uid, session.account_id, frozenset({Role.ACCOUNT_ADMINISTRATOR}), session.session_id
+    )
+    with pytest.raises(InvalidArgument) as info:
+        await a.auth.change_password(principal, PASSWORD, "short")
+    assert info.value.field == "new_password"
+    assert (await a.auth.login(email, PASSWORD)).session is not None
