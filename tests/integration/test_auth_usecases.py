@@ -7,6 +7,7 @@ rotation) are checked exactly by moving a FakeClock; storage and the bus are rea
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import pyotp
@@ -16,6 +17,8 @@ from tmsp_auth.adapters.events import NotificationKind
 from tmsp_auth.bootstrap import App, build
 from tmsp_auth.config import AuthSettings
 from tmsp_auth.domain.crypto import Keyring
+from tmsp_auth.domain.lockout import HOURLY_HARD_CAP
+from tmsp_auth.domain.passwords import Argon2Params, Hasher
 from tmsp_auth.entrypoints.main import TOPICS
 from tmsp_auth.service_layer.accounts import AccountFields
 from tmsp_auth.testing import Mailbox
@@ -32,8 +35,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.mongo]
 PASSWORD = "a-long-enough-passphrase"
 
 
-@pytest.fixture
-async def app(infra: Infra) -> AsyncIterator[tuple[App, FakeClock]]:
+@asynccontextmanager
+async def make_app(infra: Infra, **overrides: object) -> AsyncIterator[tuple[App, FakeClock]]:
     name = unique("itauthuc")
     settings = AuthSettings.model_validate(
         {
@@ -44,6 +47,7 @@ async def app(infra: Infra) -> AsyncIterator[tuple[App, FakeClock]]:
             "argon2_memory_kib": 256,
             "argon2_time_cost": 1,
             "lockout_threshold": 3,
+            **overrides,
         }
     )
     db = await mongo.connect(infra.mongo_url, settings.mongo_database)
@@ -59,6 +63,12 @@ async def app(infra: Infra) -> AsyncIterator[tuple[App, FakeClock]]:
         await producer.stop()
         await db.client.drop_database(db.name)
         await mongo.close(db)
+
+
+@pytest.fixture
+async def app(infra: Infra) -> AsyncIterator[tuple[App, FakeClock]]:
+    async with make_app(infra) as made:
+        yield made
 
 
 async def user(app: App, *, totp_secret: str = "") -> tuple[str, str]:
@@ -203,3 +213,27 @@ async def test_validation_errors_name_the_field_and_change_nothing(
         await a.auth.change_password(principal, PASSWORD, "short")
     assert info.value.field == "new_password"
     assert (await a.auth.login(email, PASSWORD)).session is not None
+
+
+async def test_hourly_hard_cap_holds_whatever_the_threshold(infra: Infra) -> None:
+    async with make_app(infra, lockout_threshold=10_000, lockout_minutes=1) as (a, clock):
+        _uid, email = await user(a)
+        await fail(a, email, HOURLY_HARD_CAP)  # the threshold is capped at 100 too
+        assert len(await a.ctx.users.markers.coll.distinct("_id", {"kind": "attempt"})) == 100
+        clock.advance(timedelta(minutes=2))  # the 1-minute lockout is over, the hour is not
+        with pytest.raises(Unauthenticated):
+            await a.auth.login(email, PASSWORD)
+        clock.advance(timedelta(minutes=58))
+        assert (await a.auth.login(email, PASSWORD)).session is not None
+
+
+async def test_changed_argon2_parameters_rehash_on_login(infra: Infra) -> None:
+    async with make_app(infra) as (a, _clock):
+        uid, email = await user(a)
+        before = (await a.ctx.users.get(uid) or {})["password_hash"]
+        stronger = Hasher(Argon2Params(memory_kib=512, time_cost=1))
+        a.ctx.hasher = stronger
+        assert (await a.auth.login(email, PASSWORD)).session is not None
+        after = (await a.ctx.users.get(uid) or {})["password_hash"]
+        assert after != before and "m=512" in after and not stronger.needs_rehash(after)
+        assert (await a.auth.login(email, PASSWORD)).session is not None
