@@ -686,3 +686,33 @@ async def test_a_second_replica_shares_keys_sessions_and_indexes(
     finally:
         await other.close()
         assert replica.terminate() == 0, replica.logs[-3000:]
+
+
+async def test_cli_creates_a_customer_account_with_its_administrator(
+    client: AuthClient, deployment: Deployment
+) -> None:
+    name, email, password = unique("Demo "), f"{unique('admin')}@demo.example", new_password()
+    out = run_cli(
+        deployment.env,
+        [
+            "create-account",
+            "--name",
+            name,
+            "--company",
+            "Demo Ltd",
+            "--service",
+            "threat-discovery",
+            "--admin-email",
+            email,
+            "--password-stdin",
+        ],
+        password,
+    )
+    assert "account created" in out
+    session = await client.session(email, password)
+    listed = await client.accounts.ListAccounts(
+        auth_pb2.ListAccountsRequest(), metadata=md(session)
+    )
+    assert [(a.name, a.managed_by_email, list(a.services)) for a in listed.accounts] == [
+        (name, email, ["threat-discovery"])
+    ]
