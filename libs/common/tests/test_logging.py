@@ -3,8 +3,15 @@ from __future__ import annotations
 import json
 
 import pytest
+import structlog
 
 from tmsp_common.logging import bind_context, clear_context, configure_logging, get_logger
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> object:
+    yield
+    structlog.reset_defaults()
 
 
 def test_json_lines_carry_service_trace_and_account(capsys: pytest.CaptureFixture[str]) -> None:
