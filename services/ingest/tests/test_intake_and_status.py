@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+from typing import Any
 
 import pytest
 
@@ -65,3 +67,31 @@ async def test_heartbeat_hands_out_tasks_until_acknowledged(world: World) -> Non
     beat = world.publisher.heartbeats[0]
     assert beat.security_compliance_enabled is True and beat.counters["logs_sent"] == 5
     assert list(world.publisher.heartbeats[1].acknowledged_task_ids) == ["t1", "t2"]
+
+
+async def test_a_retry_joins_the_unacknowledged_attempt_instead_of_publishing_again(
+    world: World,
+) -> None:
+    product, _ = await world.registry.register(OPERATOR, REG)
+    release = asyncio.Event()
+    publish = world.publisher.publish_records
+    calls = 0
+
+    async def slow_publish(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return await publish(*args, **kwargs)
+
+    world.publisher.publish_records = slow_publish  # type: ignore[method-assign]
+    world.intake.ack_timeout = 0.05
+    with pytest.raises(Unavailable, match="not acknowledged"):
+        await world.intake.ingest(product, "a.log", DATA, protocol=1)
+    assert world.intake.in_flight == 1
+    world.intake.ack_timeout = 5
+    retry = asyncio.create_task(world.intake.ingest(product, "a.log", DATA, protocol=1))
+    await asyncio.sleep(0.01)
+    release.set()
+    outcome = await retry
+    assert calls == 1 and not outcome.duplicate and outcome.accepted == 2
+    assert len(world.publisher.events) == 2 and world.intake.in_flight == 0

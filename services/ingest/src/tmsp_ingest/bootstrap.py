@@ -64,7 +64,9 @@ def build(
     products = MongoProducts(db)
     accounts = MongoAccounts(db)
     tasks = MongoTasks(db)
-    publisher = KafkaPublisher(producer, executor=executor)
+    publisher = KafkaPublisher(
+        producer, executor=executor, ack_timeout=settings.ack_timeout_seconds
+    )
     authenticator = ProductAuthenticator(
         products,
         accounts,
@@ -74,7 +76,13 @@ def build(
         ttl=settings.credential_cache_seconds,
         dummy_hash=hasher.hash(secrets.token_urlsafe(18)),
     )
-    intake = Intake(publisher, MongoLedger(db), clock, settings.max_upload_bytes)
+    intake = Intake(
+        publisher,
+        MongoLedger(db),
+        clock,
+        settings.max_upload_bytes,
+        ack_timeout=settings.ack_timeout_seconds,
+    )
     gateway = Gateway(
         authenticator,
         intake,

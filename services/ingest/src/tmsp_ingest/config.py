@@ -45,6 +45,8 @@ class IngestSettings(ServiceSettings):
     argon2_time_cost: int = Field(3, ge=1)
     argon2_memory_kib: int = Field(65536, ge=8)
     kafka_request_timeout_ms: int = Field(30_000, ge=1000)
+    ack_timeout_seconds: float = Field(30.0, gt=0)
+    """How long a client waits for Kafka's acknowledgement before being told to retry."""
     parse_workers: int = Field(1, ge=0, le=16)
     """Worker processes that parse uploads (0: parse on the event loop)."""
     accounts_group: str = "tmsp-ingest-accounts"

@@ -160,3 +160,122 @@ class Gateway:
                     await asyncio.sleep(0.3)
         finally:
             await chan.close()
+
+
+class PrivateKafka:
+    """A throwaway single-node KRaft broker (for tests that stop and restart Kafka without
+    touching the shared broker). Uses the jars ``deploy/local/infra.py`` installed."""
+
+    def __init__(self, workdir: Path, repo_root: Path) -> None:
+        self.dir = workdir
+        self.libs = repo_root / ".local" / "kafka" / "libs"
+        self.port = free_port()
+        self.controller_port = free_port()
+        self.proc: Any = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _java(self, main_class: str, *args: str) -> list[str]:
+        import shutil
+
+        java = shutil.which("java")
+        if java is None or not self.libs.is_dir():
+            raise RuntimeError(f"need java and Kafka jars in {self.libs} (infra.py install)")
+        log4j = self.dir / "log4j.properties"
+        log4j.write_text("log4j.rootLogger=WARN, stderr\n"
+                         "log4j.appender.stderr=org.apache.log4j.ConsoleAppender\n"
+                         "log4j.appender.stderr.layout=org.apache.log4j.PatternLayout\n")  # fmt: skip
+        return [java, "-Xms128m", "-Xmx384m", f"-Dlog4j.configuration=file:{log4j}",
+                "-cp", f"{self.libs}/*", main_class, *args]  # fmt: skip
+
+    def format(self) -> None:
+        import base64
+        import subprocess
+        import uuid
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        props = self.dir / "server.properties"
+        props.write_text(
+            f"""process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{self.controller_port}
+listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={self.dir / "data"}
+auto.create.topics.enable=false
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+group.initial.rebalance.delay.ms=0
+"""
+        )
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster = "A" + cluster[1:] if cluster.startswith("-") else cluster
+        subprocess.run(  # noqa: S603
+            self._java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props)),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def start(self, timeout: float = 90.0) -> None:
+        import socket
+        import subprocess
+
+        log = (self.dir / "broker.log").open("ab")
+        self.proc = subprocess.Popen(  # noqa: S603
+            self._java("kafka.Kafka", str(self.dir / "server.properties")),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"private Kafka exited: see {self.dir / 'broker.log'}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("private Kafka did not open its port")
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until a client can fetch cluster metadata (the broker has registered)."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        deadline = time.monotonic() + timeout
+        while True:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            try:
+                await asyncio.wait_for(admin.start(), 5)
+                await admin.list_topics()
+                return
+            except Exception:  # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+            finally:
+                await admin.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except Exception:  # noqa: BLE001 - then the hard way
+                self.proc.kill()
+                self.proc.wait(30)

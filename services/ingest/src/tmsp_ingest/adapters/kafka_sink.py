@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import Executor
 from functools import partial
 from typing import Any
@@ -60,34 +60,47 @@ class KafkaPublisher:
         executor: Executor | None = None,
         chunk_lines: int = 4000,
         window: int = 100_000,
+        ack_timeout: float = 30.0,
     ) -> None:
         self.producer = producer
         self.executor = executor
         self.chunk_lines = chunk_lines
         self.window = window
+        self.ack_timeout = ack_timeout
         self._detections = producer.topic_name(topics.DETECTIONS)
         self._mitigations = producer.topic_name(topics.MITIGATION_RESULTS)
         self._rejected = producer.topic_name(topics.INGEST_REJECTED)
 
     async def product_changed(self, product: Product) -> None:
         try:
-            await self.producer.publish(
-                topics.PRODUCTS,
-                snapshot(product),
-                key=product.product_id,
-                account_id=product.account_id,
-                event_id=f"{product.product_id}:{product.version}",
+            await self._acked(
+                self.producer.send(
+                    topics.PRODUCTS,
+                    snapshot(product),
+                    key=product.product_id,
+                    account_id=product.account_id,
+                    event_id=f"{product.product_id}:{product.version}",
+                )
             )
-        except KafkaError as exc:
+        except (KafkaError, TimeoutError) as exc:
             raise Unavailable(f"cannot publish product snapshot: {type(exc).__name__}") from exc
 
     async def heartbeat(self, event: status_pb2.Heartbeat) -> None:
         try:
-            await self.producer.publish(
-                topics.HEARTBEATS, event, key=event.product_id, account_id=event.account_id
+            await self._acked(
+                self.producer.send(
+                    topics.HEARTBEATS, event, key=event.product_id, account_id=event.account_id
+                )
             )
-        except KafkaError as exc:
+        except (KafkaError, TimeoutError) as exc:
             raise Unavailable(f"cannot publish heartbeat: {type(exc).__name__}") from exc
+
+    async def _acked(self, sending: Awaitable[asyncio.Future[Any]]) -> None:
+        """Send and wait for the acknowledgement at most ``ack_timeout`` seconds (the
+        idempotent producer otherwise retries forever while the broker is down)."""
+        async with asyncio.timeout(self.ack_timeout):
+            fut = await sending
+            await fut
 
     async def upload_received(self, event: status_pb2.UploadReceived, event_id: str) -> None:
         try:

@@ -1,0 +1,125 @@
+"""Kafka stopped during an upload: the upload fails (SFTP close and HTTPS both); after the
+broker is back the retried upload lands exactly once.
+
+Runs its own throwaway KRaft broker (the shared one is never stopped) from the jars that
+``deploy/local/infra.py`` installed under ``.local/kafka/libs``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from tmsp.events.v1 import detections_pb2, status_pb2
+from tmsp_common.kafka import topics
+from tmsp_common.kafka.envelope import unwrap
+from tmsp_common.testing import REPO_ROOT, TopicReader
+from tmsp_ingest.harness import Gateway, PrivateKafka
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.kafka,
+    pytest.mark.mongo,
+    pytest.mark.ssh,
+    pytest.mark.slow,
+]
+
+RECORDS = 200
+CEF = b"".join(
+    b"CEF:0|Trend Micro|TDA|2.5|%d|Threat %d|5|src=10.0.%d.%d\n" % (i, i, i // 250, i % 250)
+    for i in range(RECORDS)
+)
+
+
+@pytest.fixture
+def kafka(tmp_path: Path) -> Iterator[PrivateKafka]:
+    broker = PrivateKafka(tmp_path / "kafka", REPO_ROOT)
+    broker.format()
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+async def gateway(infra, names, tmp_path: Path, kafka: PrivateKafka) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+    await kafka.wait_ready()
+    gw = Gateway(
+        kafka.bootstrap,
+        infra.mongo_url,
+        names.prefix,
+        names.database("ingest"),
+        tmp_path / "gw",
+        extra_env={"TMSP_INGEST_ACK_TIMEOUT_SECONDS": "4"},
+    )
+    gw.start(timeout=90)
+    await gw.publish_account("acct-a", "owner@a.example")
+    yield gw
+    gw.stop()
+
+
+async def sftp_put(gw: Gateway, user: str, password: str, name: str, data: bytes) -> None:
+    async with (
+        asyncssh.connect(
+            "127.0.0.1",
+            gw.ports["sftp"],
+            username=user,
+            password=password,
+            known_hosts=None,
+            client_keys=None,
+        ) as conn,
+        conn.start_sftp_client() as sftp,
+        sftp.open(name, "wb") as fh,
+    ):
+        await fh.write(data)
+
+
+async def test_upload_fails_while_kafka_is_down_and_the_retry_lands_once(
+    gateway: Gateway, kafka: PrivateKafka, tmp_path: Path
+) -> None:
+    reg = await gateway.register("acct-a", "owner@a.example")
+    user, password = reg.credentials.user_name, reg.credentials.password
+
+    kafka.kill()
+    with pytest.raises(asyncssh.SFTPFailure, match="retry"):
+        await sftp_put(gateway, user, password, "outage.log", CEF)
+
+    upload = tmp_path / "outage.log"
+    upload.write_bytes(CEF)
+    curl = subprocess.run(  # noqa: S603
+        ["curl", "-sS", "--cacert", str(gateway.ca), "-u", f"{user}:{password}",  # noqa: S607
+         "--data-binary", f"@{upload}", "-o", "/dev/null", "-w", "%{http_code}",
+         f"https://127.0.0.1:{gateway.ports['https']}/v1/uploads?file=outage.log"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert curl.stdout == "503"
+
+    kafka.start()
+    await kafka.wait_ready()
+    deadline = time.monotonic() + 60
+    while True:  # an appliance retries until the close succeeds
+        try:
+            await sftp_put(gateway, user, password, "outage.log", CEF)
+            break
+        except asyncssh.SFTPFailure:
+            if time.monotonic() > deadline:
+                raise
+    # And a retry after success is recognised.
+    await sftp_put(gateway, user, password, "outage.log", CEF)
+
+    async with TopicReader(kafka.bootstrap, topics.DETECTIONS, gateway.prefix) as r:
+        records = await r.read_until(lambda rs: len(rs) >= RECORDS, timeout=30)
+        with pytest.raises(TimeoutError):
+            await r.read_until(lambda rs: len(rs) > RECORDS, timeout=3)
+    ids = Counter(unwrap(rec.value, detections_pb2.Detection)[1].event_id for rec in records)
+    assert len(ids) == RECORDS and set(ids.values()) == {1}
+    async with TopicReader(kafka.bootstrap, topics.UPLOADS, gateway.prefix) as r:
+        (done,) = await r.read_events(status_pb2.UploadReceived, 1, timeout=20)
+        with pytest.raises(TimeoutError):
+            await r.read_until(lambda rs: len(rs) > 1, timeout=2)
+    assert done.records_accepted == RECORDS
