@@ -184,9 +184,11 @@ class PrivateKafka:
         if java is None or not self.libs.is_dir():
             raise RuntimeError(f"need java and Kafka jars in {self.libs} (infra.py install)")
         log4j = self.dir / "log4j.properties"
-        log4j.write_text("log4j.rootLogger=WARN, stderr\n"
-                         "log4j.appender.stderr=org.apache.log4j.ConsoleAppender\n"
-                         "log4j.appender.stderr.layout=org.apache.log4j.PatternLayout\n")  # fmt: skip
+        log4j.write_text(
+            "log4j.rootLogger=WARN, stderr\n"
+            "log4j.appender.stderr=org.apache.log4j.ConsoleAppender\n"
+            "log4j.appender.stderr.layout=org.apache.log4j.PatternLayout\n"
+        )
         return [java, "-Xms128m", "-Xmx384m", f"-Dlog4j.configuration=file:{log4j}",
                 "-cp", f"{self.libs}/*", main_class, *args]  # fmt: skip
 
