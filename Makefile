@@ -62,18 +62,21 @@ infra-down: ## stop the local Kafka and FerretDB (idempotent)
 infra-status: ## show what the local stack is running
 	@$(INFRA) status
 
-up: setup infra-up ## start the local stack and every service in the background
-	@$(PY) scripts/stack.py up
+up: setup ## start the local stack and every service in the background
+	@eval "$$($(INFRA) up)" || exit 1; export TMSP_KAFKA_BOOTSTRAP TMSP_MONGO_URL; \
+	  $(PY) scripts/stack.py up
 
 down: ## stop every service and the local stack
 	@-$(PY) scripts/stack.py down
 	@$(INFRA) down
 
-demo: setup infra-up ## the main job: simulated appliances, incidents, a report, emails
-	@$(PY) scripts/demo.py
+demo: setup ## the main job: simulated appliances -> incidents -> emails, shown step by step
+	@eval "$$($(INFRA) up)" || exit 1; export TMSP_KAFKA_BOOTSTRAP TMSP_MONGO_URL; \
+	  $(PY) scripts/stack.py up && $(PY) scripts/demo.py
 
-bench: setup infra-up ## benchmarks, as ratios to a reference measured in the same run
-	@$(PY) bench/run.py $(BENCH_ARGS)
+bench: setup ## benchmarks, as ratios to a reference measured in the same run
+	@eval "$$($(INFRA) up)" || exit 1; export TMSP_KAFKA_BOOTSTRAP TMSP_MONGO_URL; \
+	  $(PY) bench/run.py $(BENCH_ARGS)
 
 fuzz: setup ## run the atheris fuzz targets of every parser for a short while
 	@$(PY) services/ingest/fuzz/run.py $(FUZZ_ARGS)
