@@ -171,8 +171,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--mails", type=int, default=300, help="mails in the throughput burst")
-    p.add_argument("--paced", type=int, default=100, help="mails in the latency run")
-    p.add_argument("--rate", type=float, default=50.0, help="requests per second when paced")
+    p.add_argument("--paced", type=int, default=60, help="mails in the latency run")
+    p.add_argument("--rate", type=float, default=10.0, help="requests per second when paced")
     p.add_argument("--connections", type=int, default=4, help="SMTP connections")
     p.add_argument("--timeout", type=float, default=120.0)
     return p.parse_args(argv)

@@ -24,8 +24,9 @@ class MemoryDeliveryLog:
     def __init__(self) -> None:
         self.records: dict[str, DeliveryRecord] = {}
 
-    async def claim(self, record: DeliveryRecord) -> DeliveryRecord:
-        return self.records.setdefault(record.notification_id, record)
+    async def claim(self, record: DeliveryRecord) -> tuple[DeliveryRecord, bool]:
+        stored = self.records.setdefault(record.notification_id, record)
+        return stored, stored is record
 
     async def set_decision(
         self, notification_id: str, decision: str, window_start: datetime, now: datetime

@@ -72,7 +72,7 @@ class MongoDeliveryLog:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._c = db["deliveries"]
 
-    async def claim(self, record: DeliveryRecord) -> DeliveryRecord:
+    async def claim(self, record: DeliveryRecord) -> tuple[DeliveryRecord, bool]:
         doc: Document = {
             "_id": record.notification_id,
             "account_id": record.account_id,
@@ -97,9 +97,9 @@ class MongoDeliveryLog:
         except DuplicateKeyError:
             existing = await self._c.find_one({"_id": record.notification_id})
             if existing is not None:
-                return _record(existing)
+                return _record(existing), False
             raise
-        return record
+        return record, True
 
     async def set_decision(
         self, notification_id: str, decision: str, window_start: datetime, now: datetime

@@ -126,16 +126,20 @@ class Deliverer:
             )
         except InvalidArgument as exc:
             return await self.reject(notification, exc.message, origin)
-        record = await self.log.claim(
+        # Common path: one insert records the first attempt (state=sending, attempts=1)
+        # before the mail goes out; throttled kinds are recorded queued until decided.
+        first = DeliveryState.QUEUED if n.throttle else DeliveryState.SENDING
+        record, inserted = await self.log.claim(
             DeliveryRecord(
                 notification_id=n.notification_id,
                 account_id=n.account_id,
                 kind=n.kind,
                 recipients=n.recipients,
-                state=DeliveryState.QUEUED,
+                state=first,
                 created_at=now,
                 updated_at=now,
                 subject=rendered.subject,
+                attempts=0 if n.throttle else 1,
                 source=n.source,
                 source_event_id=n.source_event_id,
                 summary=n.summary or rendered.subject,
@@ -159,11 +163,13 @@ class Deliverer:
         )
         transient_replies = 0
         attempt = 0
+        sending: DeliveryRecord | None = record if inserted and not n.throttle else None
         while True:
-            sending = await self.log.mark_sending(n.notification_id, self.clock.now())
-            if sending is None:  # another consumer finished it meanwhile
-                metrics.EMAILS_DUPLICATES.inc()
-                return await self._get(n.notification_id)
+            if sending is None:
+                sending = await self.log.mark_sending(n.notification_id, self.clock.now())
+                if sending is None:  # another consumer finished it meanwhile
+                    metrics.EMAILS_DUPLICATES.inc()
+                    return await self._get(n.notification_id)
             attempt += 1
             started = time.perf_counter()
             try:
@@ -194,12 +200,12 @@ class Deliverer:
                 if stop is not None and stop.is_set():
                     raise DeliveryInterrupted(n.notification_id) from exc
                 await self.sleep(delay)
+                sending = None
                 continue
             metrics.SEND_SECONDS.observe(time.perf_counter() - started)
             metrics.EMAILS_SENT.labels(n.kind.value).inc()
-            await self.log.mark(
-                n.notification_id, DeliveryState.SENT, self.clock.now(), reply=reply
-            )
+            done = self.clock.now()
+            await self.log.mark(n.notification_id, DeliveryState.SENT, done, reply=reply)
             log.info(
                 "mail sent",
                 notification_id=n.notification_id,
@@ -208,7 +214,9 @@ class Deliverer:
                 recipients=len(n.recipients),
                 attempts=sending.attempts,
             )
-            return await self._get(n.notification_id)
+            return replace(
+                sending, state=DeliveryState.SENT, updated_at=done, sent_at=done, last_reply=reply
+            )
 
     def _validated(self, n: Notification) -> Notification:
         validate_notification_id(n.notification_id)
@@ -281,7 +289,8 @@ class Deliverer:
             source_event_id=n.source_event_id,
         )
         if n.notification_id:
-            return await self.log.claim(record)
+            stored, _ = await self.log.claim(record)
+            return stored
         return record
 
     async def _get(self, notification_id: str) -> DeliveryRecord:

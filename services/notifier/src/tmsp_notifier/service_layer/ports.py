@@ -42,8 +42,8 @@ class MailSender(Protocol):
 
 
 class DeliveryLog(Protocol):
-    async def claim(self, record: DeliveryRecord) -> DeliveryRecord:
-        """Insert ``record`` unless one exists for its id; returns the stored one."""
+    async def claim(self, record: DeliveryRecord) -> tuple[DeliveryRecord, bool]:
+        """Insert ``record`` unless one exists for its id; (the stored one, inserted now)."""
 
     async def set_decision(
         self, notification_id: str, decision: str, window_start: datetime, now: datetime
