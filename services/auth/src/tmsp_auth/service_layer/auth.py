@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from tmsp_auth.adapters.events import AuditKind, NotificationKind
+from tmsp_auth.adapters.metrics import CODES_SENT, LOCKOUTS, LOGIN_ATTEMPTS
 from tmsp_auth.adapters.repositories import (
     CodeResult,
     RefreshOutcome,
@@ -103,6 +104,7 @@ class AuthUseCases:
         if cap_hit:
             until = max(until, now + HOUR)
         await ctx.users.lock(uid, until, reservation.epoch)
+        LOCKOUTS.inc()
         seconds = int((until - now).total_seconds())
         await ctx.events.all(
             ctx.events.audit(
@@ -231,6 +233,7 @@ class AuthUseCases:
                 source_ip=source_ip,
                 detail="unknown or disabled user",
             )
+            LOGIN_ATTEMPTS.labels("unknown_user").inc()
             raise Unauthenticated(INVALID_LOGIN)
         uid = str(user["_id"])
         reservation = await ctx.users.reserve_attempt(uid, ctx.config.lockout, now)
@@ -244,6 +247,7 @@ class AuthUseCases:
                 source_ip=source_ip,
                 detail="locked",
             )
+            LOGIN_ATTEMPTS.labels("refused_locked").inc()
             raise Unauthenticated(INVALID_LOGIN)
         stored = str(user["password_hash"])
         if not await ctx.verify_password(stored, password):
@@ -254,6 +258,7 @@ class AuthUseCases:
                 detail="wrong password",
                 source_ip=source_ip,
             )
+            LOGIN_ATTEMPTS.labels("failed").inc()
             raise Unauthenticated(INVALID_LOGIN)
         if ctx.hasher.needs_rehash(stored):
             await ctx.users.set_fields(uid, {"password_hash": await ctx.hash_password(password)})
@@ -263,6 +268,7 @@ class AuthUseCases:
             challenge = code_gen.token()
             expires = now + ctx.config.challenge_ttl
             await ctx.challenges.create(challenge, uid, expires)
+            LOGIN_ATTEMPTS.labels("challenge").inc()
             return LoginResult(challenge_id=challenge, challenge_expires_at=expires)
         _, session = await asyncio.gather(
             ctx.users.clear_failures(uid, reservation), self._open_session(user, ("pwd",))
@@ -276,6 +282,7 @@ class AuthUseCases:
             session_id=session.session_id,
             detail="password",
         )
+        LOGIN_ATTEMPTS.labels("password_ok").inc()
         offer = user.get("two_factor_prompt", "") != "do_not_show_again"
         return LoginResult(session=session, offer_two_factor_setup=offer)
 
@@ -327,12 +334,14 @@ class AuthUseCases:
                 detail=f"wrong {factor} code",
                 source_ip=source_ip,
             )
+            LOGIN_ATTEMPTS.labels("second_factor_failed").inc()
             raise Unauthenticated("the code has expired" if expired else "the code is invalid")
         if not await ctx.challenges.complete(challenge_id):
             raise Unauthenticated("the login challenge is invalid or expired; log in again")
         _, session = await asyncio.gather(
             ctx.users.clear_failures(uid, reservation), self._open_session(user, ("pwd", factor))
         )
+        LOGIN_ATTEMPTS.labels("second_factor_ok").inc()
         left = 0
         publications = [
             ctx.events.audit(
@@ -465,6 +474,7 @@ class AuthUseCases:
         token = code_gen.token()
         ttl = ctx.config.invite_ttl if invite else ctx.config.reset_ttl
         await ctx.tokens.issue(str(user["_id"]), token, now + ttl)
+        CODES_SENT.labels("invitation" if invite else "password_reset").inc()
         await ctx.events.all(
             ctx.events.notify(
                 NotificationKind.NOTIFICATION_KIND_PASSWORD_RESET,
@@ -531,6 +541,7 @@ class AuthUseCases:
         expires = await ctx.codes.issue(
             principal.user_id, CodePurpose.TWO_FACTOR_SETUP, code, ctx.config.code_rules, now
         )
+        CODES_SENT.labels("confirmation").inc()
         await ctx.events.notify(
             NotificationKind.NOTIFICATION_KIND_CONFIRMATION_CODE,
             account_id=principal.account_id,
@@ -673,6 +684,7 @@ class AuthUseCases:
         expires = await ctx.codes.issue(
             uid, CodePurpose.EMERGENCY, code, ctx.config.code_rules, now
         )
+        CODES_SENT.labels("emergency").inc()
         await ctx.events.notify(
             NotificationKind.NOTIFICATION_KIND_EMERGENCY_CODE,
             account_id=str(user["account_id"]),

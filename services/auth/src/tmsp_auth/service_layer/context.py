@@ -9,6 +9,7 @@ from datetime import timedelta
 from email_validator import EmailNotValidError, validate_email
 
 from tmsp_auth.adapters.events import EventPublisher
+from tmsp_auth.adapters.metrics import PASSWORD_HASH_SECONDS
 from tmsp_auth.adapters.repositories import (
     AccountRepository,
     ChallengeRepository,
@@ -60,13 +61,16 @@ class AuthContext:
 
     async def hash_password(self, password: str) -> str:
         """argon2id off the event loop (argon2-cffi releases the GIL)."""
-        return await asyncio.to_thread(self.hasher.hash, password)
+        with PASSWORD_HASH_SECONDS.time():
+            return await asyncio.to_thread(self.hasher.hash, password)
 
     async def verify_password(self, stored: str, password: str) -> bool:
-        return await asyncio.to_thread(self.hasher.verify, stored, password)
+        with PASSWORD_HASH_SECONDS.time():
+            return await asyncio.to_thread(self.hasher.verify, stored, password)
 
     async def burn_hash(self, password: str) -> None:
-        await asyncio.to_thread(self.hasher.burn, password)
+        with PASSWORD_HASH_SECONDS.time():
+            await asyncio.to_thread(self.hasher.burn, password)
 
     def seal_totp(self, user_id: str, secret: str) -> Document:
         sealed = self.keyring.seal(secret.encode(), f"totp:{user_id}")
