@@ -237,3 +237,14 @@ async def test_changed_argon2_parameters_rehash_on_login(infra: Infra) -> None:
         after = (await a.ctx.users.get(uid) or {})["password_hash"]
         assert after != before and "m=512" in after and not stronger.needs_rehash(after)
         assert (await a.auth.login(email, PASSWORD)).session is not None
+
+
+async def test_reset_requests_are_throttled_per_address(app: tuple[App, FakeClock]) -> None:
+    a, clock = app
+    uid, email = await user(a)
+    await a.auth.request_password_reset(email)
+    await a.auth.request_password_reset(email.upper())  # same answer, no second link
+    assert await a.ctx.tokens.coll.count_documents({"user_id": uid}) == 1
+    clock.advance(60)
+    await a.auth.request_password_reset(email)
+    assert await a.ctx.tokens.coll.count_documents({"user_id": uid}) == 2

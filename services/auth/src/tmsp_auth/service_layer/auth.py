@@ -498,16 +498,24 @@ class AuthUseCases:
 
     async def request_password_reset(self, email: str) -> None:
         """Same answer (and a published event either way) whether or not the address exists."""
-        ctx = self.ctx
+        ctx, now = self.ctx, self._now()
         email_norm = normalize_email(email)
+        # At most one link per address per minute (a claim), so the endpoint cannot be used
+        # to flood a mailbox; a throttled request gets the same answer.
+        bucket = int(now.timestamp() // 60)
+        fresh = await ctx.users.markers.claim(
+            f"reset-request:{ctx.code_hasher.digest(email_norm)}:{bucket}",
+            kind="reset-request",
+            at=now,
+        )
         user = await ctx.users.by_email(email_norm)
-        if user is not None and not user.get("disabled"):
+        if fresh and user is not None and not user.get("disabled"):
             await self.issue_password_link(user, invite=False)
             return
         await ctx.events.audit(
             AuditKind.AUTH_AUDIT_KIND_PASSWORD_RESET_REQUESTED,
             email=email_norm,
-            detail="no such active user; nothing sent",
+            detail="nothing sent: " + ("no such active user" if fresh else "throttled"),
         )
 
     async def reset_password(self, token: str, new_password: str) -> None:
