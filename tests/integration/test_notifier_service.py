@@ -111,7 +111,9 @@ async def test_requests_mailed_once_with_headers_and_parts(
         assert f"{CODE_PREFIX}0003" not in str(doc)
         assert proc.alive()
     finally:
-        proc.terminate()
+        exit_code = proc.terminate()
+    assert exit_code == 0  # SIGTERM: drained and stopped cleanly
+    assert "stopped" in proc.logs
     assert f"{CODE_PREFIX}000" not in proc.logs  # codes are never logged
 
 

@@ -50,7 +50,7 @@ def test_bad_subjects_are_refused(bad: str) -> None:
         validate_subject(bad)
 
 
-@pytest.mark.parametrize("bad", ["", "a b", "a\r\nb", "x" * 129, "-start", "a@b", "a>b"])
+@pytest.mark.parametrize("bad", ["", "a b", "a\r\nb", "abc\n", "x" * 129, "-start", "a@b", "a>b"])
 def test_notification_ids_must_fit_a_message_id(bad: str) -> None:
     with pytest.raises(InvalidArgument):
         validate_notification_id(bad)
@@ -68,6 +68,8 @@ def test_attachments_are_bounded_and_safe() -> None:
         validate_attachments([Attachment("../x.pdf", "application/pdf", b"")], 1000)
     with pytest.raises(InvalidArgument):
         validate_attachments([Attachment("x.pdf", "application/pdf\r\nX: y", b"")], 1000)
+    with pytest.raises(InvalidArgument):
+        validate_attachments([Attachment("x.pdf", "application/pdf\n", b"")], 1000)
 
 
 def test_throttle_allows_twelve_an_hour_then_digests_like_wazuh_maild() -> None:

@@ -30,6 +30,7 @@ class NotifierSettings(ServiceSettings):
     """JSON ``{kid: PEM}`` of auth's token signing keys; empty means ask auth (auth_target)."""
     auth_target: str = "127.0.0.1:50051"
     """auth's gRPC address, used for signing keys when ``auth_public_keys`` is empty."""
+    auth_tls: bool = True
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(2525, ge=1, le=65535)

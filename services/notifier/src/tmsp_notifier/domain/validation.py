@@ -15,7 +15,7 @@ from tmsp_common.errors import InvalidArgument
 from tmsp_notifier.domain.model import Attachment
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_NOTIFICATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NOTIFICATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_SUBJECT = 200
 MAX_RECIPIENTS = 50
 DEFAULT_MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
@@ -65,14 +65,14 @@ def validate_subject(subject: str) -> str:
 
 def validate_notification_id(notification_id: str) -> str:
     """Ids become the Message-ID's left part, so only ``[A-Za-z0-9._-]`` (max 128)."""
-    if not _NOTIFICATION_ID.match(notification_id):
+    if not _NOTIFICATION_ID.fullmatch(notification_id):
         raise InvalidArgument(
             "notification_id", "1-128 characters of A-Z a-z 0-9 . _ - (starting alphanumeric)"
         )
     return notification_id
 
 
-_CONTENT_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
+_CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 
 
 def validate_attachments(
@@ -86,7 +86,7 @@ def validate_attachments(
             raise InvalidArgument("attachments.filename", "empty or unsafe file name")
         if len(a.filename) > 200:
             raise InvalidArgument("attachments.filename", "longer than 200 characters")
-        if not _CONTENT_TYPE.match(a.content_type.lower()):
+        if not _CONTENT_TYPE.fullmatch(a.content_type.lower()):
             raise InvalidArgument("attachments.content_type", "not a type/subtype media type")
         total += len(a.content)
     if total > max_total_bytes:

@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 from tmsp.notifier.v1 import notifier_pb2_grpc
+from tmsp_common.auth_keys import grpc_key_source
 from tmsp_common.grpc_server import GrpcConfig, GrpcServer
 from tmsp_common.kafka.admin import ensure_topics
 from tmsp_common.kafka.consumer import BatchHandler, ConsumerRunner
@@ -59,17 +60,13 @@ async def _every(
 
 
 def _verifier(settings: NotifierSettings) -> JwtVerifier:
+    """Pinned keys when configured, otherwise auth's GetSigningKeys (fetched on first use)."""
     keys = settings.public_keys()
     if keys:
         return JwtVerifier(static_keys(keys))
-    try:
-        from tmsp_common import auth_keys  # type: ignore[attr-defined]  # added by auth
-
-        source = auth_keys.grpc_key_source(settings.auth_target, tls_dir=settings.tls_dir)
-        return JwtVerifier(source)
-    except (ImportError, AttributeError, TypeError):
-        log.warning("no token signing keys configured: every API call is refused")
-        return JwtVerifier(static_keys({}))
+    return JwtVerifier(
+        grpc_key_source(settings.auth_target, tls=settings.auth_tls, tls_dir=settings.tls_dir)
+    )
 
 
 async def serve(settings: NotifierSettings, stop: asyncio.Event) -> None:
