@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tmsp_common.clock import SystemClock
-from tmsp_common.testing import free_port
+from tmsp_common.testing import ServiceProcess, free_port, wait_until
 from tmsp_common.tls import ensure_server_certificate
 from tmsp_notifier.adapters.memory import (
     MemoryAccounts,
@@ -183,3 +183,22 @@ async def test_tls_modes_with_authentication(tmp_path: Path, security: str) -> N
         with pytest.raises(TransientSendError):
             await untrusted.send(smtp.messages[0])
         assert len(smtp.messages) == 1
+
+
+async def test_devsink_stores_each_mail_as_eml(tmp_path: Path) -> None:
+    port = free_port()
+    mail_dir = tmp_path / "mail"
+    sink = ServiceProcess(
+        "tmsp_notifier.devsink", {}, args=["--port", str(port), "--dir", str(mail_dir)]
+    ).start()
+    try:
+        sink.wait_for_log("devsink listening", timeout=20)
+        deliverer = make_deliverer(port)
+        record = await asyncio.wait_for(deliverer.deliver(code_mail("sink-1")), 15)
+        assert record.state == DeliveryState.SENT
+        files = list(mail_dir.glob("*.eml"))
+        assert len(files) == 1 and "sink-1tmsp.notifier" in files[0].name
+        assert b"Message-ID: <sink-1@tmsp.notifier>" in files[0].read_bytes()
+        await wait_until(lambda: "mail #1 to user@acme.example" in sink.logs, timeout=10)
+    finally:
+        assert sink.terminate() == 0
