@@ -14,6 +14,8 @@ import pyotp
 import pytest
 
 from tmsp_auth.adapters.events import NotificationKind
+from tmsp_auth.adapters.repositories import SigningKeyRepository
+from tmsp_auth.adapters.signing_keys import SigningKeys
 from tmsp_auth.bootstrap import App, build
 from tmsp_auth.config import AuthSettings
 from tmsp_auth.domain.crypto import Keyring
@@ -248,3 +250,21 @@ async def test_reset_requests_are_throttled_per_address(app: tuple[App, FakeCloc
     clock.advance(60)
     await a.auth.request_password_reset(email)
     assert await a.ctx.tokens.coll.count_documents({"user_id": uid}) == 2
+
+
+async def test_a_rotation_by_one_replica_reaches_the_others(app: tuple[App, FakeClock]) -> None:
+    a, clock = app
+    replica = SigningKeys(
+        SigningKeyRepository(a.ctx.users.coll.database),
+        a.ctx.keyring,
+        clock,
+        rotation=timedelta(days=30),
+        access_ttl=timedelta(minutes=5),
+    )
+    await replica.load()
+    first = (await a.ctx.keys.signer()).kid
+    assert set(await replica.key_map()) == {first}
+    clock.advance(timedelta(days=30))
+    rotated = (await a.ctx.keys.signer()).kid
+    assert rotated != first
+    assert set(await replica.key_map()) == {first, rotated}  # what a verifier asks on a new kid

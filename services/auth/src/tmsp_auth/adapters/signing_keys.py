@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tmsp_auth.adapters.repositories import SigningKeyRepository, aware
 from tmsp_auth.domain.crypto import Keyring, Sealed
 from tmsp_common.clock import Clock
+from tmsp_common.mongo import Document
 from tmsp_common.tokens import TokenSigner, public_pem
 
 
@@ -47,6 +49,7 @@ class SigningKeys:
         self._signer: TokenSigner | None = None
         self._signer_created: datetime | None = None
         self._public: list[PublicKey] = []
+        self._public_loaded = 0.0
         self._lock = asyncio.Lock()
 
     async def load(self) -> None:
@@ -64,15 +67,19 @@ class SigningKeys:
             assert isinstance(key, Ed25519PrivateKey)  # noqa: S101 - we only store Ed25519
             self._signer = TokenSigner(key, str(newest["_id"]), ttl=self._ttl, clock=self._clock)
             self._signer_created = aware(newest["created_at"])
-            self._public = [
-                PublicKey(
-                    kid=str(d["_id"]),
-                    pem=bytes(d["public_pem"]),
-                    created_at=aware(d["created_at"]),
-                    active=d is newest,
-                )
-                for d in docs
-            ]
+            self._set_public(docs)
+
+    def _set_public(self, docs: list[Document]) -> None:
+        self._public = [
+            PublicKey(
+                kid=str(d["_id"]),
+                pem=bytes(d["public_pem"]),
+                created_at=aware(d["created_at"]),
+                active=i == 0,
+            )
+            for i, d in enumerate(docs)
+        ]
+        self._public_loaded = time.monotonic()
 
     async def _create(self, now: datetime) -> None:
         key = Ed25519PrivateKey.generate()
@@ -102,10 +109,15 @@ class SigningKeys:
         assert self._signer is not None  # noqa: S101 - load() sets it
         return self._signer
 
-    async def public_keys(self) -> list[PublicKey]:
+    async def public_keys(self, max_age_s: float = 10.0) -> list[PublicKey]:
+        """Published keys, re-read from the database when older than ``max_age_s`` (another
+        replica may have rotated)."""
         if not self._public:
             await self.load()
+        elif time.monotonic() - self._public_loaded > max_age_s:
+            self._set_public(await self._repo.recent(self._clock.now() - 2 * self._rotation))
         return list(self._public)
 
     async def key_map(self) -> dict[str, bytes]:
-        return {k.kid: k.pem for k in await self.public_keys()}
+        """For the verifier: asked on an unknown kid (rate limited there), so always fresh."""
+        return {k.kid: k.pem for k in await self.public_keys(max_age_s=0.0)}
