@@ -138,8 +138,9 @@ def test_subscription_reminders_30_7_1_each_once() -> None:
     assert r1 is not None and r1.days_before == 1
     clock.set(until)
     assert policy.due_reminder(account, clock.now()) is None
-    renewed = AccountProfile("a", valid_until=until + timedelta(days=365))
-    clock.set(renewed.valid_until - timedelta(days=30))  # type: ignore[operator]
+    renewed_until = until + timedelta(days=365)
+    renewed = AccountProfile("a", valid_until=renewed_until)
+    clock.set(renewed_until - timedelta(days=30))
     r_new = policy.due_reminder(renewed, clock.now())
     assert r_new is not None and r_new.notification_id != r30.notification_id
 
