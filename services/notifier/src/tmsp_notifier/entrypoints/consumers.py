@@ -45,7 +45,14 @@ class RequestsHandler:
             await self.app.deliverer.deliver(notification, origin=origin, stop=self.stop)
 
     async def __call__(self, events: list[ConsumedEvent[Any]]) -> None:
-        results = await asyncio.gather(*(self._one(e) for e in events), return_exceptions=True)
+        # A producer retry can put the same id twice in one batch: delivering both at once
+        # would race past the claim, so only the first of each id is delivered.
+        unique: dict[str, ConsumedEvent[Any]] = {}
+        for e in events:
+            unique.setdefault(e.payload.notification_id, e)
+        results = await asyncio.gather(
+            *(self._one(e) for e in unique.values()), return_exceptions=True
+        )
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
