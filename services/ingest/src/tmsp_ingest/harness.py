@@ -87,7 +87,11 @@ class Gateway:
 
     def start(self, timeout: float = 60.0) -> Gateway:
         self.process = ServiceProcess("tmsp_ingest", env=self.env()).start()
-        self.process.wait_for_log("service ready", timeout=timeout)
+        try:
+            self.process.wait_for_log("service ready", timeout=timeout)
+        except RuntimeError:
+            self.process.kill()
+            raise
         return self
 
     def stop(self) -> None:

@@ -12,11 +12,13 @@ take a one-pass scanner. No regular expression, so nothing can backtrack.
 from __future__ import annotations
 
 from tmsp_ingest.domain.records import (
+    KNOWN_KEYS,
+    PORT_SLOTS,
     Fields,
     Format,
     InvalidRecord,
     Level,
-    apply_known,
+    port,
 )
 from tmsp_ingest.domain.timeparse import any_timestamp
 
@@ -181,9 +183,15 @@ def parse_cef(line: str, *, default_year: int, now: float | None = None) -> Fiel
     extra["device_product"] = header[2]
     extra["device_version"] = header[3]
     ext = parse_extension(ext_text)
+    known = KNOWN_KEYS
     for key, value in ext.items():
-        if not apply_known(fields, key, value):
+        slot = known.get(key)
+        if slot is None:
             extra[key] = value
+        elif slot in PORT_SLOTS:
+            setattr(fields, slot, port(value))
+        else:
+            setattr(fields, slot, value)
     for key in TIME_KEYS:
         stamp = ext.get(key)
         if stamp:
