@@ -1,8 +1,10 @@
 """MongoDB access with pymongo's ``AsyncMongoClient`` (Motor is deprecated).
 
 A database per service; each service reads and writes only its own. Indexes are created at
-start-up, idempotently. Works with FerretDB 1.24 (SQLite backend) and MongoDB 7/8: only
-single-document atomic operations, no multi-document transactions (FerretDB 1.x has none).
+start-up, idempotently. Works with FerretDB 1.24 (SQLite backend) and MongoDB 7/8: no
+multi-document transactions (FerretDB 1.x has none), and a race between writers is decided by
+inserting a document with a unique key (FerretDB 1.24 does not make a conditional
+``find_one_and_update`` atomic under concurrency; a unique-index insert is).
 """
 
 from __future__ import annotations
@@ -54,10 +56,18 @@ async def close(db: AsyncDatabase[Document]) -> None:
 async def ensure_indexes(
     db: AsyncDatabase[Document], indexes: Mapping[str, Sequence[IndexModel]]
 ) -> None:
-    """Create every index of every collection; existing identical indexes are left alone."""
+    """Create the indexes that are missing (by name), one ``createIndexes`` call each.
+
+    Existing ones are never sent again: FerretDB 1.24 (SQLite) panics and drops the
+    connection when ``createIndexes`` re-creates existing indexes, which every restart would.
+    """
     for collection, models in indexes.items():
-        if models:
-            await db[collection].create_indexes(list(models))
+        if not models:
+            continue
+        existing = {ix["name"] async for ix in await db[collection].list_indexes()}
+        for model in models:
+            if model.document["name"] not in existing:
+                await db[collection].create_indexes([model])
 
 
 async def insert_idempotent(collection: AsyncCollection[Document], document: Document) -> bool:
