@@ -51,17 +51,8 @@ INDEXES: dict[str, list[IndexModel]] = {
 
 
 async def create_indexes(db: AsyncDatabase[Document]) -> None:
-    """Create auth's missing indexes, by name.
-
-    Only the missing ones are sent: FerretDB 1.24 (SQLite) panics and drops the connection
-    ("slice bounds out of range") when createIndexes names an index that already exists,
-    which a restart always does.
-    """
-    for collection, models in INDEXES.items():
-        existing = {ix["name"] async for ix in await db[collection].list_indexes()}
-        missing = [m for m in models if m.document["name"] not in existing]
-        if missing:
-            await ensure_indexes(db, {collection: missing})
+    """Create auth's missing indexes (``tmsp_common.mongo.ensure_indexes``)."""
+    await ensure_indexes(db, INDEXES)
 
 
 def aware(value: Any) -> datetime:
