@@ -15,6 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from google.protobuf.message import Message
 
 from tmsp_common.kafka.envelope import wrap
@@ -133,10 +134,40 @@ class EventProducer:
         )
         return fut
 
+    async def send_raw_batch(
+        self, topic_name: str, values: Sequence[bytes], *, key: bytes
+    ) -> list[asyncio.Future[Any]]:
+        """Enqueue many raw values sharing one key, in order, packed into as few broker
+        batches as fit (several times cheaper per record than :meth:`send_raw`). The
+        partition is the one :meth:`send_raw` would pick for ``key``. Returns one
+        acknowledgement future per batch; await them all before acknowledging anything."""
+        partitions = sorted(await self._producer.partitions_for(topic_name))
+        partition = DefaultPartitioner()(key, partitions, partitions)
+        futures: list[asyncio.Future[Any]] = []
+        batch = self._producer.create_batch()
+        for value in values:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                futures.append(await self._submit(batch, topic_name, partition))
+                batch = self._producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"a record of {len(value)} bytes exceeds max_batch_size")
+        if batch.record_count():
+            futures.append(await self._submit(batch, topic_name, partition))
+        return futures
+
+    async def _submit(self, batch: Any, topic_name: str, partition: int) -> asyncio.Future[Any]:
+        batch.close()
+        count = batch.record_count()
+        fut: asyncio.Future[Any] = await self._producer.send_batch(
+            batch, topic_name, partition=partition
+        )
+        fut.add_done_callback(lambda f: _count(f, topic_name, count))
+        return fut
+
     async def flush(self) -> None:
         await self._producer.flush()
 
 
-def _count(fut: asyncio.Future[Any], topic: str) -> None:
+def _count(fut: asyncio.Future[Any], topic: str, records: int = 1) -> None:
     if not fut.cancelled() and fut.exception() is None:
-        KAFKA_MESSAGES_PRODUCED.labels(topic).inc()
+        KAFKA_MESSAGES_PRODUCED.labels(topic).inc(records)

@@ -1,9 +1,9 @@
 """Publishing uploads, snapshots and heartbeats to Kafka.
 
 Uploads are encoded in chunks (in a worker process when configured) and sent with
-:meth:`EventProducer.send_raw`; the sink keeps at most ``window`` acknowledgements
-outstanding, so memory stays bounded while the broker is slow, and raises
-:class:`Unavailable` when any send fails.
+:meth:`EventProducer.send_raw_batch` (rejections, with their headers, one by one); the sink
+keeps at most ``window`` records unacknowledged, so memory stays bounded while the broker
+is slow, and raises :class:`Unavailable` when any send fails.
 """
 
 from __future__ import annotations
@@ -133,6 +133,8 @@ class KafkaPublisher:
         stats = UploadStats()
         pending: list[asyncio.Future[Any]] = []
         send = self.producer.send_raw
+        batch = self.producer.send_raw_batch
+        outstanding = 0
         starts = range(0, len(lines), self.chunk_lines)
         try:
             # Encode the next chunk while the current one is being sent.
@@ -157,16 +159,19 @@ class KafkaPublisher:
                     if self.executor is not None and index + 1 < len(starts)
                     else None
                 )
-                for value in chunk.detections:
-                    pending.append(await send(self._detections, value, key=key, headers=()))
-                for value in chunk.mitigations:
-                    pending.append(await send(self._mitigations, value, key=key, headers=()))
+                if chunk.detections:
+                    pending.extend(await batch(self._detections, chunk.detections, key=key))
+                if chunk.mitigations:
+                    pending.extend(await batch(self._mitigations, chunk.mitigations, key=key))
                 for raw, headers in chunk.rejections:
                     pending.append(await send(self._rejected, raw, key=key, headers=headers))
+                outstanding += len(chunk.detections) + len(chunk.mitigations)
+                outstanding += len(chunk.rejections)
                 stats.merge(UploadStats(chunk.accepted, chunk.rejected))
-                if len(pending) >= self.window:
+                if outstanding >= self.window:
                     await asyncio.gather(*pending)
                     pending.clear()
+                    outstanding = 0
             if pending:
                 await asyncio.gather(*pending)
         except KafkaError as exc:
