@@ -214,3 +214,30 @@ async def test_attachment_is_sent(deliverer: Deliverer, sender: RecordingSender)
     (msg,) = sender.sent
     (att,) = list(msg.iter_attachments())
     assert att.get_filename() == "weekly.pdf" and att.get_content() == b"%PDF-1.4 x"
+
+
+async def test_request_without_recipients_goes_to_account_recipients(
+    deliverer: Deliverer, sender: RecordingSender
+) -> None:
+    await deliverer.accounts.upsert(AccountProfile("acct", managed_by_email="admin@x.example"))
+    await deliverer.settings.put(
+        KindSettings("acct", Kind.REPORT_READY, extra_recipients=("boss@x.example",))
+    )
+    record = await deliverer.deliver_request(
+        Notification("rep-9", Kind.REPORT_READY, "acct", (), {"report_name": "Weekly"})
+    )
+    assert record.state == DeliveryState.SENT
+    assert sender.sent[0]["To"] == "admin@x.example, boss@x.example"
+
+
+async def test_request_of_a_disabled_kind_is_skipped(
+    deliverer: Deliverer, sender: RecordingSender
+) -> None:
+    await deliverer.settings.put(KindSettings("acct", Kind.REPORT_READY, enabled=False))
+    record = await deliverer.deliver_request(
+        Notification("rep-10", Kind.REPORT_READY, "acct", ("a@x.example",), {})
+    )
+    assert record.state == DeliveryState.SKIPPED and sender.sent == []
+    # security mails ignore account settings: never muted
+    sent = await deliverer.deliver_request(code_request("sec-1"))
+    assert sent.state == DeliveryState.SENT

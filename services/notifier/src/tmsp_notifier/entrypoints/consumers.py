@@ -42,7 +42,7 @@ class RequestsHandler:
             if convert.kind_from_proto(req.kind) is None:
                 await self.app.deliverer.reject(notification, "kind: unknown or unset", origin)
                 return
-            await self.app.deliverer.deliver(notification, origin=origin, stop=self.stop)
+            await self.app.deliverer.deliver_request(notification, origin=origin, stop=self.stop)
 
     async def __call__(self, events: list[ConsumedEvent[Any]]) -> None:
         # A producer retry can put the same id twice in one batch: delivering both at once

@@ -218,6 +218,51 @@ class Deliverer:
                 sending, state=DeliveryState.SENT, updated_at=done, sent_at=done, last_reply=reply
             )
 
+    async def deliver_request(
+        self,
+        notification: Notification,
+        *,
+        origin: Origin | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> DeliveryRecord:
+        """A request from another service (auth, reporter).
+
+        Without explicit recipients it goes to the account's recipients for its kind (the
+        product administrator plus the extra recipients); a configurable kind the account
+        switched off is recorded ``skipped`` and not sent.
+        """
+        n = notification
+        try:
+            validate_notification_id(n.notification_id)
+        except InvalidArgument:
+            return await self.deliver(n, origin=origin, stop=stop)  # rejects it
+        if n.kind.configurable and n.account_id:
+            settings = await self.settings_for(n.account_id, n.kind)
+            if not settings.enabled:
+                return await self._skip(n, "disabled in the account's notification settings")
+            if not n.recipients:
+                account = await self.accounts.get(n.account_id)
+                n = replace(n, recipients=policy.resolve_recipients(account, settings))
+        return await self.deliver(n, origin=origin, stop=stop)
+
+    async def _skip(self, n: Notification, reason: str) -> DeliveryRecord:
+        now = self.clock.now()
+        stored, _ = await self.log.claim(
+            DeliveryRecord(
+                notification_id=n.notification_id,
+                account_id=n.account_id,
+                kind=n.kind,
+                recipients=(),
+                state=DeliveryState.SKIPPED,
+                created_at=now,
+                updated_at=now,
+                last_reply=reason,
+                source=n.source,
+                source_event_id=n.source_event_id,
+            )
+        )
+        return stored
+
     def _validated(self, n: Notification) -> Notification:
         validate_notification_id(n.notification_id)
         if n.kind == Kind.DIGEST and n.source == "request":
