@@ -200,3 +200,45 @@ async def test_killed_mid_batch_then_restarted_none_lost_duplicates_only_in_wind
         print(f"killed after {before}/{total}; in window {len(in_window)}; dup {len(duplicated)}")
     finally:
         proc.terminate()
+
+
+async def test_report_ready_with_pdf_attached_and_oversized_attachment_refused(
+    env: dict[str, str],
+    smtp: RecordingSmtpServer,
+    producer: EventProducer,
+    deliveries: Any,
+) -> None:
+    env = {**env, "TMSP_NOTIFIER_MAX_ATTACHMENT_BYTES": "50000"}
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 100  # 25.6 kB
+    report = notifications_pb2.NotificationRequest(
+        notification_id="rep-1",
+        kind=notifications_pb2.NOTIFICATION_KIND_REPORT_READY,
+        account_id="acct-1",
+        recipients=["admin@acme.example"],
+        params={"report_name": "Weekly threat report", "attached": "yes"},
+        attachments=[
+            notifications_pb2.Attachment(
+                filename="weekly.pdf", content_type="application/pdf", content=pdf
+            )
+        ],
+    )
+    too_big = notifications_pb2.NotificationRequest()
+    too_big.CopyFrom(report)
+    too_big.notification_id = "rep-2"
+    too_big.attachments[0].content = pdf * 2
+    proc = start(env)
+    try:
+        await publish_all(producer, [report, too_big])
+        await wait_until(lambda: deliveries.find_one({"_id": "rep-2", "state": "rejected"}), 30)
+        await wait_until(lambda: deliveries.find_one({"_id": "rep-1", "state": "sent"}), 30)
+        (msg,) = smtp.messages
+        assert msg["Subject"] == "Report ready: Weekly threat report"
+        (attachment,) = list(msg.iter_attachments())
+        assert attachment.get_filename() == "weekly.pdf"
+        assert attachment.get_content_type() == "application/pdf"
+        assert attachment.get_content() == pdf
+        assert msg.get_body(("plain",)) is not None and msg.get_body(("html",)) is not None
+        rejected = await deliveries.find_one({"_id": "rep-2"})
+        assert f"{2 * len(pdf)} bytes attached, at most 50000" in rejected["last_reply"]
+    finally:
+        proc.terminate()
