@@ -65,7 +65,10 @@ def build(
     accounts = MongoAccounts(db)
     tasks = MongoTasks(db)
     publisher = KafkaPublisher(
-        producer, executor=executor, ack_timeout=settings.ack_timeout_seconds
+        producer,
+        executor=executor,
+        ack_timeout=settings.ack_timeout_seconds,
+        prefetch=max(1, settings.parse_workers),
     )
     authenticator = ProductAuthenticator(
         products,

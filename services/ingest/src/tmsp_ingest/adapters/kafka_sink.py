@@ -9,6 +9,7 @@ is slow, and raises :class:`Unavailable` when any send fails.
 from __future__ import annotations
 
 import asyncio
+import collections
 import uuid
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import Executor
@@ -61,12 +62,14 @@ class KafkaPublisher:
         chunk_lines: int = 4000,
         window: int = 100_000,
         ack_timeout: float = 30.0,
+        prefetch: int = 1,
     ) -> None:
         self.producer = producer
         self.executor = executor
         self.chunk_lines = chunk_lines
         self.window = window
         self.ack_timeout = ack_timeout
+        self.prefetch = prefetch if executor is not None else 0
         self._detections = producer.topic_name(topics.DETECTIONS)
         self._mitigations = producer.topic_name(topics.MITIGATION_RESULTS)
         self._rejected = producer.topic_name(topics.INGEST_REJECTED)
@@ -135,30 +138,21 @@ class KafkaPublisher:
         send = self.producer.send_raw
         batch = self.producer.send_raw_batch
         outstanding = 0
-        starts = range(0, len(lines), self.chunk_lines)
+        starts = list(range(0, len(lines), self.chunk_lines))
+        ahead: collections.deque[asyncio.Future[EncodedChunk]] = collections.deque()
         try:
-            # Encode the next chunk while the current one is being sent.
-            next_chunk: asyncio.Future[EncodedChunk] | None = None
-            for index, start in enumerate(starts):
-                if next_chunk is None:
-                    chunk = await self._encode(
-                        lines[start : start + self.chunk_lines], start + first_line, ctx, trace
-                    )
-                else:
-                    chunk = await next_chunk
-                following = start + self.chunk_lines
-                next_chunk = (
-                    asyncio.ensure_future(
-                        self._encode(
-                            lines[following : following + self.chunk_lines],
-                            following + first_line,
-                            ctx,
-                            trace,
+            for index in range(len(starts)):
+                # Keep ``prefetch`` chunks encoding in the workers while this one is sent.
+                while len(ahead) <= self.prefetch and index + len(ahead) < len(starts):
+                    at = starts[index + len(ahead)]
+                    ahead.append(
+                        asyncio.ensure_future(
+                            self._encode(
+                                lines[at : at + self.chunk_lines], at + first_line, ctx, trace
+                            )
                         )
                     )
-                    if self.executor is not None and index + 1 < len(starts)
-                    else None
-                )
+                chunk = await ahead.popleft()
                 if chunk.detections:
                     pending.extend(await batch(self._detections, chunk.detections, key=key))
                 if chunk.mitigations:
@@ -175,6 +169,8 @@ class KafkaPublisher:
             if pending:
                 await asyncio.gather(*pending)
         except KafkaError as exc:
+            for encoding in ahead:
+                encoding.cancel()
             for fut in pending:
                 if fut.done():
                     fut.exception()  # retrieved, so asyncio does not log it again
