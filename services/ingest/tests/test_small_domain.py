@@ -60,3 +60,24 @@ def test_newline_framing_and_mixing() -> None:
 def test_bad_framing(data: bytes) -> None:
     with pytest.raises(FramingError):
         FrameDecoder(100).feed(data)
+
+
+async def test_gateway_bandwidth_waits_for_the_product_rate() -> None:
+    import time
+    from dataclasses import replace
+
+    from tmsp_ingest.service_layer.gateway import Bandwidth
+    from tmsp_ingest.testing import OPERATOR, REG, make_world
+
+    world = make_world()
+    product, _ = await world.registry.register(OPERATOR, replace(REG, upload_bandwidth=4096))
+    bandwidth = Bandwidth()
+    started = time.monotonic()
+    await bandwidth.upload(product, 4096)  # the one-second burst
+    assert time.monotonic() - started < 0.1
+    await bandwidth.upload(product, 1024)
+    assert time.monotonic() - started >= 0.2  # 1024 B at 4096 B/s
+    unlimited = replace(product, upload_bandwidth=0)
+    started = time.monotonic()
+    await bandwidth.upload(unlimited, 10**9)
+    assert time.monotonic() - started < 0.1

@@ -160,6 +160,7 @@ async def serve(settings: IngestSettings, stop: asyncio.Event) -> None:
     await status_runner.cleanup()
     await sftp.wait_closed()
     await syslog_server.wait_closed()
+    await gateway.intake.drain(settings.ack_timeout_seconds)
     consumer_stop.set()
     await asyncio.gather(*consumer_tasks, return_exceptions=True)
     crashed.cancel()

@@ -60,6 +60,12 @@ class Intake:
     def in_flight(self) -> int:
         return len(self._inflight)
 
+    async def drain(self, timeout: float) -> None:
+        """On shutdown: let publications already under way finish (at most ``timeout``)."""
+        tasks = list(self._inflight.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
     async def ingest(
         self,
         product: Product,
