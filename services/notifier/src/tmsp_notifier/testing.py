@@ -35,6 +35,7 @@ class _Handler:
     received: list[Received] = field(default_factory=list)
     script: list[str] = field(default_factory=list)
     delay_s: float = 0.0
+    reply_delay_s: float = 0.0
     refused: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -53,6 +54,10 @@ class _Handler:
             self.received.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), msg, time.monotonic())
             )
+        if self.reply_delay_s:
+            import asyncio
+
+            await asyncio.sleep(self.reply_delay_s)  # accepted, but the client hears it late
         return "250 2.0.0 OK queued"
 
 
@@ -137,7 +142,13 @@ class RecordingSmtpServer:
             self.handler.script.extend(replies)
 
     def set_delay(self, seconds: float) -> None:
+        """Wait this long before accepting each message."""
         self.handler.delay_s = seconds
+
+    def set_reply_delay(self, seconds: float) -> None:
+        """Record each message at once but answer 250 only after this long: a client that
+        dies meanwhile never learns its mail was accepted (the duplicate window)."""
+        self.handler.reply_delay_s = seconds
 
     def message_ids(self) -> Counter[str]:
         return Counter(str(m["Message-ID"]) for m in self.messages)
