@@ -285,9 +285,9 @@ CASES = [
             "  type: value_percentile\n  rules: [bytes]\n  group-by: [Hostname]\n  timespan: 1h\n  condition: {gte: 90, field: extra.bytes, percentile: 50}\n"
         ),
         [
-            ev("a", 0, threat_category="transfer", **{"extra.bytes": "100"}),
-            ev("b", 10, threat_category="transfer", **{"extra.bytes": "1"}),
-            ev("c", 20, threat_category="transfer", **{"extra.bytes": "95"}),
+            ev("a", 0, threat_category="transfer", **{"extra.bytes": "1"}),
+            ev("b", 10, threat_category="transfer", **{"extra.bytes": "95"}),
+            ev("c", 20, threat_category="transfer", **{"extra.bytes": "100"}),
         ],
         [["a", "b", "c"]],
     ),

@@ -35,7 +35,7 @@ class CorrelatorSettings(ServiceSettings):
     allowed_lateness_s: float = Field(3600.0, ge=0)
     standalone_window_s: float = Field(3600.0, gt=0)
     """Window within which repeats of a standalone detection rule update one incident."""
-    max_window_events: int = Field(5000, ge=10)
+    max_window_events: int = Field(1000, ge=10)
     max_incident_event_ids: int = Field(200, ge=1)
     time_zone: str = "UTC"
     """IANA time zone of the daily incident count (02:00)."""
@@ -47,6 +47,8 @@ class CorrelatorSettings(ServiceSettings):
     web_port: int = Field(0, ge=0, le=65535)
     """Faust's web server port; 0 disables it."""
     replication_factor: int = Field(1, ge=1)
+    session_timeout_s: float = Field(30.0, ge=6)
+    """Kafka group session timeout: how long a killed worker's partitions wait to move."""
 
     @field_validator("time_zone")
     @classmethod

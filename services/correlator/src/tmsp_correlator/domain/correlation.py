@@ -45,7 +45,9 @@ class Limits:
     """Bounds that keep state and incidents small."""
 
     allowed_lateness_s: float = 3600.0
-    max_window_events: int = 5000
+    max_window_events: int = 1000
+    max_standalone_events: int = 50
+    """A standalone rule needs no window beyond replay detection: keep it short."""
     max_incident_event_ids: int = 200
     max_timeline: int = 200
 
@@ -148,6 +150,16 @@ def _aggregate_ok(corr: CorrelationRule, window: list[list[Any]]) -> bool:
     if ctype == "event_count":
         return cond.holds(len(window))
     if ctype == "value_count":
+        if cond.ops and all(op in ("gt", "gte") for op, _ in cond.ops):
+            # monotonic: stop as soon as enough distinct values were seen (newest first)
+            seen: set[Any] = set()
+            for e in reversed(window):
+                v = e[_VAL]
+                if v not in (None, "") and v not in seen:
+                    seen.add(v)
+                    if cond.holds(len(seen)):
+                        return True
+            return False
         return cond.holds(len({e[_VAL] for e in window if e[_VAL] not in (None, "")}))
     if ctype == "temporal":
         present = len({e[_RULE] for e in window})
@@ -186,14 +198,32 @@ def _aggregate_ok(corr: CorrelationRule, window: list[list[Any]]) -> bool:
     return False
 
 
+def _ts_key(e: list[Any]) -> float:
+    return float(e[_TS])
+
+
 def _firing_window(corr: CorrelationRule, w: list[list[Any]], ts: float) -> list[list[Any]] | None:
-    """The earliest sliding window (of ``timespan``) containing ``ts`` whose condition holds."""
+    """The earliest sliding window (of ``timespan``) containing ``ts`` whose condition holds.
+
+    Windows are ``[end - timespan, end]`` for every event time ``end`` in
+    ``[ts, ts + timespan]``; for an in-order event that is one window. ``event_count`` is
+    answered from positions alone (binary search), the other types scan their window.
+    """
     span = corr.timespan_s
-    times = [e[_TS] for e in w]
-    ends = sorted({t for t in times if ts <= t <= ts + span})
-    for end in ends:
-        lo = bisect.bisect_left(times, end - span)
-        hi = bisect.bisect_right(times, end)
+    first = bisect.bisect_left(w, ts, key=_ts_key)
+    last = bisect.bisect_right(w, ts + span, key=_ts_key)
+    previous_end = None
+    for i in range(first, last):
+        end = w[i][_TS]
+        if end == previous_end:
+            continue
+        previous_end = end
+        lo = bisect.bisect_left(w, end - span, key=_ts_key)
+        hi = bisect.bisect_right(w, end, lo=i, key=_ts_key)
+        if corr.type == "event_count":
+            if corr.condition.holds(hi - lo):
+                return w[lo:hi]
+            continue
         window = w[lo:hi]
         if _aggregate_ok(corr, window):
             return window
@@ -259,7 +289,7 @@ def _add_to_incident(
 ) -> bool:
     """Add one window entry; False if it was already part of the incident."""
     eid = entry[_EID]
-    if eid in inc["event_ids"] or any(t[1] == eid for t in inc["timeline"]):
+    if eid in inc["event_ids"]:
         return False
     inc["count"] += 1
     if len(inc["event_ids"]) < limits.max_incident_event_ids:
@@ -273,8 +303,7 @@ def _add_to_incident(
         inc["endpoints"].append(ep)
     tl = inc["timeline"]
     item = [ts, eid, entry[_RULE], entry[_SUM], *ep]
-    pos = bisect.bisect_right([t[0] for t in tl], ts)
-    tl.insert(pos, item)
+    bisect.insort_right(tl, item, key=_ts_key)
     if len(tl) > limits.max_timeline:
         # keep the start of the chain and the most recent events
         half = limits.max_timeline // 2
@@ -293,10 +322,13 @@ def apply_hit(
         out.late_reason = f"unknown correlation {hit['c']!r} (rule removed)"
         return st, out
     w: list[list[Any]] = st["w"]
+    ids: dict[str, float] | None = st.get("ids")
+    if ids is None:
+        ids = st["ids"] = {e[_EID]: e[_TS] for e in w}
     ts = float(hit["t"])
     eid = hit["e"]
     inc = st.get("inc")
-    if any(e[_EID] == eid for e in w) or (inc is not None and eid in inc["event_ids"]):
+    if eid in ids or (inc is not None and eid in inc["event_ids"]):
         out.duplicate = True
         if inc is not None and eid in inc["event_ids"]:
             out.incident = inc
@@ -310,26 +342,24 @@ def apply_hit(
         return st, out
     ep = hit.get("ep") or ["", "", ""]
     entry = [ts, hit["r"], eid, hit.get("v"), hit.get("s", ""), ep[0], ep[1], ep[2]]
-    bisect.insort(w, entry, key=lambda e: e[_TS])
+    bisect.insort_right(w, entry, key=_ts_key)
+    ids[eid] = ts
     st["max"] = ts if watermark is None else max(watermark, ts)
     horizon = st["max"] - corr.timespan_s - limits.allowed_lateness_s
-    cut = 0
-    while cut < len(w) and w[cut][_TS] < horizon:
-        cut += 1
-    excess = len(w) - cut - limits.max_window_events
-    if excess > 0:
-        cut += excess
-    if cut:
+    cut = bisect.bisect_left(w, horizon, key=_ts_key)
+    cap = limits.max_standalone_events if corr.standalone else limits.max_window_events
+    cut = max(cut, len(w) - cap)
+    if cut > 0:
+        for gone in w[:cut]:
+            ids.pop(gone[_EID], None)
         del w[:cut]
     window = _firing_window(corr, w, ts)
     if window is None:
         return st, out
     open_inc = inc is not None and inc["first"] - corr.timespan_s <= ts <= inc["until"]
     if open_inc and inc is not None:
-        changed = False
-        for e in window:
-            changed = _add_to_incident(inc, corr, e, limits) or changed
-        if not changed:
+        # a repeated match: the new event joins the open incident
+        if not _add_to_incident(inc, corr, entry, limits):
             return st, out
         inc["version"] += 1
         out.incident = inc
@@ -390,9 +420,8 @@ class MemoryCorrelator:
             if out.late_reason:
                 self.late.append((hit, out.late_reason))
             if out.incident is not None:
-                snapshot = json.loads(json.dumps(out.incident))
-                self.incidents[snapshot["id"]] = snapshot
-                self.published.append(snapshot)
-                changed.append(snapshot)
+                self.incidents[out.incident["id"]] = out.incident
+                self.published.append({"id": out.incident["id"], "v": out.incident["version"]})
+                changed.append(out.incident)
             queue.extend(out.chained)
         return changed

@@ -149,6 +149,7 @@ class RuleSet:
     consumers: dict[str, list[str]] = field(default_factory=dict)
     """rule id -> ids of the correlations that reference it."""
     _unindexed: dict[tuple[str, str], list[DetectionRule]] = field(default_factory=dict)
+    _by_field: dict[tuple[str, str], dict[str, list[DetectionRule]]] = field(default_factory=dict)
     _indexed: dict[tuple[str, str], dict[str, dict[str, list[DetectionRule]]]] = field(
         default_factory=dict
     )
@@ -159,15 +160,21 @@ class RuleSet:
         indexed: dict[tuple[str, str], dict[str, dict[str, list[DetectionRule]]]] = defaultdict(
             lambda: defaultdict(lambda: defaultdict(list))
         )
+        by_field: dict[tuple[str, str], dict[str, list[DetectionRule]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
         for rule in self.detections.values():
             source = (rule.event_type, rule.product_kind)
             lit = rule.compiled.literal
-            if lit is None:
+            if lit is None and rule.compiled.field is not None:
+                by_field[source][rule.compiled.field].append(rule)
+            elif lit is None:
                 unindexed[source].append(rule)
             else:
                 for value in lit.values:
                     indexed[source][lit.field][value].append(rule)
         self._unindexed = dict(unindexed)
+        self._by_field = {src: dict(d) for src, d in by_field.items()}
         self._indexed = {s: {f: dict(v) for f, v in d.items()} for s, d in indexed.items()}
         consumers: dict[str, list[str]] = defaultdict(list)
         for corr in self.correlations.values():
@@ -181,6 +188,11 @@ class RuleSet:
         kind = str(event.get("product_kind", ""))
         for source in ((etype, kind), (etype, ""), ("", kind), ("", "")):
             yield from self._unindexed.get(source, ())
+            needing = self._by_field.get(source)
+            if needing:
+                for fname, rules in needing.items():
+                    if event.get(fname) not in (None, ""):
+                        yield from rules
             by_field = self._indexed.get(source)
             if not by_field:
                 continue

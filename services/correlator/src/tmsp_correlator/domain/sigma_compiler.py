@@ -12,6 +12,7 @@ only against rules that can match it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable
@@ -137,6 +138,14 @@ def _text_test(field: str, test: Callable[[str], bool]) -> Predicate:
     return pred
 
 
+@functools.lru_cache(maxsize=65536)
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
 def _number(value: Any) -> float | None:
     if value is None or isinstance(value, bool):
         return None
@@ -214,10 +223,8 @@ def _value_predicate(field: str, value: Any) -> Predicate:
             v = e.get(field)
             if not v:
                 return False
-            try:
-                return ipaddress.ip_address(str(v)) in net
-            except ValueError:
-                return False
+            ip = _ip(str(v))
+            return ip is not None and ip in net
 
         return in_net
     if isinstance(value, SigmaCompareExpression):
@@ -270,9 +277,15 @@ def _plain_literal(value: Any) -> str | None:
 def compile_node(node: Any) -> Predicate:
     """Compile one node of a parsed Sigma condition."""
     if isinstance(node, ConditionAND):
-        preds = [compile_node(a) for a in node.args]
+        preds = [compile_node(a) for a in sorted(node.args, key=_cost)]
         if len(preds) == 1:
             return preds[0]
+        if len(preds) == 2:
+            p0, p1 = preds
+            return lambda e, lo: p0(e, lo) and p1(e, lo)
+        if len(preds) == 3:
+            q0, q1, q2 = preds
+            return lambda e, lo: q0(e, lo) and q1(e, lo) and q2(e, lo)
         return lambda e, lo: all(p(e, lo) for p in preds)
     if isinstance(node, ConditionOR):
         literal = _same_field_literals(node)
@@ -316,6 +329,44 @@ def _same_field_literals(node: ConditionOR) -> RequiredLiteral | None:
     return RequiredLiteral(field, frozenset(values))
 
 
+def _cost(node: Any) -> int:
+    """Rough evaluation cost, so that cheap tests run first in a conjunction."""
+    if isinstance(node, ConditionFieldEqualsValueExpression):
+        v = node.value
+        if isinstance(v, SigmaString) and not v.contains_special():
+            return 1
+        if isinstance(v, SigmaNumber | SigmaNull | SigmaExists | SigmaBool):
+            return 1
+        if isinstance(v, SigmaString | SigmaCompareExpression):
+            return 2
+        if isinstance(v, SigmaCIDRExpression):
+            return 3
+        return 4
+    if isinstance(node, ConditionOR) and _same_field_literals(node) is not None:
+        return 1
+    return 5
+
+
+def required_field(node: Any) -> str | None:
+    """A field every matching event must have (a positive test on it in a conjunction)."""
+    if isinstance(node, ConditionFieldEqualsValueExpression):
+        v = node.value
+        if isinstance(v, SigmaNull) or (isinstance(v, SigmaExists) and not v.exists):
+            return None
+        return str(node.field)
+    if isinstance(node, ConditionAND):
+        for arg in sorted(node.args, key=_cost):
+            f = required_field(arg)
+            if f is not None:
+                return f
+        return None
+    if isinstance(node, ConditionOR):
+        fields = {required_field(a) for a in node.args}
+        if len(fields) == 1:
+            return fields.pop()
+    return None
+
+
 def required_literal(node: Any) -> RequiredLiteral | None:
     """A field/values pair every matching event must satisfy, or None if there is none."""
     if isinstance(node, ConditionFieldEqualsValueExpression):
@@ -350,6 +401,8 @@ class CompiledDetection:
 
     predicate: Predicate
     literal: RequiredLiteral | None
+    field: str | None = None
+    """A field the event must carry for the rule to match (None: no such field)."""
 
 
 def compile_rule(rule: SigmaRule) -> CompiledDetection:
@@ -365,8 +418,9 @@ def compile_rule(rule: SigmaRule) -> CompiledDetection:
         raise UnsupportedRule("rule has no condition")
     preds = [compile_node(t) for t in trees]
     literal = required_literal(trees[0]) if len(trees) == 1 else None
+    needed = required_field(trees[0]) if len(trees) == 1 else None
     if len(preds) == 1:
-        return CompiledDetection(preds[0], literal)
+        return CompiledDetection(preds[0], literal, needed)
     return CompiledDetection(lambda e, lo: any(p(e, lo) for p in preds), None)
 
 

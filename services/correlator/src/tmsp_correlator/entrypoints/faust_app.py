@@ -80,6 +80,8 @@ def make_app(settings: CorrelatorSettings) -> faust.App:
         broker_commit_interval=1.0,
         stream_wait_empty=False,
         topic_allow_declare=True,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 10),
     )
 
 

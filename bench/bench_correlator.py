@@ -1,0 +1,361 @@
+# ruff: noqa: E501
+"""Correlator benchmark: events/s through one worker with 100 rules, and publish->incident latency.
+
+Measured side by side in the same run:
+
+* ``engine``: the pure rule + correlation engine (both stages in one process, no Kafka)
+  against decoding the same envelopes (``unwrap`` + flatten) - what matching costs.
+* ``kafka`` (needs the local stack): N detections are pre-published; one correlator worker
+  (a real ``python -m tmsp_correlator`` faust worker) consumes them; its rate is compared
+  with a consumer that only reads and decodes the same topic. Then detections are
+  published at a fixed rate (default 10k/s) and the latency from publishing the event
+  that completes a burst to receiving the incident on INCIDENTS is measured (p50/p99).
+
+    .venv/bin/python bench/bench_correlator.py                    # small, < 2 min
+    .venv/bin/python bench/bench_correlator.py --events 200000 --rate 10000 --seconds 10
+    .venv/bin/python bench/bench_correlator.py --engine-only
+
+Prints one JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from tmsp.events.v1 import detections_pb2, incidents_pb2
+from tmsp_common.kafka.admin import ensure_topics
+from tmsp_common.kafka.envelope import unwrap, wrap
+from tmsp_common.kafka.producer import EventProducer
+from tmsp_common.kafka.topics import DETECTIONS, INCIDENTS
+from tmsp_common.testing import ServiceProcess, kafka_reachable, local_infra, unique
+from tmsp_correlator.domain.correlation import MemoryCorrelator
+from tmsp_correlator.domain.rules import load_rule_directory
+from tmsp_correlator.service_layer.events import detection_event
+from tmsp_correlator.testing import detection
+
+PACK = Path(__file__).resolve().parents[1] / "services" / "correlator" / "rules"
+T0 = 1_790_000_000.0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100.0 * len(ordered)))]
+
+
+def rule_dir(total: int) -> tuple[Path, int]:
+    """The default pack plus generated rules, ``total`` rules in all."""
+    root = Path(tempfile.mkdtemp(prefix="corr-bench-rules-"))
+    shutil.copytree(PACK, root / "pack")
+    base = load_rule_directory(root)
+    have = len(base.detections) + len([c for c in base.correlations if not c.startswith("single:")])
+    docs = []
+    i = 0
+    while have < total:
+        kind = i % 4
+        name = f"bench_rule_{i}"
+        if kind == 0:
+            det = f"  s:\n    ThreatName: BENCH_THREAT_{i}\n  condition: s"
+        elif kind == 1:
+            det = f"  s:\n    ThreatName|contains: bench{i}x\n    dst_port|gt: 1024\n  condition: s"
+        elif kind == 2:
+            det = f"  s:\n    Category: bench-cat-{i}\n  f:\n    severity: low\n  condition: s and not f"
+        else:
+            det = f"  s:\n    src_ip|cidr: 10.{i % 250}.0.0/16\n    Url|endswith: /bench{i}\n  condition: s"
+        docs.append(
+            f"title: Bench rule {i}\nname: {name}\nlogsource: {{product: tda, category: detection}}\n"
+            f"level: medium\ntags: [attack.t1000]\ndetection:\n{det}\n"
+        )
+        have += 1
+        if have < total and kind == 0:
+            docs.append(
+                f"title: Bench correlation {i}\nname: bench_corr_{i}\nlevel: high\n"
+                f"correlation:\n  type: event_count\n  rules: [{name}]\n  group-by: [Hostname]\n"
+                f"  timespan: 5m\n  condition: {{gte: 5}}\n"
+            )
+            have += 1
+        i += 1
+    (root / "bench.yml").write_text("---\n".join(docs))
+    rs = load_rule_directory(root)
+    assert not rs.rejected, rs.rejected
+    return root, len(rs.detections) + len(
+        [c for c in rs.correlations if not c.startswith("single:")]
+    )
+
+
+def workload(n: int, hosts: int, seed: int = 7) -> list[detections_pb2.Detection]:
+    """Mostly quiet traffic; some hosts get high-severity bursts (3 within a minute)."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        host = f"host{rnd.randrange(hosts)}"
+        sev = rnd.choices(["low", "medium", "high"], [6, 3, 1])[0]
+        out.append(
+            detection(
+                f"b{i}",
+                T0 + i * 0.01,
+                product_id=f"tda-{i % 12}",
+                host=host,
+                severity=sev,
+                threat_name=rnd.choice(["ADW_X", "TROJ_Y", "BENCH_THREAT_8", "WORM_Z"]),
+                category=rnd.choice(["adware", "trojan", "bench-cat-2", "policy"]),
+                destination=detections_pb2.NetworkPeer(address="203.0.113.7", port=443),
+                source=detections_pb2.NetworkPeer(address=f"10.{i % 200}.1.2", port=50000),
+            )
+        )
+    return out
+
+
+def bench_engine(rules_root: Path, payloads: list[bytes]) -> dict[str, Any]:
+    rules = load_rule_directory(rules_root)
+    t = time.perf_counter()
+    flat = []
+    for raw in payloads:
+        env, det = unwrap(raw, detections_pb2.Detection)
+        flat.append(detection_event(env, det))
+    decode_s = time.perf_counter() - t
+    mc = MemoryCorrelator(rules)
+    t = time.perf_counter()
+    for raw in payloads:
+        env, det = unwrap(raw, detections_pb2.Detection)
+        mc.process(detection_event(env, det))
+    engine_s = time.perf_counter() - t
+    n = len(payloads)
+    return {
+        "events": n,
+        "decode_only_events_per_s": round(n / decode_s),
+        "engine_events_per_s": round(n / engine_s),
+        "ratio_engine_to_decode": round(decode_s / engine_s, 3),
+        "incidents": len(mc.incidents),
+    }
+
+
+async def decode_only(bootstrap: str, topic: str, n: int) -> float:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=unique("bench-decode"),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 << 20,
+    )
+    await consumer.start()
+    try:
+        seen = 0
+        started = None
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            if started is None and batch:
+                started = time.perf_counter()
+            for part in batch.values():
+                for r in part:
+                    env, det = unwrap(r.value, detections_pb2.Detection)
+                    detection_event(env, det)
+                    seen += 1
+        assert started is not None
+        return n / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+async def group_done(bootstrap: str, group: str, topic: str, ends: dict[int, int]) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    got = {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+    return all(got.get(p, -1) >= end for p, end in ends.items())
+
+
+async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, Any]:
+    infra = local_infra(start=False)
+    prefix = f"{unique('bench')}."
+    app_id = f"{prefix}correlator"
+    await ensure_topics(infra.kafka_bootstrap, [DETECTIONS, INCIDENTS], prefix=prefix)
+    producer = EventProducer(
+        infra.kafka_bootstrap, service="bench", topic_prefix=prefix, linger_ms=20
+    )
+    await producer.start()
+    topic = DETECTIONS.qualified(prefix)
+    dets = workload(args.events, hosts=args.events // 20 + 1)
+    futs = [
+        await producer.send(DETECTIONS, d, key=d.product_id, account_id="acc1", event_id=d.event_id)
+        for d in dets
+    ]
+    await asyncio.gather(*futs)
+    consumer = AIOKafkaConsumer(bootstrap_servers=infra.kafka_bootstrap)
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+    ends = {tp.partition: off for tp, off in (await consumer.end_offsets(tps)).items()}
+    await consumer.stop()
+
+    decode_rate = await decode_only(infra.kafka_bootstrap, topic, args.events)
+
+    env = {
+        **infra.env(),
+        "TMSP_TOPIC_PREFIX": prefix,
+        "TMSP_CORRELATOR_APP_ID": app_id,
+        "TMSP_CORRELATOR_MONGO_DATABASE": prefix.strip(".") + "_corr",
+        "TMSP_CORRELATOR_RULES_DIR": str(rules_root),
+        "TMSP_CORRELATOR_PARTITIONS": "6",
+        "TMSP_LOG_LEVEL": "WARNING",
+    }
+    worker = ServiceProcess("tmsp_correlator", env).start()
+    try:
+        deadline = time.monotonic() + 120
+        while "service ready" not in worker.logs:
+            if not worker.alive() or time.monotonic() > deadline:
+                raise RuntimeError(worker.logs[-3000:])
+            await asyncio.sleep(0.1)
+        started = time.perf_counter()
+        while not await group_done(infra.kafka_bootstrap, app_id, topic, ends):
+            if time.perf_counter() - started > args.timeout:
+                raise RuntimeError("worker did not finish in time")
+            await asyncio.sleep(0.25)
+        worker_rate = args.events / (time.perf_counter() - started)
+
+        latencies = await latency_run(args, infra.kafka_bootstrap, producer, prefix)
+    finally:
+        worker.terminate(timeout=30)
+        await producer.stop()
+    return {
+        "events": args.events,
+        "rules": args.rules,
+        "decode_only_events_per_s": round(decode_rate),
+        "worker_events_per_s": round(worker_rate),
+        "ratio_worker_to_decode": round(worker_rate / decode_rate, 3),
+        "worker_rate_note": "includes up to ~1s of commit interval in the finish detection",
+        **latencies,
+    }
+
+
+async def latency_run(
+    args: argparse.Namespace, bootstrap: str, producer: EventProducer, prefix: str
+) -> dict[str, Any]:
+    """Publish at ``rate`` for ``seconds``; every 50th host gets a 3-event burst."""
+    sent_at: dict[str, float] = {}
+    received: dict[str, float] = {}
+    reader = AIOKafkaConsumer(
+        INCIDENTS.qualified(prefix),
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="latest",
+    )
+    await reader.start()
+    await reader.getmany(timeout_ms=500)
+    stop = asyncio.Event()
+
+    async def consume() -> None:
+        while not stop.is_set():
+            batch = await reader.getmany(timeout_ms=200)
+            now = time.perf_counter()
+            for part in batch.values():
+                for r in part:
+                    _, inc = unwrap(r.value, incidents_pb2.Incident)
+                    if inc.version == 1 and inc.incident_id not in received:
+                        received[inc.incident_id] = now
+                        trigger = max(inc.event_ids, key=lambda e: sent_at.get(e, 0.0))
+                        received[inc.incident_id] = now - sent_at.get(trigger, now)
+
+    task = asyncio.create_task(consume())
+    total = int(args.rate * args.seconds)
+    base = T0 + 10_000_000
+    batch = max(1, args.rate // 100)
+    t_start = time.perf_counter()
+    futs = []
+    for i in range(total):
+        burst = i % 50 < 3
+        host = f"lat-host-{i // 50}" if burst else f"quiet-{i % 997}"
+        d = detection(
+            f"l{i}",
+            base + i / args.rate,
+            product_id=f"tda-{i % 12}",
+            host=host,
+            severity="high" if burst else "low",
+            threat_name="LAT_T",
+        )
+        sent_at[d.event_id] = time.perf_counter()
+        futs.append(
+            await producer.send(
+                DETECTIONS, d, key=d.product_id, account_id="acc-lat", event_id=d.event_id
+            )
+        )
+        if i % batch == batch - 1:
+            target = t_start + (i + 1) / args.rate
+            delay = target - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+    await asyncio.gather(*futs)
+    achieved = total / (time.perf_counter() - t_start)
+    expected = (total + 49) // 50
+    deadline = time.monotonic() + args.timeout
+    while len(received) < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    stop.set()
+    await task
+    await reader.stop()
+    lat_ms = [v * 1000 for v in received.values()]
+    return {
+        "latency_target_rate_per_s": args.rate,
+        "latency_achieved_publish_rate_per_s": round(achieved),
+        "latency_incidents_expected": expected,
+        "latency_incidents_received": len(received),
+        "latency_p50_ms": round(pct(lat_ms, 50), 1),
+        "latency_p99_ms": round(pct(lat_ms, 99), 1),
+        "latency_max_ms": round(max(lat_ms), 1) if lat_ms else None,
+        "latency_mean_ms": round(statistics.fmean(lat_ms), 1) if lat_ms else None,
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    rules_root, rule_count = rule_dir(args.rules)
+    args.rules = rule_count
+    dets = workload(args.engine_events, hosts=args.engine_events // 20 + 1)
+    payloads = [
+        wrap(d, producer="bench", account_id="acc1", event_id=d.event_id).SerializeToString()
+        for d in dets
+    ]
+    result: dict[str, Any] = {"rules": rule_count, "engine": bench_engine(rules_root, payloads)}
+    if not args.engine_only:
+        infra = local_infra(start=False) if kafka_reachable("127.0.0.1:19092") else None
+        if infra is None:
+            result["kafka"] = "skipped: local Kafka not reachable"
+        else:
+            result["kafka"] = await bench_kafka(args, rules_root)
+    shutil.rmtree(rules_root, ignore_errors=True)
+    return result
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rules", type=int, default=100)
+    p.add_argument("--engine-events", type=int, default=50_000)
+    p.add_argument(
+        "--events", type=int, default=20_000, help="events for the worker throughput run"
+    )
+    p.add_argument("--rate", type=int, default=10_000, help="events/s for the latency run")
+    p.add_argument("--seconds", type=float, default=3.0, help="duration of the latency run")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--engine-only", action="store_true")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    out = asyncio.run(main(parse(sys.argv[1:])))
+    print(json.dumps(out))

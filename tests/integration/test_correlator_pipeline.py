@@ -1,0 +1,247 @@
+# ruff: noqa: E501  (long literal test data)
+"""The correlator as deployed (faust worker subprocesses) against the real Kafka and Mongo."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from tmsp.events.v1 import detections_pb2, incidents_pb2, status_pb2
+from tmsp_common.kafka.admin import ensure_topics
+from tmsp_common.kafka.consumer import DLQ_REASON
+from tmsp_common.kafka.envelope import unwrap
+from tmsp_common.kafka.producer import EventProducer
+from tmsp_common.kafka.topics import (
+    DETECTIONS,
+    HEARTBEATS,
+    INCIDENT_COUNTS,
+    INCIDENTS,
+    MITIGATION_RESULTS,
+    NONCONFORMING_ENDPOINTS,
+    PRODUCT_LIVENESS,
+)
+from tmsp_common.testing import Infra, ServiceProcess, TopicReader, wait_until
+from tmsp_correlator.domain.correlation import MemoryCorrelator
+from tmsp_correlator.domain.rules import load_rule_directory
+from tmsp_correlator.service_layer.events import detection_event
+from tmsp_correlator.testing import detection, mitigation
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
+
+RULES = Path(__file__).resolve().parents[2] / "services" / "correlator" / "rules"
+T0 = 1_790_000_000.0
+
+
+class Correlators:
+    def __init__(self, infra: Infra, names: Any) -> None:
+        self.infra = infra
+        self.names = names
+        self.db_name = names.database("corr")
+        self.procs: list[ServiceProcess] = []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            **self.infra.env(),
+            "TMSP_TOPIC_PREFIX": self.names.prefix,
+            "TMSP_CORRELATOR_APP_ID": self.names.group("correlator"),
+            "TMSP_CORRELATOR_MONGO_DATABASE": self.db_name,
+            "TMSP_CORRELATOR_PARTITIONS": "4",
+            "TMSP_CORRELATOR_LIVENESS_CHECK_INTERVAL_S": "0.5",
+            "TMSP_CORRELATOR_SESSION_TIMEOUT_S": "8",
+            "TMSP_METRICS_PORT": "0",
+            **extra,
+        }
+
+    def start(self, **extra: str) -> ServiceProcess:
+        proc = ServiceProcess("tmsp_correlator", self.env(**extra)).start()
+        self.procs.append(proc)
+        proc.wait_for_log("service ready", timeout=90)
+        return proc
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.alive():
+                p.terminate(timeout=20)
+
+
+@pytest.fixture
+def correlators(infra: Infra, names: Any) -> Iterator[Correlators]:
+    c = Correlators(infra, names)
+    yield c
+    c.stop_all()
+
+
+@pytest.fixture
+async def producer(infra: Infra, names: Any) -> Any:
+    await ensure_topics(
+        infra.kafka_bootstrap, [DETECTIONS, MITIGATION_RESULTS, HEARTBEATS], prefix=names.prefix
+    )
+    p = EventProducer(infra.kafka_bootstrap, service="test", topic_prefix=names.prefix)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+async def publish(producer: EventProducer, dets: list[detections_pb2.Detection]) -> None:
+    futs = [
+        await producer.send(
+            DETECTIONS, d, key=d.product_id, account_id=d.account_id, event_id=d.event_id
+        )
+        for d in dets
+    ]
+    await asyncio.gather(*futs)
+
+
+async def incidents_in_db(infra: Infra, db: str) -> list[dict[str, Any]]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongo_url)
+    try:
+        return [d async for d in client[db]["incidents"].find({})]
+    finally:
+        await client.close()
+
+
+async def test_detections_become_a_stored_and_published_incident_and_bad_records_dead_letter(
+    infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
+) -> None:
+    correlators.start()
+    # garbage first: the agent must dead-letter it and carry on
+    fut = await producer.send_raw(
+        DETECTIONS.qualified(names.prefix), b"\x00not an envelope", key=b"tda1", headers=[]
+    )
+    await fut
+    await publish(producer, [detection(f"e{i}", T0 + i * 30, host="pc7") for i in range(3)])
+    async with TopicReader(infra.kafka_bootstrap, INCIDENTS, names.prefix) as reader:
+        (inc,) = await reader.read_events(incidents_pb2.Incident, 1, timeout=60)
+    assert inc.title == "Several high-severity detections on one endpoint"
+    assert sorted(inc.event_ids) == ["e0", "e1", "e2"]
+    assert inc.event_count == 3
+    assert [e.host for e in inc.endpoints] == ["pc7"]
+    assert [t.event_id for t in inc.timeline] == ["e0", "e1", "e2"]
+    assert inc.attack_tags and inc.recommended_actions
+    assert inc.severity == detections_pb2.SEVERITY_HIGH
+    docs = await wait_until(lambda: incidents_in_db(infra, correlators.db_name), timeout=20)
+    assert [d["_id"] for d in docs] == [inc.incident_id]
+    assert docs[0]["event_count"] == 3 and docs[0]["status"] == "new"
+    async with TopicReader(infra.kafka_bootstrap, DETECTIONS.dead_letter, names.prefix) as dlq:  # type: ignore[arg-type]
+        (rec,) = await dlq.read_until(lambda rs: len(rs) >= 1, timeout=30)
+    headers = dict(rec.headers)
+    assert b"not an envelope" in headers[DLQ_REASON]
+    async with TopicReader(infra.kafka_bootstrap, INCIDENT_COUNTS, names.prefix) as counts:
+        (count,) = await counts.read_events(incidents_pb2.IncidentCount, 1, timeout=30)
+    assert count.account_id == "acc1" and count.total_incidents == 1 and not count.daily
+
+
+async def test_two_workers_count_a_group_split_across_partitions(
+    infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
+) -> None:
+    correlators.start()
+    correlators.start()
+    # one endpoint seen by three different appliances: three keys, so different partitions
+    dets = [detection(f"s{i}", T0 + i, product_id=f"tda-{i}", host="shared") for i in range(3)]
+    dets += [detection(f"q{i}", T0 + i, product_id=f"tda-{i}", host=f"quiet{i}") for i in range(3)]
+    await publish(producer, dets)
+    async with TopicReader(infra.kafka_bootstrap, INCIDENTS, names.prefix) as reader:
+        records = await reader.read_until(lambda rs: len(rs) >= 1, timeout=60)
+        await asyncio.sleep(3)
+        await reader.read_until(lambda rs: True, timeout=1)
+        incidents = [unwrap(r.value, incidents_pb2.Incident)[1] for r in reader.records]
+    assert {i.incident_id for i in incidents} == {incidents[0].incident_id}
+    assert sorted(incidents[-1].event_ids) == ["s0", "s1", "s2"]
+    assert len(records) >= 1
+
+
+async def test_worker_killed_and_restarted_loses_and_duplicates_no_incident(
+    infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
+) -> None:
+    hosts = 40
+    dets = [
+        detection(f"k{h}-{i}", T0 + h + i * 20, product_id=f"tda-{h % 5}", host=f"host{h}")
+        for i in range(3)
+        for h in range(hosts)
+    ]
+    reference = MemoryCorrelator(load_rule_directory(RULES))
+    for d in dets:
+        env = unwrap((await _envelope(d)), detections_pb2.Detection)[0]
+        reference.process(detection_event(env, d))
+    expected = {i["id"]: i["count"] for i in reference.incidents.values()}
+    assert len(expected) == hosts
+
+    worker = correlators.start()
+    await publish(producer, dets[: len(dets) // 2])
+    await asyncio.sleep(1.0)
+    worker.kill()  # SIGKILL mid-stream: uncommitted offsets, unflushed state
+    await publish(producer, dets[len(dets) // 2 :])
+    correlators.start()
+
+    async def settled() -> bool:
+        docs = await incidents_in_db(infra, correlators.db_name)
+        return {d["_id"]: d["event_count"] for d in docs} == expected
+
+    try:
+        await wait_until(settled, timeout=90, interval=1.0)
+    except TimeoutError:
+        docs = await incidents_in_db(infra, correlators.db_name)
+        got = {d["_id"]: d["event_count"] for d in docs}
+        missing = set(expected) - set(got)
+        extra = set(got) - set(expected)
+        wrong = {k for k in set(got) & set(expected) if got[k] != expected[k]}
+        pytest.fail(f"missing={len(missing)} extra={len(extra)} wrong_counts={len(wrong)}")
+
+
+async def _envelope(d: detections_pb2.Detection) -> bytes:
+    from tmsp_common.kafka.envelope import wrap
+
+    return wrap(
+        d, producer="test", account_id=d.account_id, event_id=d.event_id
+    ).SerializeToString()
+
+
+async def test_failed_mitigation_makes_an_endpoint_nonconforming_until_cleaned(
+    infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
+) -> None:
+    correlators.start()
+    for i, outcome in enumerate(
+        [detections_pb2.MITIGATION_OUTCOME_FAILED, detections_pb2.MITIGATION_OUTCOME_CLEANED]
+    ):
+        m = mitigation(f"m{i}", T0 + i * 60, outcome, host="pc9")
+        await producer.publish(MITIGATION_RESULTS, m, key=m.product_id, account_id=m.account_id)
+    async with TopicReader(infra.kafka_bootstrap, NONCONFORMING_ENDPOINTS, names.prefix) as r:
+        first, second = await r.read_events(incidents_pb2.NonconformingEndpoint, 2, timeout=60)
+    assert first.endpoint.host == "pc9" and not first.cleared
+    assert first.reason == incidents_pb2.NONCONFORMING_REASON_MITIGATION_FAILED
+    assert list(first.threat_names) == ["TROJ_TEST"]
+    assert second.cleared
+    async with TopicReader(infra.kafka_bootstrap, INCIDENTS, names.prefix) as r:
+        (inc,) = await r.read_events(incidents_pb2.Incident, 1, timeout=30)
+    assert inc.title == "Threat Mitigator could not clean a threat"
+
+
+async def test_product_goes_offline_when_heartbeats_stop_and_online_when_they_resume(
+    infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
+) -> None:
+    correlators.start(TMSP_CORRELATOR_OFFLINE_MULTIPLE="2")
+
+    async def beat() -> None:
+        hb = status_pb2.Heartbeat(
+            product_id="tda-live", account_id="acc1", expected_interval_seconds=1
+        )
+        hb.received_at.GetCurrentTime()
+        await producer.publish(HEARTBEATS, hb, key="tda-live", account_id="acc1")
+
+    await beat()
+    async with TopicReader(infra.kafka_bootstrap, PRODUCT_LIVENESS, names.prefix) as r:
+        await r.read_until(lambda rs: len(rs) >= 2, timeout=30)  # online, then offline
+        await beat()
+        await r.read_until(lambda rs: len(rs) >= 3, timeout=30)
+        states = [unwrap(x.value, incidents_pb2.ProductLiveness)[1].state for x in r.records]
+    S = incidents_pb2
+    assert states[:3] == [
+        S.PRODUCT_LIVENESS_STATE_ONLINE,
+        S.PRODUCT_LIVENESS_STATE_OFFLINE,
+        S.PRODUCT_LIVENESS_STATE_ONLINE,
+    ]
