@@ -34,7 +34,7 @@ def detection(
         product_id=product_id,
         product_kind=products_pb2.PRODUCT_KIND_THREAT_DISCOVERY_APPLIANCE,
         endpoint=detections_pb2.Endpoint(host=host),
-        severity=SEVERITY[severity],  # type: ignore[arg-type]
+        severity=SEVERITY[severity],
         threat_name=threat_name,
         threat_category=category,
         **extra,
