@@ -15,24 +15,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from tmsp_common.testing import Infra, local_infra, unique
+from tmsp_common.testing import Infra, docker_engine_available, local_infra, unique
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
-def _docker_available() -> bool:
-    try:
-        import docker  # type: ignore[import-untyped]
-
-        docker.from_env().ping()
-    except Exception:  # noqa: BLE001 - any failure means "no engine"
-        return False
-    return True
-
-
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infra]:
-    if os.environ.get("TMSP_TEST_TESTCONTAINERS") == "1" and _docker_available():
+    if os.environ.get("TMSP_TEST_TESTCONTAINERS") == "1" and docker_engine_available():
         from testcontainers.kafka import KafkaContainer
         from testcontainers.mongodb import MongoDbContainer
 

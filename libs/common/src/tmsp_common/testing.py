@@ -92,6 +92,17 @@ def local_infra(start: bool = True) -> Infra:
     return infra
 
 
+def docker_engine_available() -> bool:
+    """True when a Docker engine answers (the testcontainers path can run)."""
+    try:
+        import docker  # type: ignore[import-untyped]  # testcontainers' dependency
+
+        docker.from_env().ping()
+    except Exception:  # noqa: BLE001 - any failure means "no engine"
+        return False
+    return True
+
+
 def unique(prefix: str = "t") -> str:
     """A short unique name for topics, groups and databases of one test."""
     return f"{prefix}{uuid.uuid4().hex[:10]}"
