@@ -28,7 +28,6 @@ from tmsp_ingest.service_layer.gateway import Gateway
 from tmsp_ingest.service_layer.status import HeartbeatReport
 
 READ_CHUNK = 256 * 1024
-AUTH_KEY: web.AppKey[Authenticated] = web.AppKey("tmsp_auth", Authenticated)
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:

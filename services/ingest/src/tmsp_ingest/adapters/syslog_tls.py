@@ -56,7 +56,7 @@ class SyslogTlsServer:
         self.max_frame = max_frame
         self.batch_lines = batch_lines
         self.batch_seconds = batch_seconds
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.sessions: set[asyncio.Task[None]] = set()
 
     async def _flush(
         self, who: Authenticated, session: str, lines: list[bytes], first: int
@@ -80,7 +80,7 @@ class SyslogTlsServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
-            self._tasks.add(task)
+            self.sessions.add(task)
         peer = writer.get_extra_info("peername")
         source = str(peer[0]) if peer else "?"
         metrics.ACTIVE_SESSIONS.labels("syslog-tls").inc()
@@ -99,7 +99,7 @@ class SyslogTlsServer:
             with contextlib.suppress(Exception):  # peer may already be gone
                 await writer.wait_closed()
             if task is not None:
-                self._tasks.discard(task)
+                self.sessions.discard(task)
 
     async def _serve(self, who: Authenticated, reader: asyncio.StreamReader) -> None:
         session = f"syslog-tls:{uuid.uuid4().hex}"

@@ -160,6 +160,8 @@ async def serve(settings: IngestSettings, stop: asyncio.Event) -> None:
     await status_runner.cleanup()
     await sftp.wait_closed()
     await syslog_server.wait_closed()
+    if syslog.sessions:  # streams get a moment to flush their last batch
+        await asyncio.wait(list(syslog.sessions), timeout=settings.syslog_batch_seconds * 4)
     await gateway.intake.drain(settings.ack_timeout_seconds)
     consumer_stop.set()
     await asyncio.gather(*consumer_tasks, return_exceptions=True)

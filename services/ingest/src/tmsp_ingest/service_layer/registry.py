@@ -7,7 +7,6 @@ stored, then published as a snapshot to the compacted products topic.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -160,7 +159,3 @@ class Registry:
         caller.require_role(Role.ACCOUNT_ADMINISTRATOR, Role.ANALYST)
         caller.require_account(account_id)
         return await self.products.list_for_account(account_id)
-
-
-def cert_fingerprint(cert_der: bytes) -> str:
-    return hashlib.sha256(cert_der).hexdigest()
