@@ -17,6 +17,8 @@ import asyncssh
 import pytest
 
 from tmsp.events.v1 import detections_pb2, status_pb2
+from tmsp.ingest.v1 import ingest_pb2
+from tmsp_common.grpc_client import bearer
 from tmsp_common.kafka import topics
 from tmsp_common.testing import TopicReader
 from tmsp_ingest.harness import Gateway
@@ -145,6 +147,16 @@ async def test_refusals(gateway: Gateway, tmp_path: Path) -> None:
     commands = "get /../../ssh_host_ed25519_key stolen\n"
     outside = openssh_sftp(gateway, user, password, commands, tmp_path)
     assert outside.returncode != 0 and not (tmp_path / "stolen").exists()
+
+    # Good credentials, disabled product: refused, and the banner says why.
+    chan, stub = gateway.stub()
+    await stub.DisableProduct(
+        ingest_pb2.DisableProductRequest(product_id=reg.product.product_id),
+        metadata=bearer(gateway.token()),
+    )
+    await chan.close()
+    disabled = openssh_sftp(gateway, user, password, "ls\n", tmp_path)
+    assert disabled.returncode != 0 and "TMSP: product disabled" in disabled.stderr
 
 
 async def test_asyncssh_public_key_and_other_products_files(
