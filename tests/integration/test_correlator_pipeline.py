@@ -158,11 +158,17 @@ async def test_two_workers_count_a_group_split_across_partitions(
 async def test_worker_killed_and_restarted_loses_and_duplicates_no_incident(
     infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
 ) -> None:
-    hosts = 40
+    hosts = 200
     dets = [
-        detection(f"k{h}-{i}", T0 + h + i * 20, product_id=f"tda-{h % 5}", host=f"host{h}")
-        for i in range(3)
+        detection(
+            f"k{h}-{i}",
+            T0 + h + i * 20,
+            product_id=f"tda-{h % 5}",
+            host=f"host{h}",
+            threat_name=f"T{h}",
+        )
         for h in range(hosts)
+        for i in range(3)
     ]
     reference = MemoryCorrelator(load_rule_directory(RULES))
     for d in dets:
@@ -173,8 +179,11 @@ async def test_worker_killed_and_restarted_loses_and_duplicates_no_incident(
 
     worker = correlators.start()
     await publish(producer, dets[: len(dets) // 2])
-    await asyncio.sleep(1.0)
-    worker.kill()  # SIGKILL mid-stream: uncommitted offsets, unflushed state
+    # SIGKILL mid-stream, as soon as the first incidents are stored: offsets not yet
+    # committed, window state partly in the changelog, incidents partly written
+    await wait_until(lambda: incidents_in_db(infra, correlators.db_name), timeout=60, interval=0.05)
+    worker.kill()
+    stored_at_kill = len(await incidents_in_db(infra, correlators.db_name))
     await publish(producer, dets[len(dets) // 2 :])
     correlators.start()
 
@@ -182,6 +191,7 @@ async def test_worker_killed_and_restarted_loses_and_duplicates_no_incident(
         docs = await incidents_in_db(infra, correlators.db_name)
         return {d["_id"]: d["event_count"] for d in docs} == expected
 
+    assert stored_at_kill < len(expected), "the kill should interrupt the run"
     try:
         await wait_until(settled, timeout=90, interval=1.0)
     except TimeoutError:

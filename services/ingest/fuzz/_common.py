@@ -18,5 +18,7 @@ def run(target: Callable[[str], object]) -> None:
         with contextlib.suppress(InvalidRecord):
             target(text)
 
+    # instrument_imports() misses modules of the editable install (custom loader).
+    atheris.instrument_all()
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()

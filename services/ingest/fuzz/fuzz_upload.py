@@ -30,5 +30,7 @@ def one_input(data: bytes) -> None:
 
 
 if __name__ == "__main__":
+    # instrument_imports() misses modules of the editable install (custom loader).
+    atheris.instrument_all()
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()
