@@ -139,18 +139,26 @@ async def new_user(
     return created.user.user_id, email, password
 
 
-async def enable_2fa(
+async def provision(
     client: AuthClient, mail: Mailbox, session: auth_pb2.Session, email: str
-) -> tuple[str, list[str], str]:
-    """Seed 000 steps 4-8; returns (secret, recovery codes, the enrolment code used)."""
+) -> auth_pb2.ConfirmSetupCodeResponse:
+    """Seed 000 steps 5-7: confirmation email, its code, the new device's provisioning."""
     await client.auth.SendConfirmationEmail(
         auth_pb2.SendConfirmationEmailRequest(), metadata=md(session)
     )
     note = await mail.next(K.NOTIFICATION_KIND_CONFIRMATION_CODE, email)
-    prov = await client.auth.ConfirmSetupCode(
+    prov: auth_pb2.ConfirmSetupCodeResponse = await client.auth.ConfirmSetupCode(
         auth_pb2.ConfirmSetupCodeRequest(confirmation_code=note.params["code"]),
         metadata=md(session),
     )
+    return prov
+
+
+async def enable_2fa(
+    client: AuthClient, mail: Mailbox, session: auth_pb2.Session, email: str
+) -> tuple[str, list[str], str]:
+    """Seed 000 steps 4-8; returns (secret, recovery codes, the enrolment code used)."""
+    prov = await provision(client, mail, session, email)
     secret = secret_from_uri(prov.otpauth_uri)
     code = code_for_step(secret, 0)
     enabled = await client.auth.EnableTwoFactor(
@@ -296,14 +304,7 @@ async def test_change_device_keeps_the_old_device_until_confirmed(
     _op, _uid, email, password = await setup_user(client, mail)
     session = await client.session(email, password)
     # Enrol with the previous step's code, so two fresh steps remain in the +-1 window.
-    await client.auth.SendConfirmationEmail(
-        auth_pb2.SendConfirmationEmailRequest(), metadata=md(session)
-    )
-    note = await mail.next(K.NOTIFICATION_KIND_CONFIRMATION_CODE, email)
-    prov = await client.auth.ConfirmSetupCode(
-        auth_pb2.ConfirmSetupCodeRequest(confirmation_code=note.params["code"]),
-        metadata=md(session),
-    )
+    prov = await provision(client, mail, session, email)
     old_secret = prov.secret_base32
     await client.auth.EnableTwoFactor(
         auth_pb2.EnableTwoFactorRequest(totp_code=code_for_step(old_secret, -1)),
@@ -317,14 +318,7 @@ async def test_change_device_keeps_the_old_device_until_confirmed(
     )
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     await asyncio.sleep(2.1)  # the resend interval (2 s in these tests)
-    await client.auth.SendConfirmationEmail(
-        auth_pb2.SendConfirmationEmailRequest(), metadata=md(session)
-    )
-    note = await mail.next(K.NOTIFICATION_KIND_CONFIRMATION_CODE, email)
-    new_prov = await client.auth.ConfirmSetupCode(
-        auth_pb2.ConfirmSetupCodeRequest(confirmation_code=note.params["code"]),
-        metadata=md(session),
-    )
+    new_prov = await provision(client, mail, session, email)
     assert new_prov.secret_base32 != old_secret
     # Not confirmed yet: the old device still completes a login.
     challenge = await client.login(email, password)
@@ -716,3 +710,233 @@ async def test_cli_creates_a_customer_account_with_its_administrator(
     assert [(a.name, a.managed_by_email, list(a.services)) for a in listed.accounts] == [
         (name, email, ["threat-discovery"])
     ]
+
+
+# -- lost device: emergency code, then a new device or 2FA off -------------------------
+
+
+async def test_lost_device_emergency_code_then_new_device_or_disable(
+    client: AuthClient, mail: Mailbox
+) -> None:
+    """Seed 000 FAQ: not logged in and the device is lost -> request an emergency access
+    code, log in with it, then register a new device or disable 2FA."""
+    from tmsp_common.auth_keys import grpc_key_source
+    from tmsp_common.tokens import JwtVerifier
+
+    _op, _uid, email, password = await setup_user(client, mail)
+    session = await client.session(email, password)
+    await enable_2fa(client, mail, session, email)
+
+    challenge = await client.login(email, password)
+    await client.auth.RequestEmergencyCode(
+        auth_pb2.RequestEmergencyCodeRequest(challenge_id=challenge.challenge_id)
+    )
+    code = (await mail.next(K.NOTIFICATION_KIND_EMERGENCY_CODE, email)).params["code"]
+    rescued = (
+        await client.auth.VerifySecondFactor(
+            auth_pb2.VerifySecondFactorRequest(
+                challenge_id=challenge.challenge_id, emergency_code=code
+            )
+        )
+    ).session
+    verifier = JwtVerifier(grpc_key_source(client.target, tls=True, tls_dir=client.tls_dir))
+    assert (await verifier.verify(rescued.access_token)).factors == ("pwd", "email")
+    await mail.next(K.NOTIFICATION_KIND_EMERGENCY_CODE_USED, email)
+
+    # Register a new device from the session the emergency code opened.
+    await asyncio.sleep(2.1)  # the confirmation email's resend interval (2 s in these tests)
+    prov = await provision(client, mail, rescued, email)
+    await client.auth.ChangeDevice(
+        auth_pb2.ChangeDeviceRequest(totp_code=code_for_step(prov.secret_base32, 1)),
+        metadata=md(rescued),
+    )
+    await mail.next(K.NOTIFICATION_KIND_TWO_FACTOR_DEVICE_CHANGED, email)
+
+    # Lost again: an emergency code disables 2FA (and the user is told it was used).
+    await asyncio.sleep(2.1)
+    challenge = await client.login(email, password)
+    await client.auth.RequestEmergencyCode(
+        auth_pb2.RequestEmergencyCodeRequest(challenge_id=challenge.challenge_id)
+    )
+    code = (await mail.next(K.NOTIFICATION_KIND_EMERGENCY_CODE, email)).params["code"]
+    wrong = "00000000" if code != "00000000" else "11111111"
+    err = await error_of(
+        lambda: client.auth.DisableTwoFactor(
+            auth_pb2.DisableTwoFactorRequest(emergency_code=wrong), metadata=md(rescued)
+        )
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(err.trailing_metadata() or ()).get("field") == "emergency_code"
+    await client.auth.DisableTwoFactor(
+        auth_pb2.DisableTwoFactorRequest(emergency_code=code), metadata=md(rescued)
+    )
+    await mail.next(K.NOTIFICATION_KIND_TWO_FACTOR_DISABLED, email)
+    await mail.next(K.NOTIFICATION_KIND_EMERGENCY_CODE_USED, email)
+    assert (await client.login(email, password)).HasField("session")
+    err = await error_of(  # the code was spent by the disable
+        lambda: client.auth.DisableTwoFactor(
+            auth_pb2.DisableTwoFactorRequest(emergency_code=code), metadata=md(rescued)
+        )
+    )
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION  # 2FA is off now
+
+
+# -- sessions end: logout, disabled users ----------------------------------------------
+
+
+async def test_logout_and_disabling_a_user_revoke_sessions(
+    client: AuthClient, mail: Mailbox
+) -> None:
+    op, _uid, email, password = await setup_user(client, mail)
+    session = await client.session(email, password)
+    await client.auth.Logout(auth_pb2.LogoutRequest(), metadata=md(session))
+    err = await error_of(
+        lambda: client.auth.Refresh(auth_pb2.RefreshRequest(refresh_token=session.refresh_token))
+    )
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    err = await error_of(
+        lambda: client.auth.SetTwoFactorPrompt(
+            auth_pb2.SetTwoFactorPromptRequest(choice=auth_pb2.TWO_FACTOR_PROMPT_SKIP_FOR_NOW),
+            metadata=md(session),
+        )
+    )
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    # An administrator disables an analyst of the account; the analyst cannot do the same.
+    admin = await client.session(email, password)
+    analyst_id, analyst_email, analyst_pw = await new_user(
+        client, mail, admin, session.account_id, auth_pb2.ROLE_ANALYST
+    )
+    analyst = await client.session(analyst_email, analyst_pw)
+    for call in (
+        lambda: client.accounts.DisableUser(
+            auth_pb2.DisableUserRequest(user_id=_uid), metadata=md(analyst)
+        ),
+        lambda: client.accounts.UnlockUser(
+            auth_pb2.UnlockUserRequest(user_id=_uid), metadata=md(analyst)
+        ),
+    ):
+        err = await error_of(call)
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    await client.accounts.DisableUser(
+        auth_pb2.DisableUserRequest(user_id=analyst_id), metadata=md(admin)
+    )
+    err = await error_of(lambda: client.login(analyst_email, analyst_pw))
+    assert (err.code(), err.details()) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "invalid email or password",
+    )
+    err = await error_of(
+        lambda: client.auth.Refresh(auth_pb2.RefreshRequest(refresh_token=analyst.refresh_token))
+    )
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    users = await client.accounts.ListUsers(
+        auth_pb2.ListUsersRequest(account_id=session.account_id), metadata=md(op)
+    )
+    assert {(u.email, u.disabled) for u in users.users} == {
+        (email, False),
+        (analyst_email, True),
+    }
+
+
+# -- account fields, validation --------------------------------------------------------
+
+
+async def test_account_fields_snapshots_and_validation_that_changes_nothing(
+    client: AuthClient, mail: Mailbox, deployment: Deployment
+) -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    op = await operator(client)
+    start, end, before = (
+        Timestamp(seconds=1_800_000_000),
+        Timestamp(seconds=1_830_000_000),
+        (Timestamp(seconds=1_700_000_000)),
+    )
+    created = (
+        await client.accounts.CreateAccount(
+            auth_pb2.CreateAccountRequest(
+                account=auth_pb2.Account(
+                    name=unique("Fields "),
+                    company_name="Fields Ltd",
+                    services=["threat-discovery", "incident-response"],
+                    valid_from=start,
+                    valid_until=end,
+                    time_zone="Europe/Berlin",
+                )
+            ),
+            metadata=md(op),
+        )
+    ).account
+    assert list(created.services) == ["incident-response", "threat-discovery"]
+    owner_id, owner_email, _pw = await new_user(client, mail, op, created.account_id)
+    owned = (
+        await client.accounts.UpdateAccount(
+            auth_pb2.UpdateAccountRequest(
+                account=auth_pb2.Account(
+                    account_id=created.account_id, managed_by_user_id=owner_id
+                ),
+                update_mask=["managed_by_user_id"],
+            ),
+            metadata=md(op),
+        )
+    ).account
+    assert (owned.managed_by_email, owned.version) == (owner_email, 2)
+
+    # One bad field in the mask: INVALID_ARGUMENT naming it, and the good one is not applied.
+    for account, mask, field in (
+        (
+            auth_pb2.Account(
+                account_id=created.account_id, company_name="Changed", valid_until=before
+            ),
+            ["company_name", "valid_until"],
+            "account.valid_until",
+        ),
+        (
+            auth_pb2.Account(
+                account_id=created.account_id, company_name="Changed", time_zone="Mars/Olympus"
+            ),
+            ["company_name", "time_zone"],
+            "account.time_zone",
+        ),
+        (
+            auth_pb2.Account(
+                account_id=created.account_id, company_name="Changed", managed_by_user_id="nobody"
+            ),
+            ["company_name", "managed_by_user_id"],
+            "account.managed_by_user_id",
+        ),
+    ):
+        err = await error_of(
+            lambda a=account, m=mask: client.accounts.UpdateAccount(
+                auth_pb2.UpdateAccountRequest(account=a, update_mask=m), metadata=md(op)
+            )
+        )
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert dict(err.trailing_metadata() or ()).get("field") == field
+    now = (
+        await client.accounts.GetAccount(
+            auth_pb2.GetAccountRequest(account_id=created.account_id), metadata=md(op)
+        )
+    ).account
+    assert now == owned  # nothing changed, not even the version
+
+    async with TopicReader(deployment.infra.kafka_bootstrap, ACCOUNTS, deployment.prefix) as r:
+
+        def snaps() -> list[accounts_pb2.AccountSnapshot]:
+            return [
+                s
+                for s in (unwrap(x.value, accounts_pb2.AccountSnapshot)[1] for x in r.records)
+                if s.account_id == created.account_id
+            ]
+
+        await r.read_until(lambda _rs: any(s.version == 2 for s in snaps()), 20)
+        drain_until = time.monotonic() + 1.5  # and whatever else was published
+        await r.read_until(lambda _rs: time.monotonic() > drain_until, 10)
+        by_version = {s.version: s for s in snaps()}
+    assert set(by_version) == {1, 2}  # one snapshot per change, none for the refused ones
+    latest = by_version[2]
+    assert (latest.managed_by_user_id, latest.managed_by_email) == (owner_id, owner_email)
+    assert list(latest.services) == ["incident-response", "threat-discovery"]
+    assert (latest.valid_from.seconds, latest.valid_until.seconds) == (start.seconds, end.seconds)
+    assert latest.time_zone == "Europe/Berlin" and not latest.deleted

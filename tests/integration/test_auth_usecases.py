@@ -12,12 +12,14 @@ from datetime import timedelta
 
 import pyotp
 import pytest
+from prometheus_client import REGISTRY
 
 from tmsp_auth.adapters.events import NotificationKind
 from tmsp_auth.adapters.repositories import SigningKeyRepository
 from tmsp_auth.adapters.signing_keys import SigningKeys
 from tmsp_auth.bootstrap import App, build
 from tmsp_auth.config import AuthSettings
+from tmsp_auth.domain import totp
 from tmsp_auth.domain.crypto import Keyring
 from tmsp_auth.domain.lockout import HOURLY_HARD_CAP
 from tmsp_auth.domain.passwords import Argon2Params, Hasher
@@ -27,7 +29,12 @@ from tmsp_auth.testing import Mailbox
 from tmsp_common import mongo
 from tmsp_common.authn import Principal, Role
 from tmsp_common.clock import FakeClock
-from tmsp_common.errors import InvalidArgument, RateLimited, Unauthenticated
+from tmsp_common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    RateLimited,
+    Unauthenticated,
+)
 from tmsp_common.kafka.admin import ensure_topics
 from tmsp_common.kafka.producer import EventProducer
 from tmsp_common.testing import Infra, unique
@@ -153,6 +160,30 @@ async def test_totp_window_is_one_step_each_way(app: tuple[App, FakeClock]) -> N
     assert session.access_token
 
 
+async def test_expired_and_invalid_totp_codes_are_told_apart_after_the_password(
+    app: tuple[App, FakeClock],
+) -> None:
+    a, clock = app
+    secret = pyotp.random_base32(32)
+    _uid, email = await user(a, totp_secret=secret)
+    old = pyotp.TOTP(secret).at(clock.now())
+    clock.advance(90)  # three steps later: outside the +-1 window, so expired
+    now = clock.now()
+    invalid = next(
+        c
+        for c in (f"{n:06d}" for n in range(1_000_000))
+        if totp.matching_step(secret, c, now) is None and not totp.is_stale(secret, c, now)
+    )
+    challenge = await a.auth.login(email, PASSWORD)
+    with pytest.raises(Unauthenticated, match="expired"):
+        await a.auth.verify_second_factor(challenge.challenge_id, totp_code=old)
+    with pytest.raises(Unauthenticated, match="invalid"):
+        await a.auth.verify_second_factor(challenge.challenge_id, totp_code=invalid)
+    # Before the password step nobody learns anything: one answer for every failure.
+    with pytest.raises(Unauthenticated, match="invalid email or password"):
+        await a.auth.login(email, "not-the-password-123")
+
+
 async def test_challenge_expires_after_five_minutes(app: tuple[App, FakeClock]) -> None:
     a, clock = app
     secret = pyotp.random_base32(32)
@@ -268,3 +299,168 @@ async def test_a_rotation_by_one_replica_reaches_the_others(app: tuple[App, Fake
     rotated = (await a.ctx.keys.signer()).kid
     assert rotated != first
     assert set(await replica.key_map()) == {first, rotated}  # what a verifier asks on a new kid
+
+
+def hashes_so_far() -> float:
+    return REGISTRY.get_sample_value("tmsp_auth_password_hash_seconds_count") or 0.0
+
+
+async def test_unknown_disabled_locked_and_wrong_cost_one_hash_each(
+    app: tuple[App, FakeClock],
+) -> None:
+    a, _clock = app
+    uid, email = await user(a)
+    _other, disabled = await user(a)
+    await a.ctx.users.set_fields(_other, {"disabled": True})
+    costs = {}
+    for label, address in (
+        ("unknown", f"nobody-{email}"),
+        ("disabled", disabled),
+        ("wrong", email),
+    ):
+        before = hashes_so_far()
+        with pytest.raises(Unauthenticated, match="^invalid email or password$"):
+            await a.auth.login(address, "wrong-password-123")
+        costs[label] = hashes_so_far() - before
+    await fail(a, email, 2)  # the threshold (3) is reached: locked
+    before = hashes_so_far()
+    with pytest.raises(Unauthenticated, match="^invalid email or password$"):
+        await a.auth.login(email, PASSWORD)
+    costs["locked"] = hashes_so_far() - before
+    assert costs == {"unknown": 1, "disabled": 1, "wrong": 1, "locked": 1}
+    assert (await a.ctx.users.lockout(uid) or {}).get("lockouts") == 1
+
+
+async def test_change_password_with_2fa_needs_a_totp_code(infra: Infra) -> None:
+    async with make_app(infra, lockout_threshold=10) as (a, clock):
+        await _change_password_with_2fa(a, clock)
+
+
+async def _change_password_with_2fa(a: App, clock: FakeClock) -> None:
+    secret = pyotp.random_base32(32)
+    uid, email = await user(a, totp_secret=secret)
+    challenge = await a.auth.login(email, PASSWORD)
+    session, _ = await a.auth.verify_second_factor(
+        challenge.challenge_id, totp_code=pyotp.TOTP(secret).at(clock.now())
+    )
+    principal = Principal(
+        uid, session.account_id, frozenset({Role.ACCOUNT_ADMINISTRATOR}), session.session_id
+    )
+    new = "another-long-passphrase"
+    with pytest.raises(InvalidArgument) as info:
+        await a.auth.change_password(principal, PASSWORD, new)
+    assert info.value.field == "totp_code"
+    with pytest.raises(Unauthenticated):
+        await a.auth.change_password(principal, "wrong-password-123", new, "123456")
+    clock.advance(30)
+    good = pyotp.TOTP(secret).at(clock.now())
+    wrong = "000000" if good != "000000" else "111111"
+    with pytest.raises(Unauthenticated):
+        await a.auth.change_password(principal, PASSWORD, new, wrong)
+    assert (await a.auth.login(email, PASSWORD)).challenge_id  # unchanged so far
+    await a.auth.change_password(principal, PASSWORD, new, good)
+    with pytest.raises(Unauthenticated):
+        await a.auth.login(email, PASSWORD)
+    assert (await a.auth.login(email, new)).challenge_id  # and 2FA is still on
+
+
+async def test_reset_token_is_hashed_single_use_and_short_lived(
+    app: tuple[App, FakeClock], infra: Infra
+) -> None:
+    a, clock = app
+    uid, email = await user(a)
+    async with Mailbox(infra.kafka_bootstrap, a.ctx.events.producer.prefix) as mail:
+        await a.auth.request_password_reset(email)
+        first = (await mail.next(NotificationKind.NOTIFICATION_KIND_PASSWORD_RESET, email)).params
+        clock.advance(60)
+        await a.auth.request_password_reset(email)
+        second = (await mail.next(NotificationKind.NOTIFICATION_KIND_PASSWORD_RESET, email)).params
+    tokens = [p["reset_url"].rsplit("token=", 1)[1] for p in (first, second)]
+    assert first["expires_minutes"] == "30"
+    stored = [d async for d in a.ctx.tokens.coll.find({"user_id": uid})]
+    assert len(stored) == 2 and not {str(d["_id"]) for d in stored} & set(tokens)
+    clock.advance(timedelta(minutes=29))  # the first link is 30 minutes old now
+    with pytest.raises(InvalidArgument) as info:
+        await a.auth.reset_password(tokens[0], "a-brand-new-passphrase")
+    assert info.value.field == "token"
+    assert (await a.auth.login(email, PASSWORD)).session is not None  # unchanged
+    await a.auth.reset_password(tokens[1], "a-brand-new-passphrase")
+    with pytest.raises(InvalidArgument):
+        await a.auth.reset_password(tokens[1], "yet-another-passphrase")
+    assert (await a.auth.login(email, "a-brand-new-passphrase")).session is not None
+
+
+async def test_old_device_stops_working_once_the_new_one_is_confirmed(
+    app: tuple[App, FakeClock],
+) -> None:
+    a, clock = app
+    old, new = pyotp.random_base32(32), pyotp.random_base32(32)
+    uid, email = await user(a, totp_secret=old)
+    principal = Principal(uid, "", frozenset({Role.ACCOUNT_ADMINISTRATOR}), "sid")
+    pending = {**a.ctx.seal_totp(uid, new), "created_at": clock.now()}
+    await a.ctx.users.set_fields(uid, {"totp_pending": pending})  # as ConfirmSetupCode does
+    challenge = await a.auth.login(email, PASSWORD)
+    await a.auth.verify_second_factor(  # pending: the old device still works
+        challenge.challenge_id, totp_code=pyotp.TOTP(old).at(clock.now())
+    )
+    clock.advance(30)
+    await a.auth.change_device(principal, pyotp.TOTP(new).at(clock.now()))
+    clock.advance(30)
+    challenge = await a.auth.login(email, PASSWORD)
+    with pytest.raises(Unauthenticated):
+        await a.auth.verify_second_factor(
+            challenge.challenge_id, totp_code=pyotp.TOTP(old).at(clock.now())
+        )
+    session, _ = await a.auth.verify_second_factor(
+        challenge.challenge_id, totp_code=pyotp.TOTP(new).at(clock.now())
+    )
+    assert session.access_token
+    stored = await a.ctx.users.get(uid) or {}
+    assert stored["totp_pending"] is None
+    assert stored["totp"]["kid"] == "uc1"  # sealed with the key id, never in the clear
+    assert new.encode() not in repr(stored).encode() and new not in repr(stored)
+
+
+async def test_recovery_codes_are_hashed_and_regenerable(app: tuple[App, FakeClock]) -> None:
+    a, clock = app
+    secret = pyotp.random_base32(32)
+    uid, email = await user(a, totp_secret=secret)
+    principal = Principal(uid, "", frozenset({Role.ACCOUNT_ADMINISTRATOR}), "sid")
+    first = await a.auth.regenerate_recovery_codes(principal, PASSWORD)
+    assert len(first) == 10 and len(set(first)) == 10
+    stored = await a.ctx.users.get(uid) or {}
+    assert not set(first) & set(stored["recovery_codes"])  # digests only
+    challenge = await a.auth.login(email, PASSWORD)
+    _session, left = await a.auth.verify_second_factor(
+        challenge.challenge_id, recovery_code=first[0].upper()
+    )
+    assert left == 9
+    second = await a.auth.regenerate_recovery_codes(principal, PASSWORD)
+    challenge = await a.auth.login(email, PASSWORD)
+    with pytest.raises(Unauthenticated):  # the old set is gone
+        await a.auth.verify_second_factor(challenge.challenge_id, recovery_code=first[1])
+    _session, left = await a.auth.verify_second_factor(
+        challenge.challenge_id, recovery_code=second[0]
+    )
+    assert left == 9
+    with pytest.raises(Unauthenticated):  # wrong password: no new set
+        await a.auth.regenerate_recovery_codes(principal, "wrong-password-123")
+
+
+async def test_emergency_codes_are_on_by_default_and_can_be_switched_off(infra: Infra) -> None:
+    assert AuthSettings.model_fields["emergency_codes_enabled"].default is True
+    async with make_app(infra, emergency_codes_enabled=False) as (a, clock):
+        secret = pyotp.random_base32(32)
+        uid, email = await user(a, totp_secret=secret)
+        challenge = await a.auth.login(email, PASSWORD)
+        with pytest.raises(FailedPrecondition, match="disabled"):
+            await a.auth.request_emergency_code(challenge.challenge_id)
+        with pytest.raises(FailedPrecondition, match="disabled"):
+            await a.auth.verify_second_factor(challenge.challenge_id, emergency_code="12345678")
+        principal = Principal(uid, "", frozenset({Role.ACCOUNT_ADMINISTRATOR}), "sid")
+        with pytest.raises(FailedPrecondition, match="disabled"):
+            await a.auth.disable_two_factor(principal, emergency_code="12345678")
+        session, _ = await a.auth.verify_second_factor(  # TOTP still works
+            challenge.challenge_id, totp_code=pyotp.TOTP(secret).at(clock.now())
+        )
+        assert session.access_token

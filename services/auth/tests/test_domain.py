@@ -155,6 +155,20 @@ def test_code_matches_current_and_adjacent_steps_only() -> None:
     assert totp.matching_step(secret, future, clock.now()) == step + 3
 
 
+def test_codes_just_before_the_window_are_stale_not_invalid() -> None:
+    clock = FakeClock()
+    secret = totp.new_secret()
+    code = pyotp.TOTP(secret).at(clock.now())
+    assert not totp.is_stale(secret, code, clock.now())  # current: valid, not stale
+    clock.advance(30)
+    assert not totp.is_stale(secret, code, clock.now())  # one step late: still accepted
+    clock.advance(30)
+    assert totp.is_stale(secret, code, clock.now())  # two steps late: expired
+    clock.advance(30 * totp.STALE_STEPS)
+    assert not totp.is_stale(secret, code, clock.now())  # long gone: just invalid
+    assert not totp.is_stale(secret, "000000x", clock.now())
+
+
 def test_malformed_codes_never_match() -> None:
     clock = FakeClock()
     secret = totp.new_secret()
@@ -171,6 +185,8 @@ def test_provisioning_uri_has_what_google_authenticator_needs() -> None:
     query = parse_qs(parts.query)
     assert query["secret"] == [secret]
     assert query["issuer"] == ["TMSP"]
+    assert (query["algorithm"], query["digits"], query["period"]) == (["SHA1"], ["6"], ["30"])
+    assert len(base64.b32decode(query["secret"][0])) == 20  # 160 bits
     assert prov.qr_png.startswith(b"\x89PNG")
     assert "<svg" in prov.qr_svg
     parsed = pyotp.parse_uri(prov.uri)

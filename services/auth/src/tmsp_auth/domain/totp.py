@@ -13,6 +13,7 @@ import io
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import quote, urlencode
 
 import pyotp
 import segno
@@ -21,6 +22,8 @@ DIGITS = 6
 PERIOD_S = 30
 SECRET_BYTES = 20  # 160 bits, RFC 4226's recommended length
 WINDOW = 1
+STALE_STEPS = 10
+"""How far back (5 minutes) a code is recognised as expired rather than invalid."""
 
 
 def new_secret() -> str:
@@ -56,6 +59,41 @@ def matching_step(secret: str, code: str, now: datetime, window: int = WINDOW) -
     return found
 
 
+def is_stale(secret: str, code: str, now: datetime, window: int = WINDOW) -> bool:
+    """True when ``code`` belongs to a step just before the accepted window (expired).
+
+    Only told to a caller who passed the password step; compared in constant time.
+    """
+    code = code.strip().replace(" ", "")
+    if not looks_like_code(code):
+        return False
+    current = time_step(now)
+    stale = False
+    for step in range(current - window - STALE_STEPS, current - window):
+        stale |= hmac.compare_digest(code_at_step(secret, step), code)
+    return stale
+
+
+def provisioning_uri(secret: str, *, issuer: str, account_label: str) -> str:
+    """``otpauth://totp/Issuer:label?...`` with every parameter spelled out.
+
+    Google Authenticator honours only SHA1, 6 digits and 30 s; they are written explicitly
+    anyway so that other apps cannot fall back to different defaults.
+    """
+    label = f"{quote(issuer, safe='')}:{quote(account_label, safe='')}"
+    query = urlencode(
+        {
+            "secret": secret,
+            "issuer": issuer,
+            "algorithm": "SHA1",
+            "digits": DIGITS,
+            "period": PERIOD_S,
+        },
+        quote_via=quote,
+    )
+    return f"otpauth://totp/{label}?{query}"
+
+
 @dataclass(frozen=True)
 class Provisioning:
     """What the authenticator app needs: the URI, and the URI as QR codes."""
@@ -68,9 +106,7 @@ class Provisioning:
 
 def provisioning(secret: str, *, issuer: str, account_label: str) -> Provisioning:
     """otpauth:// URI (issuer, label, secret, SHA1, 6 digits, 30 s) and PNG/SVG QR codes."""
-    uri = pyotp.TOTP(secret, digits=DIGITS, interval=PERIOD_S, issuer=issuer).provisioning_uri(
-        name=account_label, issuer_name=issuer
-    )
+    uri = provisioning_uri(secret, issuer=issuer, account_label=account_label)
     qr = segno.make(uri, error="m")
     png = io.BytesIO()
     qr.save(png, kind="png", scale=5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -319,6 +320,7 @@ class AuthUseCases:
         expired = False
         if totp_code:
             ok, factor = await self._check_totp(user, totp_code), "otp"
+            expired = not ok and totp.is_stale(ctx.open_totp(uid, user["totp"]), totp_code, now)
         elif emergency_code:
             result = await ctx.codes.consume(uid, CodePurpose.EMERGENCY, emergency_code, now)
             ok, factor, expired = result is CodeResult.OK, "email", result is CodeResult.EXPIRED
@@ -343,7 +345,7 @@ class AuthUseCases:
         )
         LOGIN_ATTEMPTS.labels("second_factor_ok").inc()
         left = 0
-        publications = [
+        publications: list[Awaitable[None]] = [
             ctx.events.audit(
                 AuditKind.AUTH_AUDIT_KIND_LOGIN_SUCCEEDED,
                 user_id=uid,
@@ -355,36 +357,46 @@ class AuthUseCases:
             )
         ]
         if factor != "otp":
-            kinds = {
-                "email": (
-                    AuditKind.AUTH_AUDIT_KIND_EMERGENCY_CODE_USED,
-                    NotificationKind.NOTIFICATION_KIND_EMERGENCY_CODE_USED,
-                ),
-                "recovery": (
-                    AuditKind.AUTH_AUDIT_KIND_RECOVERY_CODE_USED,
-                    NotificationKind.NOTIFICATION_KIND_RECOVERY_CODE_USED,
-                ),
-            }[factor]
             if factor == "recovery":
                 left = await ctx.users.recovery_codes_left(user)
-            publications += [
-                ctx.events.audit(
-                    kinds[0], user_id=uid, account_id=acct, email=email, source_ip=source_ip
-                ),
-                ctx.events.notify(
-                    kinds[1],
-                    account_id=acct,
-                    recipients=[email],
-                    params={
-                        "user_name": _name(user),
-                        "used_at": now.isoformat(),
-                        "source_ip": source_ip,
-                        "recovery_codes_left": str(left),
-                    },
-                ),
-            ]
+            publications += self._code_used(user, factor, source_ip=source_ip, left=left)
         await ctx.events.all(*publications)
         return session, left
+
+    def _code_used(
+        self, user: Document, factor: str, *, source_ip: str = "", left: int = 0
+    ) -> list[Awaitable[None]]:
+        """Audit event and email to the user for a spent emergency ("email") or recovery code."""
+        ctx, uid, acct, email = (
+            self.ctx,
+            str(user["_id"]),
+            str(user["account_id"]),
+            str(user["email"]),
+        )
+        audit, note = {
+            "email": (
+                AuditKind.AUTH_AUDIT_KIND_EMERGENCY_CODE_USED,
+                NotificationKind.NOTIFICATION_KIND_EMERGENCY_CODE_USED,
+            ),
+            "recovery": (
+                AuditKind.AUTH_AUDIT_KIND_RECOVERY_CODE_USED,
+                NotificationKind.NOTIFICATION_KIND_RECOVERY_CODE_USED,
+            ),
+        }[factor]
+        return [
+            ctx.events.audit(audit, user_id=uid, account_id=acct, email=email, source_ip=source_ip),
+            ctx.events.notify(
+                note,
+                account_id=acct,
+                recipients=[email],
+                params={
+                    "user_name": _name(user),
+                    "used_at": self._now().isoformat(),
+                    "source_ip": source_ip,
+                    "recovery_codes_left": str(left),
+                },
+            ),
+        ]
 
     # -- sessions ----------------------------------------------------------------------
 
@@ -744,7 +756,8 @@ class AuthUseCases:
         )
         if not swapped:
             raise FailedPrecondition("two-factor settings changed meanwhile; try again")
-        await self._device_event(user, enabled=False, detail=detail)
+        used = self._code_used(user, "email") if emergency_code else []
+        await ctx.events.all(self._device_event(user, enabled=False, detail=detail), *used)
 
     async def regenerate_recovery_codes(self, principal: Principal, password: str) -> list[str]:
         user = await self._user(principal.user_id)
