@@ -115,6 +115,20 @@ async def test_settings_tenant_isolation_over_grpc(
         await stub.GetNotificationSettings(get, metadata=admin_b)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ListNotificationSettings(
+            notifier_pb2.ListNotificationSettingsRequest(account_id="acct-a"), metadata=admin_b
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    untouched = (await stub.GetNotificationSettings(get, metadata=admin_a)).settings
+    assert untouched == current  # B's refused update changed nothing of A's
+    own_b = notifier_pb2.NotificationSettings()
+    own_b.CopyFrom(wanted)
+    own_b.account_id = "acct-b"
+    own_b.extra_recipients[:] = ["b-soc@b.example"]
+    await stub.UpdateNotificationSettings(
+        notifier_pb2.UpdateNotificationSettingsRequest(settings=own_b), metadata=admin_b
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.GetNotificationSettings(get)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -127,6 +141,7 @@ async def test_settings_tenant_isolation_over_grpc(
     assert read.min_severity == detections_pb2.SEVERITY_HIGH and read.max_per_hour == 5
     seen_by_operator = (await stub.GetNotificationSettings(get, metadata=operator)).settings
     assert seen_by_operator.version == 1
+    assert list(seen_by_operator.extra_recipients) == ["soc@acme.example"]  # not B's
 
     stale = notifier_pb2.UpdateNotificationSettingsRequest(settings=wanted, expected_version=0)
     with pytest.raises(grpc.aio.AioRpcError) as err:

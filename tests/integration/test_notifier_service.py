@@ -4,6 +4,8 @@ Mongo-wire server and mailing a real SMTP server on loopback."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,10 +14,10 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from tmsp.events.v1 import notifications_pb2
+from tmsp.events.v1 import accounts_pb2, notifications_pb2
 from tmsp_common.kafka.consumer import DLQ_REASON
 from tmsp_common.kafka.producer import EventProducer
-from tmsp_common.kafka.topics import NOTIFICATION_REQUESTS
+from tmsp_common.kafka.topics import ACCOUNTS, NOTIFICATION_REQUESTS
 from tmsp_common.testing import Infra, ServiceProcess, TopicReader, free_port, wait_until
 from tmsp_notifier.testing import RecordingSmtpServer, notifier_env
 
@@ -250,3 +252,101 @@ async def test_report_ready_with_pdf_attached_and_oversized_attachment_refused(
         assert f"{2 * len(pdf)} bytes attached, at most 50000" in rejected["last_reply"]
     finally:
         proc.terminate()
+
+
+AT = "2026-01-15T12:00:00+00:00"
+K = notifications_pb2.NotificationKind
+# What auth publishes for each of its kinds (tmsp_auth.service_layer.auth), ids included:
+# auth's lockout id holds colons, which a Message-ID may not, so its Message-ID is hashed.
+AUTH_REQUESTS: list[tuple[str, int, dict[str, str], str]] = [
+    ("a-conf", K.NOTIFICATION_KIND_CONFIRMATION_CODE, {"code": "930001"}, "930001"),
+    ("a-emer", K.NOTIFICATION_KIND_EMERGENCY_CODE, {"code": "930002"}, "930002"),
+    (
+        "a-reset",
+        K.NOTIFICATION_KIND_PASSWORD_RESET,
+        {"reset_url": "https://portal/reset/930003", "expires_minutes": "60", "invite": "false"},
+        "https://portal/reset/930003",
+    ),
+    (
+        "locked:u-1:1768478400",
+        K.NOTIFICATION_KIND_ACCOUNT_LOCKED,
+        {"locked_until": AT, "locked_minutes": "15"},
+        "unlocks at 2026-01-15 13:00 CET",
+    ),
+    ("a-2fa-on", K.NOTIFICATION_KIND_TWO_FACTOR_ENABLED, {"changed_at": AT}, "13:00 CET"),
+    ("a-2fa-off", K.NOTIFICATION_KIND_TWO_FACTOR_DISABLED, {"changed_at": AT}, "disabled"),
+    ("a-2fa-dev", K.NOTIFICATION_KIND_TWO_FACTOR_DEVICE_CHANGED, {"changed_at": AT}, "device"),
+    (
+        "a-emer-used",
+        K.NOTIFICATION_KIND_EMERGENCY_CODE_USED,
+        {"used_at": AT, "source_ip": "203.0.113.9", "recovery_codes_left": "0"},
+        "from 203.0.113.9",
+    ),
+    (
+        "a-rec-used",
+        K.NOTIFICATION_KIND_RECOVERY_CODE_USED,
+        {"used_at": AT, "source_ip": "203.0.113.9", "recovery_codes_left": "4"},
+        "Recovery codes left: 4",
+    ),
+]
+
+
+async def test_every_auth_kind_over_the_bus_in_the_account_time_zone_with_metrics(
+    env: dict[str, str],
+    smtp: RecordingSmtpServer,
+    producer: EventProducer,
+    deliveries: Any,
+    infra: Infra,
+    names: Any,
+) -> None:
+    metrics_port = free_port()
+    proc = start({**env, "TMSP_NOTIFIER_METRICS_PORT": str(metrics_port)})
+    try:
+        account = accounts_pb2.AccountSnapshot(
+            account_id="acct-1", name="Acme", time_zone="Europe/Berlin", version=1
+        )
+        await producer.publish(ACCOUNTS, account, key="acct-1", account_id="acct-1")
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongo_url)
+        accounts = client[names.database("notifier")]["accounts"]
+        await wait_until(lambda: accounts.find_one({"_id": "acct-1"}), timeout=30)
+        await client.close()
+        requests = [
+            notifications_pb2.NotificationRequest(
+                notification_id=nid,
+                kind=kind,  # type: ignore[arg-type]
+                account_id="acct-1",
+                recipients=["ada@acme.example"],
+                params={"user_name": "Ada", **params},
+            )
+            for nid, kind, params, _ in AUTH_REQUESTS
+        ]
+        await publish_all(producer, requests)
+        await publish_all(producer, requests[3:4])  # the lockout redelivered
+        await wait_until(lambda: len(smtp.messages) >= len(AUTH_REQUESTS), timeout=30)
+        await asyncio.sleep(1.0)
+        by_id = {str(m["X-TMSP-Notification-Id"]): m for m in smtp.messages}
+        assert len(smtp.messages) == len(AUTH_REQUESTS) == len(by_id)
+        for nid, _, _, shown in AUTH_REQUESTS:
+            mail = by_id[nid]
+            assert mail["To"] == "ada@acme.example"
+            text, html = mail.get_body(("plain",)), mail.get_body(("html",))
+            assert text is not None and html is not None
+            assert shown in text.get_content() and shown in html.get_content(), nid
+            assert "Ada" in text.get_content()
+            assert "930" not in str(mail["Subject"])  # no code or reset link in a subject
+        locked = by_id["locked:u-1:1768478400"]
+        digest = hashlib.sha256(b"locked:u-1:1768478400").hexdigest()[:40]
+        assert locked["Message-ID"] == f"<h-{digest}@tmsp.notifier>"
+        doc = await deliveries.find_one({"_id": "locked:u-1:1768478400"})
+        assert doc["state"] == "sent" and doc["message_id"] == locked["Message-ID"]
+        assert not await deliveries.find_one({"params": {"$exists": True}})
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as r:  # noqa: S310
+            scraped = r.read().decode()
+        assert 'tmsp_notifier_emails_sent_total{kind="confirmation_code"} 1.0' in scraped
+        assert 'tmsp_notifier_emails_sent_total{kind="account_locked"} 1.0' in scraped
+        assert "tmsp_notifier_duplicates_suppressed_total 1.0" in scraped
+        assert "tmsp_notifier_send_seconds_count 9.0" in scraped
+    finally:
+        proc.terminate()
+    assert "930001" not in proc.logs and "930002" not in proc.logs  # codes never logged
+    assert "reset/930003" not in proc.logs

@@ -88,7 +88,16 @@ async def test_liveness_offline_online_logs(events: EventNotifier, sender: Recor
     await events.on_liveness(view(Liveness.OFFLINE), "l2")  # still offline
     await events.on_liveness(view(Liveness.ONLINE), "l3")
     await events.on_liveness(view(Liveness.LOGS_NOT_RECEIVED), "l4")
+    await events.on_liveness(view(Liveness.LOGS_NOT_RECEIVED), "l5")  # still missing
+    # logs and connectivity are separate: offline, logs missing, then online still mails
+    await events.on_liveness(view(Liveness.OFFLINE), "l6")
+    await events.on_liveness(view(Liveness.ONLINE), "l7")
+    await events.on_liveness(view(Liveness.LOGS_RESUMED), "l8")
+    await events.on_liveness(view(Liveness.LOGS_NOT_RECEIVED), "l9")
     assert [m["Subject"] for m in sender.sent] == [
+        "Product offline: tda-1",
+        "Product back online: tda-1",
+        "Logs not received from tda-1",
         "Product offline: tda-1",
         "Product back online: tda-1",
         "Logs not received from tda-1",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tmsp_common.errors import InvalidArgument
+from tmsp_notifier.domain.policy import message_id
 from tmsp_notifier.domain.validation import (
     validate_address,
     validate_notification_id,
@@ -43,7 +46,7 @@ def test_an_accepted_subject_has_no_line_break(raw: str) -> None:
     assert "\r" not in out and "\n" not in out and 0 < len(out) <= 200
 
 
-@given(st.text(max_size=140))
+@given(st.text(max_size=220))
 @example("abc\n")
 @example("abc\r\nBcc: x")
 def test_an_accepted_notification_id_fits_a_message_id(raw: str) -> None:
@@ -51,4 +54,6 @@ def test_an_accepted_notification_id_fits_a_message_id(raw: str) -> None:
         out = validate_notification_id(raw)
     except InvalidArgument:
         return
-    assert out.isascii() and all(ch.isalnum() or ch in "._-" for ch in out)
+    assert out.isascii() and out.isprintable() and " " not in out and len(out) <= 200
+    mid = message_id(out)
+    assert re.fullmatch(r"<[A-Za-z0-9][A-Za-z0-9._-]{0,127}@tmsp\.notifier>", mid)

@@ -7,6 +7,7 @@ reminders are tested exactly with a FakeClock.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,9 +34,19 @@ def recipient_key(recipients: Iterable[str]) -> str:
     return ",".join(sorted(r.lower() for r in recipients))
 
 
+_MESSAGE_ID_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 def message_id(notification_id: str) -> str:
-    """The Message-ID of the one mail of a notification (a resend carries the same one)."""
-    return f"<{notification_id}@tmsp.notifier>"
+    """The Message-ID of the one mail of a notification (a resend carries the same one).
+
+    ``<id@tmsp.notifier>`` when the id is made of ``[A-Za-z0-9._-]`` (max 128); any other id
+    (e.g. auth's ``locked:<user>:<time>``: a colon may not appear in a Message-ID) is
+    hashed, ``<h-<sha256 prefix>@tmsp.notifier>``: still derived from the id alone.
+    """
+    if _MESSAGE_ID_SAFE.fullmatch(notification_id):
+        return f"<{notification_id}@tmsp.notifier>"
+    return f"<h-{hashlib.sha256(notification_id.encode()).hexdigest()[:40]}@tmsp.notifier>"
 
 
 def resolve_recipients(account: AccountProfile | None, settings: KindSettings) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from tmsp_common.errors import InvalidArgument
 from tmsp_notifier.domain.model import Attachment
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_NOTIFICATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_NOTIFICATION_ID = re.compile(r"[A-Za-z0-9][\x21-\x7e]{0,199}")
 MAX_SUBJECT = 200
 MAX_RECIPIENTS = 50
 DEFAULT_MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
@@ -64,10 +64,15 @@ def validate_subject(subject: str) -> str:
 
 
 def validate_notification_id(notification_id: str) -> str:
-    """Ids become the Message-ID's left part, so only ``[A-Za-z0-9._-]`` (max 128)."""
+    """Ids are 1-200 printable ASCII characters without spaces, starting alphanumeric.
+
+    They go into a header (``X-TMSP-Notification-Id``) and the delivery log key, so no
+    space or control character; the Message-ID is derived from them (``policy.message_id``).
+    """
     if not _NOTIFICATION_ID.fullmatch(notification_id):
         raise InvalidArgument(
-            "notification_id", "1-128 characters of A-Z a-z 0-9 . _ - (starting alphanumeric)"
+            "notification_id",
+            "1-200 printable ASCII characters without spaces, starting alphanumeric",
         )
     return notification_id
 

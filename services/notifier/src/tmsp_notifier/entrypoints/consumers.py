@@ -47,9 +47,11 @@ class RequestsHandler:
     async def __call__(self, events: list[ConsumedEvent[Any]]) -> None:
         # A producer retry can put the same id twice in one batch: delivering both at once
         # would race past the claim, so only the first of each id is delivered.
+        # Requests without an id are each rejected (and dead-lettered) on their own.
         unique: dict[str, ConsumedEvent[Any]] = {}
         for e in events:
-            unique.setdefault(e.payload.notification_id, e)
+            nid = e.payload.notification_id
+            unique.setdefault(nid if nid else f"\x00{e.partition}/{e.offset}", e)
         results = await asyncio.gather(
             *(self._one(e) for e in unique.values()), return_exceptions=True
         )

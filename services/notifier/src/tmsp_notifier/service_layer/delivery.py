@@ -117,9 +117,12 @@ class Deliverer:
             n = self._validated(notification)
             account = await self.accounts.get(n.account_id)
             tz = n.time_zone or (account.time_zone if account else "UTC")
+            params = n.params
+            if n.attachments and n.kind == Kind.REPORT_READY:
+                params = {**params, "attached": "yes"}  # the template says what it carries
             rendered = self.renderer.render(
                 n.kind,
-                n.params,
+                params,
                 time_zone=tz,
                 account_name=account.name if account else "",
                 items=list(n.items),

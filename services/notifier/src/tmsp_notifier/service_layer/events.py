@@ -139,17 +139,22 @@ class EventNotifier:
         await self.alerts.set_incident_severity(incident.incident_id, incident.severity)
 
     async def on_liveness(self, view: LivenessView, event_id: str) -> None:
-        previous = await self.alerts.product_state(view.product_id)
-        kind: Kind | None = None
-        if view.state == Liveness.OFFLINE and previous != Liveness.OFFLINE:
-            kind = Kind.PRODUCT_OFFLINE
-        elif view.state == Liveness.ONLINE and previous == Liveness.OFFLINE:
-            kind = Kind.PRODUCT_ONLINE
-        elif view.state == Liveness.LOGS_NOT_RECEIVED and previous != Liveness.LOGS_NOT_RECEIVED:
-            kind = Kind.LOGS_NOT_RECEIVED
-        if kind is not None:
-            await self._liveness_mail(kind, view, event_id)
-        await self.alerts.set_product_state(view.product_id, view.state)
+        """Connectivity (online/offline) and log intake (missing/resumed) are separate
+        states of a product: offline, then logs not received, then online still mails
+        "back online"."""
+        if view.state in (Liveness.LOGS_NOT_RECEIVED, Liveness.LOGS_RESUMED):
+            key = f"{view.product_id}/logs"
+            previous = await self.alerts.product_state(key)
+            if view.state == Liveness.LOGS_NOT_RECEIVED and previous != view.state:
+                await self._liveness_mail(Kind.LOGS_NOT_RECEIVED, view, event_id)
+        else:
+            key = view.product_id
+            previous = await self.alerts.product_state(key)
+            if view.state == Liveness.OFFLINE and previous != Liveness.OFFLINE:
+                await self._liveness_mail(Kind.PRODUCT_OFFLINE, view, event_id)
+            elif view.state == Liveness.ONLINE and previous == Liveness.OFFLINE:
+                await self._liveness_mail(Kind.PRODUCT_ONLINE, view, event_id)
+        await self.alerts.set_product_state(key, view.state)
 
     async def _liveness_mail(self, kind: Kind, view: LivenessView, event_id: str) -> None:
         target = await self._recipients(view.account_id, kind)

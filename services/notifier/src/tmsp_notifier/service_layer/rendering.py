@@ -19,18 +19,21 @@ from tmsp_notifier.domain.model import Kind
 from tmsp_notifier.domain.policy import format_local
 from tmsp_notifier.domain.validation import validate_subject
 
-SECRET_PARAMS = frozenset({"code", "reset_url", "token"})
-_NOTICE = ("user_name", "at")
+SECRET_PARAMS = frozenset({"code", "reset_url", "token", "download_url"})
+"""Never in a subject (a report link may carry a download token)."""
+# The parameter names auth sends (tmsp_auth.service_layer.auth, see notifications.proto).
+_CHANGED = ("user_name", "changed_at")
+_USED = ("user_name", "used_at", "source_ip")
 ALLOWED_PARAMS: dict[Kind, frozenset[str]] = {
     Kind.CONFIRMATION_CODE: frozenset({"code", "user_name", "expires_minutes"}),
     Kind.EMERGENCY_CODE: frozenset({"code", "user_name", "expires_minutes"}),
-    Kind.PASSWORD_RESET: frozenset({"reset_url", "user_name", "expires_minutes"}),
-    Kind.ACCOUNT_LOCKED: frozenset({*_NOTICE, "until"}),
-    Kind.TWO_FACTOR_ENABLED: frozenset(_NOTICE),
-    Kind.TWO_FACTOR_DISABLED: frozenset(_NOTICE),
-    Kind.TWO_FACTOR_DEVICE_CHANGED: frozenset(_NOTICE),
-    Kind.EMERGENCY_CODE_USED: frozenset(_NOTICE),
-    Kind.RECOVERY_CODE_USED: frozenset(_NOTICE),
+    Kind.PASSWORD_RESET: frozenset({"reset_url", "user_name", "expires_minutes", "invite"}),
+    Kind.ACCOUNT_LOCKED: frozenset({"user_name", "locked_until", "locked_minutes"}),
+    Kind.TWO_FACTOR_ENABLED: frozenset(_CHANGED),
+    Kind.TWO_FACTOR_DISABLED: frozenset(_CHANGED),
+    Kind.TWO_FACTOR_DEVICE_CHANGED: frozenset(_CHANGED),
+    Kind.EMERGENCY_CODE_USED: frozenset(_USED),
+    Kind.RECOVERY_CODE_USED: frozenset({*_USED, "recovery_codes_left"}),
     Kind.REPORT_READY: frozenset({"report_name", "period", "download_url", "attached"}),
     Kind.INCIDENT: frozenset(
         {
