@@ -197,6 +197,18 @@ async def test_seed_000_two_factor_flow_with_pyotp(
     first = await client.login(email.upper(), password)  # email is case-insensitive
     assert first.HasField("session") and first.offer_two_factor_setup
     session = first.session
+    await client.auth.SetTwoFactorPrompt(  # "Continue to 2FA Settings": asked until enabled
+        auth_pb2.SetTwoFactorPromptRequest(choice=auth_pb2.TWO_FACTOR_PROMPT_CONTINUE_TO_SETTINGS),
+        metadata=md(session),
+    )
+    assert (await client.login(email, password)).offer_two_factor_setup
+    err = await error_of(
+        lambda: client.auth.SetTwoFactorPrompt(
+            auth_pb2.SetTwoFactorPromptRequest(), metadata=md(session)
+        )
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(err.trailing_metadata() or ()).get("field") == "choice"
     await client.auth.SetTwoFactorPrompt(
         auth_pb2.SetTwoFactorPromptRequest(choice=auth_pb2.TWO_FACTOR_PROMPT_SKIP_FOR_NOW),
         metadata=md(session),
@@ -479,8 +491,10 @@ async def test_signing_keys_verify_issued_tokens(client: AuthClient, mail: Mailb
 # -- passwords -------------------------------------------------------------------------
 
 
-async def test_reset_does_not_bypass_two_factor(client: AuthClient, mail: Mailbox) -> None:
-    _op, _uid, email, password = await setup_user(client, mail)
+async def test_reset_does_not_bypass_two_factor(
+    client: AuthClient, mail: Mailbox, deployment: Deployment
+) -> None:
+    _op, uid, email, password = await setup_user(client, mail)
     session = await client.session(email, password)
     await enable_2fa(client, mail, session, email)
     await client.auth.RequestPasswordReset(auth_pb2.RequestPasswordResetRequest(email=email))
@@ -505,6 +519,10 @@ async def test_reset_does_not_bypass_two_factor(client: AuthClient, mail: Mailbo
     # Sessions from before the reset are revoked.
     err = await error_of(lambda: client.auth.Logout(auth_pb2.LogoutRequest(), metadata=md(session)))
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    A = audit_pb2.AuthAuditKind
+    kinds = [e.kind for e in await audit_events(deployment, 5) if e.user_id == uid]
+    assert A.AUTH_AUDIT_KIND_PASSWORD_RESET_REQUESTED in kinds
+    assert kinds.count(A.AUTH_AUDIT_KIND_PASSWORD_RESET) == 2  # the invitation, the reset
 
 
 async def test_unknown_and_known_users_get_identical_answers(
@@ -716,14 +734,14 @@ async def test_cli_creates_a_customer_account_with_its_administrator(
 
 
 async def test_lost_device_emergency_code_then_new_device_or_disable(
-    client: AuthClient, mail: Mailbox
+    client: AuthClient, mail: Mailbox, deployment: Deployment
 ) -> None:
     """Seed 000 FAQ: not logged in and the device is lost -> request an emergency access
     code, log in with it, then register a new device or disable 2FA."""
     from tmsp_common.auth_keys import grpc_key_source
     from tmsp_common.tokens import JwtVerifier
 
-    _op, _uid, email, password = await setup_user(client, mail)
+    _op, uid, email, password = await setup_user(client, mail)
     session = await client.session(email, password)
     await enable_2fa(client, mail, session, email)
 
@@ -779,6 +797,11 @@ async def test_lost_device_emergency_code_then_new_device_or_disable(
         )
     )
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION  # 2FA is off now
+    A = audit_pb2.AuthAuditKind
+    kinds = [e.kind for e in await audit_events(deployment, 5) if e.user_id == uid]
+    assert kinds.count(A.AUTH_AUDIT_KIND_EMERGENCY_CODE_USED) == 2
+    assert A.AUTH_AUDIT_KIND_TWO_FACTOR_DEVICE_CHANGED in kinds
+    assert A.AUTH_AUDIT_KIND_TWO_FACTOR_DISABLED in kinds
 
 
 # -- sessions end: logout, disabled users ----------------------------------------------
@@ -787,7 +810,7 @@ async def test_lost_device_emergency_code_then_new_device_or_disable(
 async def test_logout_and_disabling_a_user_revoke_sessions(
     client: AuthClient, mail: Mailbox
 ) -> None:
-    op, _uid, email, password = await setup_user(client, mail)
+    op, admin_id, email, password = await setup_user(client, mail)
     session = await client.session(email, password)
     await client.auth.Logout(auth_pb2.LogoutRequest(), metadata=md(session))
     err = await error_of(
@@ -810,10 +833,10 @@ async def test_logout_and_disabling_a_user_revoke_sessions(
     analyst = await client.session(analyst_email, analyst_pw)
     for call in (
         lambda: client.accounts.DisableUser(
-            auth_pb2.DisableUserRequest(user_id=_uid), metadata=md(analyst)
+            auth_pb2.DisableUserRequest(user_id=admin_id), metadata=md(analyst)
         ),
         lambda: client.accounts.UnlockUser(
-            auth_pb2.UnlockUserRequest(user_id=_uid), metadata=md(analyst)
+            auth_pb2.UnlockUserRequest(user_id=admin_id), metadata=md(analyst)
         ),
     ):
         err = await error_of(call)

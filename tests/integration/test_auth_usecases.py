@@ -30,6 +30,7 @@ from tmsp_common import mongo
 from tmsp_common.authn import Principal, Role
 from tmsp_common.clock import FakeClock
 from tmsp_common.errors import (
+    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     RateLimited,
@@ -464,3 +465,60 @@ async def test_emergency_codes_are_on_by_default_and_can_be_switched_off(infra: 
             challenge.challenge_id, totp_code=pyotp.TOTP(secret).at(clock.now())
         )
         assert session.access_token
+
+
+async def test_confirmation_code_is_single_use_attempt_limited_and_expires(
+    app: tuple[App, FakeClock], infra: Infra
+) -> None:
+    a, clock = app
+    uid, email = await user(a)
+    principal = Principal(uid, "", frozenset({Role.ACCOUNT_ADMINISTRATOR}), "sid")
+    kind = NotificationKind.NOTIFICATION_KIND_CONFIRMATION_CODE
+    async with Mailbox(infra.kafka_bootstrap, a.ctx.events.producer.prefix) as mail:
+        expires = await a.auth.send_confirmation_email(principal)
+        assert expires == clock.now() + timedelta(minutes=10)
+        code = (await mail.next(kind, email)).params["code"]
+        stored = [d async for d in a.ctx.codes.coll.find({"user_id": uid})]
+        assert len(stored) == 1 and code not in repr(stored)  # a keyed digest only
+        wrong = "00000000" if code != "00000000" else "11111111"
+        for _ in range(5):
+            with pytest.raises(InvalidArgument, match="invalid"):
+                await a.auth.confirm_setup_code(principal, wrong)
+        with pytest.raises(InvalidArgument, match="invalid"):  # attempts spent: even the code
+            await a.auth.confirm_setup_code(principal, code)
+        clock.advance(60)  # the resend interval
+        await a.auth.send_confirmation_email(principal)
+        code = (await mail.next(kind, email)).params["code"]
+        clock.advance(timedelta(minutes=10))
+        with pytest.raises(InvalidArgument, match="expired") as info:
+            await a.auth.confirm_setup_code(principal, code)
+        assert info.value.field == "confirmation_code"
+        await a.auth.send_confirmation_email(principal)
+        code = (await mail.next(kind, email)).params["code"]
+        prov = await a.auth.confirm_setup_code(principal, code)
+        assert prov.uri.startswith("otpauth://totp/")
+        with pytest.raises(InvalidArgument, match="invalid"):  # single use
+            await a.auth.confirm_setup_code(principal, code)
+
+
+async def test_email_matches_in_any_case_unicode_form_or_punycode(
+    app: tuple[App, FakeClock],
+) -> None:
+    import unicodedata
+
+    a, _clock = app
+    account = await a.accounts.create_account(None, AccountFields(name=unique("Acct ")))
+    local = unique("zoë")
+    await a.accounts.add_user(
+        str(account["_id"]), f"{local}@exämple.com", "", [Role.ANALYST], password=PASSWORD
+    )
+    for typed in (
+        f"{local.upper()}@EXÄMPLE.COM",
+        unicodedata.normalize("NFD", f"{local}@exämple.com"),
+        f"{local}@xn--exmple-cua.com",
+    ):
+        assert (await a.auth.login(typed, PASSWORD)).session is not None, typed
+    with pytest.raises(AlreadyExists):
+        await a.accounts.add_user(
+            str(account["_id"]), f"{local.upper()}@xn--exmple-cua.com", "", [Role.ANALYST]
+        )

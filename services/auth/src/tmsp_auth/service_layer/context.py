@@ -82,15 +82,20 @@ class AuthContext:
 
 
 def normalize_email(email: str, *, field: str = "email", strict: bool = False) -> str:
-    """Lower-cased, trimmed address; with ``strict``, also syntax-checked (no DNS)."""
+    """The address as stored for lookups: trimmed, normalised (NFC, IDNA), lower-cased.
+
+    With ``strict`` (new users) a malformed address is an InvalidArgument; without it
+    (login, reset) it is only lower-cased, so it simply matches nobody. Both use the same
+    normalisation, so an address typed in another Unicode form or as punycode still matches.
+    """
     value = email.strip()
     if not value:
         raise InvalidArgument(field, "is required")
     if len(value) > 254:
         raise InvalidArgument(field, "is too long")
-    if strict:
-        try:
-            value = validate_email(value, check_deliverability=False).normalized
-        except EmailNotValidError as exc:
+    try:
+        value = validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        if strict:
             raise InvalidArgument(field, str(exc)) from exc
     return value.lower()
