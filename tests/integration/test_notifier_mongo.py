@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -33,7 +34,13 @@ from tmsp_notifier.domain.model import (
     Severity,
 )
 from tmsp_notifier.service_layer.delivery import Deliverer
-from tmsp_notifier.service_layer.events import EventNotifier, IncidentView
+from tmsp_notifier.service_layer.events import (
+    EventNotifier,
+    IncidentView,
+    Liveness,
+    LivenessView,
+    NonconformingView,
+)
 from tmsp_notifier.service_layer.rendering import Renderer
 from tmsp_notifier.testing import RecordingSmtpServer
 
@@ -131,3 +138,55 @@ async def test_settings_compare_and_set(events: EventNotifier) -> None:
     second = await repo.put(KindSettings("acct", Kind.PRODUCT_OFFLINE, max_per_hour=3, version=1))
     assert second.version == 2
     assert await repo.get("acct", Kind.PRODUCT_OFFLINE) == second
+
+
+async def test_endpoint_and_liveness_state_and_reminders_on_ferretdb(
+    events: EventNotifier, smtp: RecordingSmtpServer, clock: FakeClock
+) -> None:
+    valid_until = clock.now() + timedelta(days=40)
+    assert await events.deliverer.accounts.upsert(
+        AccountProfile(
+            "acct",
+            managed_by_email="admin@acme.example",
+            time_zone="Europe/Paris",
+            valid_until=valid_until,
+            version=1,
+        )
+    )
+
+    def endpoint(*threats: str, cleared: bool = False) -> NonconformingView:
+        return NonconformingView("acct", "h-1", "h-1", threats, "unresolved threat", cleared)
+
+    await events.on_nonconforming(endpoint("WORM_X"), "n1")
+    await events.on_nonconforming(endpoint("WORM_X"), "n2")  # same threat again: no mail
+    await events.on_nonconforming(endpoint(cleared=True), "n3")
+    await events.on_nonconforming(endpoint("WORM_X"), "n4")  # nonconforming again: mail
+    live = [
+        LivenessView("tda-1", "acct", s)
+        for s in (Liveness.OFFLINE, Liveness.LOGS_NOT_RECEIVED, Liveness.ONLINE)
+    ]
+    for i, view in enumerate(live):
+        await events.on_liveness(view, f"l{i}")
+    # the subscription reminder is the notifier's own periodic check over the accounts
+    # projection: nothing 31 days before, the 30-day one once, then the 7-day one
+    clock.set(valid_until - timedelta(days=31))
+    assert await events.check_subscriptions() == 0
+    clock.set(valid_until - timedelta(days=30))
+    await events.check_subscriptions()
+    await events.check_subscriptions()
+    clock.set(valid_until - timedelta(days=7))
+    await events.check_subscriptions()
+    assert [str(m["Subject"]) for m in smtp.messages] == [
+        "Nonconforming endpoint: h-1",
+        "Nonconforming endpoint: h-1",
+        "Product offline: tda-1",
+        "Logs not received from tda-1",
+        "Product back online: tda-1",
+        "Your TMSP subscription expires in 30 days",
+        "Your TMSP subscription expires in 7 days",
+    ]
+    body = smtp.messages[-1].get_body(("plain",))
+    assert body is not None
+    assert valid_until.astimezone(ZoneInfo("Europe/Paris")).strftime("%Y-%m-%d %H:%M") in (
+        body.get_content()
+    )

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from tmsp_common.clock import FakeClock
 from tmsp_notifier.adapters.memory import RecordingSender
 from tmsp_notifier.domain.model import AccountProfile, Kind, KindSettings, Severity
+from tmsp_notifier.domain.policy import should_notify_nonconforming
 from tmsp_notifier.service_layer.events import (
     EventNotifier,
     IncidentView,
@@ -104,15 +105,38 @@ async def test_liveness_offline_online_logs(events: EventNotifier, sender: Recor
     ]
 
 
-async def test_nonconforming_sent_once_per_event_and_not_when_cleared(
+async def test_nonconforming_mailed_when_it_starts_grows_or_fails_not_when_repeated(
     events: EventNotifier, sender: RecordingSender
 ) -> None:
     await events.deliverer.accounts.upsert(ACCOUNT)
-    v = NonconformingView("acct", "host-7", "host-7", ("WORM_X",), "unresolved threat")
-    await events.on_nonconforming(v, "n1")
-    await events.on_nonconforming(v, "n1")
-    await events.on_nonconforming(NonconformingView("acct", "host-7", "host-7", cleared=True), "n2")
-    assert len(sender.sent) == 1
+
+    def view(*threats: str, reason: str = "unresolved threat") -> NonconformingView:
+        return NonconformingView("acct", "host-7", "host-7", threats, reason)
+
+    await events.on_nonconforming(view("WORM_X"), "n1")  # became nonconforming: mail
+    await events.on_nonconforming(view("WORM_X"), "n1")  # redelivered
+    await events.on_nonconforming(view("WORM_X"), "n2")  # same threat, newer result
+    await events.on_nonconforming(view("WORM_X", "TROJ_Y"), "n3")  # a new threat: mail
+    await events.on_nonconforming(view("TROJ_Y"), "n4")  # one cleaned, nothing new
+    failed = view("TROJ_Y", reason="threat mitigation failed")
+    await events.on_nonconforming(failed, "n5")  # mitigation failed: mail
+    await events.on_nonconforming(failed, "n6")
+    await events.on_nonconforming(NonconformingView("acct", "host-7", "host-7", cleared=True), "n7")
+    await events.on_nonconforming(view("TROJ_Y"), "n8")  # nonconforming again: mail
+    bodies = [m.get_body(("plain",)) for m in sender.sent]
+    texts = [b.get_content() for b in bodies if b is not None]
+    assert len(texts) == 4
+    assert "WORM_X" in texts[0] and "TROJ_Y" in texts[1] and "failed" in texts[2]
+    assert "TROJ_Y" in texts[3]
+
+
+def test_nonconforming_rule() -> None:
+    x, xy = frozenset({"X"}), frozenset({"X", "Y"})
+    assert should_notify_nonconforming(x, "unresolved threat", None)
+    assert not should_notify_nonconforming(x, "unresolved threat", (xy, "unresolved threat"))
+    assert should_notify_nonconforming(xy, "unresolved threat", (x, "unresolved threat"))
+    assert should_notify_nonconforming(x, "threat mitigation failed", (x, "unresolved threat"))
+    assert not should_notify_nonconforming(x, "unresolved threat", (x, "threat mitigation failed"))
 
 
 async def test_subscription_reminders_sent_once_each(

@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tmsp.events.v1 import accounts_pb2, incidents_pb2, notifications_pb2
 from tmsp_common.kafka.envelope import from_timestamp
 from tmsp_notifier.domain.model import AccountProfile, Attachment, Kind, Notification, Severity
+from tmsp_notifier.domain.policy import MITIGATION_FAILED
 from tmsp_notifier.service_layer.events import (
     IncidentView,
     Liveness,
@@ -135,7 +136,7 @@ def liveness_view(p: incidents_pb2.ProductLiveness) -> LivenessView | None:
 
 _REASONS = {
     incidents_pb2.NONCONFORMING_REASON_UNRESOLVED_THREAT: "unresolved threat",
-    incidents_pb2.NONCONFORMING_REASON_MITIGATION_FAILED: "threat mitigation failed",
+    incidents_pb2.NONCONFORMING_REASON_MITIGATION_FAILED: MITIGATION_FAILED,
 }
 
 

@@ -153,6 +153,7 @@ class MemoryAlerts:
     def __init__(self) -> None:
         self.incidents: dict[str, Severity] = {}
         self.products: dict[str, str] = {}
+        self.endpoints: dict[str, tuple[frozenset[str], str]] = {}
 
     async def incident_severity(self, incident_id: str) -> Severity | None:
         return self.incidents.get(incident_id)
@@ -165,6 +166,15 @@ class MemoryAlerts:
 
     async def set_product_state(self, product_id: str, state: str) -> None:
         self.products[product_id] = state
+
+    async def endpoint_alert(self, key: str) -> tuple[frozenset[str], str] | None:
+        return self.endpoints.get(key)
+
+    async def set_endpoint_alert(self, key: str, alert: tuple[frozenset[str], str] | None) -> None:
+        if alert is None:
+            self.endpoints.pop(key, None)
+        else:
+            self.endpoints[key] = alert
 
 
 @dataclass

@@ -328,3 +328,20 @@ class MongoAlerts:
         await self._c.update_one(
             {"_id": f"product/{product_id}"}, {"$set": {"state": state}}, upsert=True
         )
+
+    async def endpoint_alert(self, key: str) -> tuple[frozenset[str], str] | None:
+        doc = await self._c.find_one({"_id": f"endpoint/{key}"})
+        if doc is None:
+            return None
+        return frozenset(doc.get("threats", ())), str(doc.get("reason", ""))
+
+    async def set_endpoint_alert(self, key: str, alert: tuple[frozenset[str], str] | None) -> None:
+        if alert is None:
+            await self._c.delete_one({"_id": f"endpoint/{key}"})
+            return
+        threats, reason = alert
+        await self._c.update_one(
+            {"_id": f"endpoint/{key}"},
+            {"$set": {"threats": sorted(threats), "reason": reason}},
+            upsert=True,
+        )

@@ -70,6 +70,22 @@ def should_notify_incident(
     return previously_notified is None or severity > previously_notified
 
 
+MITIGATION_FAILED = "threat mitigation failed"
+
+
+def should_notify_nonconforming(
+    threats: frozenset[str], reason: str, previous: tuple[frozenset[str], str] | None
+) -> bool:
+    """An endpoint that became nonconforming, shows a threat it did not have at the last
+    event, or whose mitigation now failed. The same open threats seen again (the
+    correlator republishes on every newer result) send nothing."""
+    if previous is None:
+        return True
+    before, before_reason = previous
+    escalated = reason == MITIGATION_FAILED and before_reason != MITIGATION_FAILED
+    return not threats <= before or escalated
+
+
 class Decision(StrEnum):
     SEND = "send"
     DIGEST = "digest"

@@ -186,8 +186,17 @@ class EventNotifier:
         )
 
     async def on_nonconforming(self, view: NonconformingView, event_id: str) -> None:
+        key = f"{view.account_id}/{view.endpoint_key}"
         if view.cleared:
+            await self.alerts.set_endpoint_alert(key, None)
             return
+        current = (frozenset(view.threat_names), view.reason)
+        previous = await self.alerts.endpoint_alert(key)
+        if policy.should_notify_nonconforming(*current, previous):
+            await self._nonconforming_mail(view, event_id)
+        await self.alerts.set_endpoint_alert(key, current)
+
+    async def _nonconforming_mail(self, view: NonconformingView, event_id: str) -> None:
         target = await self._recipients(view.account_id, Kind.NONCONFORMING_ENDPOINT)
         if target is None:
             return

@@ -112,7 +112,8 @@ class DigestRepository(Protocol):
 
 
 class AlertStateRepository(Protocol):
-    """Last severity mailed per incident, last liveness state per product."""
+    """Last severity mailed per incident, last liveness state per product, last view of
+    each nonconforming endpoint."""
 
     async def incident_severity(self, incident_id: str) -> Severity | None: ...
 
@@ -121,6 +122,14 @@ class AlertStateRepository(Protocol):
     async def product_state(self, product_id: str) -> str | None: ...
 
     async def set_product_state(self, product_id: str, state: str) -> None: ...
+
+    async def endpoint_alert(self, key: str) -> tuple[frozenset[str], str] | None:
+        """Threat names and reason of a nonconforming endpoint as last seen (None: conforming)."""
+        ...
+
+    async def set_endpoint_alert(
+        self, key: str, alert: tuple[frozenset[str], str] | None
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
