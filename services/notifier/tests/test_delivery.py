@@ -241,3 +241,31 @@ async def test_request_of_a_disabled_kind_is_skipped(
     # security mails ignore account settings: never muted
     sent = await deliverer.deliver_request(code_request("sec-1"))
     assert sent.state == DeliveryState.SENT
+
+
+class LogSpyingSender:
+    """Reads the delivery log at the moment each mail goes out, then hands it on."""
+
+    def __init__(self, deliverer: Deliverer, inner: RecordingSender) -> None:
+        self.deliverer, self.inner = deliverer, inner
+        self.seen: list[tuple[str, int]] = []
+
+    async def send(self, message: EmailMessage) -> str:
+        record = await self.deliverer.log.get(str(message["X-TMSP-Notification-Id"]))
+        assert record is not None
+        self.seen.append((record.state.value, record.attempts))
+        return await self.inner.send(message)
+
+
+async def test_each_attempt_is_recorded_before_the_send_and_its_result_after(
+    deliverer: Deliverer, sender: RecordingSender
+) -> None:
+    spy = LogSpyingSender(deliverer, sender)
+    deliverer.sender = spy
+    sender.script = [TransientSendError("451 4.3.0 later")]
+    record = await deliverer.deliver(code_request())
+    assert spy.seen == [("sending", 1), ("sending", 2)]  # written before the mail went out
+    assert record.state == DeliveryState.SENT and record.attempts == 2
+    stored = await deliverer.log.get("req-1")
+    assert stored is not None and stored.state == DeliveryState.SENT
+    assert stored.last_reply == "250 2.0.0 OK" and stored.sent_at is not None
