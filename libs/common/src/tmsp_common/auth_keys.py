@@ -18,7 +18,7 @@ import grpc
 
 from tmsp_common.errors import Unavailable
 from tmsp_common.grpc_client import channel
-from tmsp_common.tokens import KeySource
+from tmsp_common.tokens import JwtVerifier, KeySource, static_keys
 
 
 def grpc_key_source(
@@ -45,3 +45,13 @@ def grpc_key_source(
         return {k.kid: k.public_key_pem.encode() for k in response.keys}
 
     return _source
+
+
+def token_verifier(
+    pinned: Mapping[str, bytes], target: str, *, tls: bool = True, tls_dir: str = ".local/tls"
+) -> JwtVerifier:
+    """Pinned ``{kid: PEM}`` keys when configured, otherwise auth's GetSigningKeys at
+    ``target`` (fetched on first use and on an unknown ``kid``)."""
+    if pinned:
+        return JwtVerifier(static_keys(pinned))
+    return JwtVerifier(grpc_key_source(target, tls=tls, tls_dir=tls_dir))

@@ -9,8 +9,9 @@ result back. Domain errors become status codes in exactly one place, the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -19,7 +20,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tmsp_common import errors
-from tmsp_common.authn import TokenVerifier, reset_principal, set_principal
+from tmsp_common.authn import (
+    Principal,
+    TokenVerifier,
+    current_principal,
+    reset_principal,
+    set_principal,
+)
 from tmsp_common.logging import bind_context, get_logger
 from tmsp_common.metrics import GRPC_REQUESTS, GRPC_SECONDS
 from tmsp_common.tls import ensure_server_certificate
@@ -61,36 +68,62 @@ else:
     Context = grpc.aio.ServicerContext
     Handler = grpc.RpcMethodHandler
 Behavior = Callable[[Any, Context], Awaitable[Any]]
+StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
+Before = Callable[[Any, Context], Awaitable[Any]]
+Authorizer = Callable[[str, Any, Principal], None]
+"""``authorize(method, request, principal)``: raise a domain error to refuse the call.
+
+Runs in the interceptor right after the token is verified, before the method; it may
+normalise the request (e.g. fill in the caller's own account id) so that tenant scoping
+lives in one place."""
 
 
-def _wrap_unary(
-    method: str, behavior: Behavior, before: Callable[[Context], Awaitable[Any]]
-) -> Behavior:
-    async def wrapper(request: Any, context: Context) -> Any:
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        token = None
-        try:
-            token = await before(context)
-            return await behavior(request, context)
-        except errors.DomainError as exc:
-            code = status_for(exc)
-            await context.abort(code, exc.message, trailing_metadata=_trailers(exc))
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+@contextlib.asynccontextmanager
+async def _rpc_scope(
+    method: str, request: Any, context: Context, before: Before
+) -> AsyncIterator[None]:
+    """Authenticate, then map what the method raises to a status (one place for both the
+    unary and the server-streaming wrappers); metrics and the principal reset at the end."""
+    started = time.perf_counter()
+    code = grpc.StatusCode.OK
+    token = None
+    try:
+        token = await before(request, context)
+        yield
+    except errors.DomainError as exc:
+        code = status_for(exc)
+        await context.abort(code, exc.message, trailing_metadata=_trailers(exc))
+    except asyncio.CancelledError:
+        code = grpc.StatusCode.CANCELLED
+        raise
+    except Exception as exc:
+        if isinstance(exc, grpc.aio.AbortError):
+            code = grpc.StatusCode.ABORTED
             raise
-        except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                code = grpc.StatusCode.ABORTED
-                raise
-            code = grpc.StatusCode.INTERNAL
-            log.exception("unhandled error in gRPC method", method=method)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        finally:
-            if token is not None:
-                reset_principal(token)
-            GRPC_REQUESTS.labels(method, code.name).inc()
-            GRPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+        code = grpc.StatusCode.INTERNAL
+        log.exception("unhandled error in gRPC method", method=method)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    finally:
+        if token is not None:
+            reset_principal(token)
+        GRPC_REQUESTS.labels(method, code.name).inc()
+        GRPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+
+
+def _wrap_unary(method: str, behavior: Behavior, before: Before) -> Behavior:
+    async def wrapper(request: Any, context: Context) -> Any:
+        async with _rpc_scope(method, request, context, before):
+            return await behavior(request, context)
+        return None  # not reached: the scope aborted the call
+
+    return wrapper
+
+
+def _wrap_stream(method: str, behavior: StreamBehavior, before: Before) -> StreamBehavior:
+    async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
+        async with _rpc_scope(method, request, context, before):
+            async for item in behavior(request, context):
+                yield item
 
     return wrapper
 
@@ -103,10 +136,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(
-        self, verifier: TokenVerifier | None = None, public_methods: Iterable[str] = ()
+        self,
+        verifier: TokenVerifier | None = None,
+        public_methods: Iterable[str] = (),
+        authorize: Authorizer | None = None,
     ) -> None:
         self._verifier = verifier
         self._public = set(public_methods)
+        self._authorize = authorize
 
     def _is_public(self, method: str) -> bool:
         return (
@@ -122,13 +159,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None or (handler.unary_unary is None and handler.unary_stream is None):
             return handler
         method = details.method
         public = self._is_public(method)
         verifier = self._verifier
+        authorize = self._authorize
 
-        async def before(context: Context) -> Any:
+        async def before(request: Any, context: Context) -> Any:
             metadata = dict(context.invocation_metadata() or ())
             trace = metadata.get("x-trace-id")
             if trace:
@@ -140,8 +178,21 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 raise errors.Unauthenticated("missing bearer token")
             principal = await verifier.verify(auth[7:].strip())
             bind_context(account_id=principal.account_id, user_id=principal.user_id)
-            return set_principal(principal)
+            token = set_principal(principal)
+            if authorize is not None:
+                try:
+                    authorize(method, request, current_principal())
+                except BaseException:
+                    reset_principal(token)
+                    raise
+            return token
 
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(method, cast(StreamBehavior, handler.unary_stream), before),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return grpc.unary_unary_rpc_method_handler(
             _wrap_unary(method, cast(Behavior, handler.unary_unary), before),
             request_deserializer=handler.request_deserializer,
@@ -175,10 +226,12 @@ class GrpcServer:
         verifier: TokenVerifier | None = None,
         public_methods: Iterable[str] = (),
         options: Sequence[tuple[str, Any]] = (),
+        authorize: Authorizer | None = None,
     ) -> None:
         self.config = config
         self.server = grpc.aio.server(
-            interceptors=[ServiceInterceptor(verifier, public_methods)], options=list(options)
+            interceptors=[ServiceInterceptor(verifier, public_methods, authorize)],
+            options=list(options),
         )
         for register in registrars:
             register(self.server)

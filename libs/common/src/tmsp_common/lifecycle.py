@@ -8,6 +8,7 @@ SIGTERM/SIGINT only *request* shutdown, serve, then drain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -60,3 +61,17 @@ def run_service(settings_cls: type[S], main: Callable[[S, asyncio.Event], Awaita
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     log.info("stopped")
+
+
+async def every(
+    interval_s: float, task: Callable[[], Awaitable[object]], stop: asyncio.Event, name: str
+) -> None:
+    """Run ``task`` now and then every ``interval_s`` until ``stop``; a failed run is logged
+    and retried at the next interval (periodic jobs: schedules, purges, digests)."""
+    while not stop.is_set():
+        try:
+            await task()
+        except Exception as exc:  # noqa: BLE001 - a periodic task retries at its next run
+            log.warning("periodic task failed", task=name, error=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)

@@ -1,0 +1,3 @@
+from tmsp_reporter.entrypoints.main import main
+
+main()

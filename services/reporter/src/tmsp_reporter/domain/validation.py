@@ -1,0 +1,54 @@
+"""Validation of what callers send: recipient addresses, task parameters, page sizes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from email_validator import EmailNotValidError, validate_email
+
+from tmsp_common.errors import InvalidArgument
+
+MAX_RECIPIENTS = 50
+MAX_TASK_PARAMETERS = 16
+MAX_PARAMETER_VALUE = 4096
+_PARAM_KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def normalise_email(raw: str, field: str = "email") -> str:
+    """A bare address, normalised (domain lower-cased, local part as given, then lowered
+    for the unique key by the caller); InvalidArgument naming ``field`` otherwise."""
+    if any(c in raw for c in "\r\n<>,;") or len(raw) > 254:
+        raise InvalidArgument(field, "a single bare email address")
+    try:
+        info = validate_email(raw.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidArgument(field, str(exc)) from None
+    return str(info.normalized).lower()
+
+
+def task_parameters(params: Mapping[str, str], *, cleanup: bool) -> dict[str, str]:
+    """Bounded, well-formed task parameters; a custom cleanup needs ``pattern_name``."""
+    if len(params) > MAX_TASK_PARAMETERS:
+        raise InvalidArgument("parameters", f"at most {MAX_TASK_PARAMETERS}")
+    for key, value in params.items():
+        if not _PARAM_KEY.match(key):
+            raise InvalidArgument("parameters", f"key {key[:40]!r}: lower-case [a-z0-9_]")
+        if len(value) > MAX_PARAMETER_VALUE or any(ord(c) < 32 and c != "\n" for c in value):
+            raise InvalidArgument("parameters", f"{key}: at most 4096 printable characters")
+    if cleanup and not params.get("pattern_name", "").strip():
+        raise InvalidArgument("parameters", "a custom cleanup pattern needs pattern_name")
+    return dict(params)
+
+
+def page_size(requested: int, default: int, maximum: int) -> int:
+    if requested == 0:
+        return default
+    return min(requested, maximum)
+
+
+def csv_cell(value: object) -> str:
+    """A CSV cell that spreadsheets will not run as a formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_CSV_FORMULA) else text

@@ -1,0 +1,1 @@
+"""TMSP reporter."""

@@ -1,0 +1,587 @@
+"""The reporter as deployed (subprocess, TLS gRPC, real Ed25519 tokens) over Kafka and
+FerretDB: projections from published events, the Customer Accounts screen, tenant
+isolation, read-only analysts, operator-only mitigation tasks, reports end to end."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pypdf import PdfReader
+
+from tmsp.events.v1 import (
+    accounts_pb2,
+    detections_pb2,
+    incidents_pb2,
+    notifications_pb2,
+    products_pb2,
+    status_pb2,
+)
+from tmsp.reporter.v1 import reporter_pb2, reporter_pb2_grpc
+from tmsp_common.authn import Principal, Role
+from tmsp_common.grpc_client import bearer, channel
+from tmsp_common.kafka.consumer import DLQ_REASON
+from tmsp_common.kafka.envelope import to_timestamp, unwrap
+from tmsp_common.kafka.producer import EventProducer
+from tmsp_common.kafka.topics import (
+    ACCOUNTS,
+    HEARTBEATS,
+    INCIDENT_COUNTS,
+    INCIDENTS,
+    MITIGATION_TASKS,
+    NONCONFORMING_ENDPOINTS,
+    NOTIFICATION_REQUESTS,
+    PRODUCT_LIVENESS,
+    PRODUCTS,
+    UPLOADS,
+)
+from tmsp_common.testing import Infra, ServiceProcess, TopicReader, free_port, wait_until
+from tmsp_common.tokens import TokenSigner, public_pem
+from tmsp_reporter.testing import reporter_env
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.kafka,
+    pytest.mark.mongo,
+    pytest.mark.grpc,
+    pytest.mark.tls,
+]
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+TDA = products_pb2.PRODUCT_KIND_THREAT_DISCOVERY_APPLIANCE
+TMI = products_pb2.PRODUCT_KIND_THREAT_MITIGATOR
+Stub = reporter_pb2_grpc.ReporterServiceStub
+
+
+@pytest.fixture
+def signer() -> TokenSigner:
+    return TokenSigner(Ed25519PrivateKey.generate(), "k-test")
+
+
+@pytest.fixture
+async def producer(infra: Infra, names: Any) -> AsyncIterator[EventProducer]:
+    async with EventProducer(infra.kafka_bootstrap, service="test", topic_prefix=names.prefix) as p:
+        yield p
+
+
+@pytest.fixture
+async def reporter(
+    infra: Infra, names: Any, tmp_path: Path, signer: TokenSigner
+) -> AsyncIterator[tuple[ServiceProcess, Stub]]:
+    tls_dir = str(tmp_path / "tls")
+    port = free_port()
+    env = reporter_env(
+        infra_env=infra.env(),
+        prefix=names.prefix,
+        database=names.database("reporter"),
+        grpc_port=port,
+        tls_dir=tls_dir,
+        public_keys={signer.kid: public_pem(signer._key).decode()},  # noqa: SLF001
+        scheduler_enabled="false",
+    )
+    proc = ServiceProcess("tmsp_reporter", env).start()
+    proc.wait_for_log("service ready", timeout=90)
+    ch = channel(f"127.0.0.1:{port}", tls=True, tls_dir=tls_dir)
+    try:
+        yield proc, Stub(ch)
+    finally:
+        await ch.close()
+        assert proc.terminate() == 0, proc.logs[-3000:]
+
+
+def token(signer: TokenSigner, account: str, *roles: Role) -> tuple[tuple[str, str], ...]:
+    return bearer(
+        signer.issue(Principal(f"u-{account}-{roles[0].value}", account, frozenset(roles)))
+    )
+
+
+def account(account_id: str, name: str, *, deleted: bool = False, version: int = 1) -> Any:
+    snap = accounts_pb2.AccountSnapshot(
+        account_id=account_id,
+        name=name,
+        company_name=f"{name} Ltd",
+        services=["threat-discovery", "threat-mitigation"],
+        managed_by_email=f"admin@{name.lower()}.example",
+        time_zone="Europe/Berlin",
+        version=version,
+        deleted=deleted,
+    )
+    snap.valid_from.CopyFrom(to_timestamp(NOW - timedelta(days=100)))
+    snap.valid_until.CopyFrom(to_timestamp(NOW + timedelta(days=265)))
+    return snap
+
+
+def product(pid: str, account_id: str, kind: int, name: str) -> Any:
+    return products_pb2.ProductSnapshot(
+        product_id=pid,
+        account_id=account_id,
+        kind=kind,  # type: ignore[arg-type]
+        name=name,
+        state=products_pb2.PRODUCT_STATE_ACTIVE,
+        version=1,
+    )
+
+
+def incident(iid: str, account_id: str, severity: int, at: datetime, version: int = 1) -> Any:
+    inc = incidents_pb2.Incident(
+        incident_id=iid,
+        account_id=account_id,
+        title=f"=cmd|' /C calc'!A0 {iid}" if iid.endswith("x") else f"Worm outbreak {iid}",
+        severity=severity,  # type: ignore[arg-type]
+        status=incidents_pb2.INCIDENT_STATUS_NEW,
+        event_count=3,
+        endpoints=[detections_pb2.Endpoint(host=f"pc-{iid}", ip="10.0.0.5")],
+        attack_tags=["attack.lateral_movement", "attack.t1021"],
+        recommended_actions=["Isolate the endpoint", "Reset credentials"],
+        rule_ids=["rule-worm"],
+        version=version,
+    )
+    inc.first_seen.CopyFrom(to_timestamp(at))
+    inc.last_seen.CopyFrom(to_timestamp(at + timedelta(minutes=5)))
+    for n in range(3):
+        step = inc.timeline.add(
+            event_id=f"{iid}-e{n}", rule_id="rule-worm", summary=f"SMB spread step {n}"
+        )
+        step.at.CopyFrom(to_timestamp(at + timedelta(minutes=n)))
+        step.endpoint.CopyFrom(detections_pb2.Endpoint(host=f"pc-{iid}"))
+    return inc
+
+
+async def publish_fixture(producer: EventProducer) -> None:
+    """Two accounts with products, heartbeats, uploads, incidents, counts, endpoints."""
+    await producer.publish(ACCOUNTS, account("acct-a", "Acme"), key="acct-a")
+    await producer.publish(ACCOUNTS, account("acct-b", "Beta"), key="acct-b")
+    for pid, acct, kind, name in [
+        ("tda-a1", "acct-a", TDA, "Sensor 1"),
+        ("tda-a2", "acct-a", TDA, "Sensor 2"),
+        ("tmi-a1", "acct-a", TMI, "Mitigator"),
+        ("tda-b1", "acct-b", TDA, "Beta sensor"),
+    ]:
+        await producer.publish(PRODUCTS, product(pid, acct, kind, name), key=pid)
+    for pid, acct, sc in [("tda-a1", "acct-a", True), ("tda-a2", "acct-a", False)]:
+        hb = status_pb2.Heartbeat(
+            product_id=pid, account_id=acct, product_kind=TDA, security_compliance_enabled=sc
+        )
+        hb.received_at.CopyFrom(to_timestamp(NOW - timedelta(minutes=1)))
+        await producer.publish(HEARTBEATS, hb, key=pid, account_id=acct)
+    hb_b = status_pb2.Heartbeat(
+        product_id="tda-b1", account_id="acct-b", product_kind=TDA, security_compliance_enabled=True
+    )
+    hb_b.received_at.CopyFrom(to_timestamp(NOW))
+    await producer.publish(HEARTBEATS, hb_b, key="tda-b1")
+    for pid, acct, ago in [
+        ("tda-a1", "acct-a", 30),
+        ("tda-a2", "acct-a", 10),
+        ("tda-a1", "acct-a", 60),
+    ]:
+        up = status_pb2.UploadReceived(product_id=pid, account_id=acct, records_accepted=10)
+        up.finished_at.CopyFrom(to_timestamp(NOW - timedelta(minutes=ago)))
+        await producer.publish(UPLOADS, up, key=pid)
+    live = incidents_pb2.ProductLiveness(
+        product_id="tmi-a1", account_id="acct-a", state=incidents_pb2.PRODUCT_LIVENESS_STATE_OFFLINE
+    )
+    live.since.CopyFrom(to_timestamp(NOW - timedelta(minutes=20)))
+    await producer.publish(PRODUCT_LIVENESS, live, key="tmi-a1")
+    yesterday = NOW - timedelta(days=1)
+    for iid, acct, sev, at in [
+        ("inc-a1", "acct-a", detections_pb2.SEVERITY_HIGH, yesterday),
+        ("inc-a2", "acct-a", detections_pb2.SEVERITY_CRITICAL, yesterday + timedelta(hours=1)),
+        ("inc-a3x", "acct-a", detections_pb2.SEVERITY_LOW, yesterday + timedelta(hours=2)),
+        ("inc-b1", "acct-b", detections_pb2.SEVERITY_MEDIUM, yesterday),
+    ]:
+        await producer.publish(INCIDENTS, incident(iid, acct, sev, at), key=iid)
+    # a newer version of inc-a1 (resolved) and then the old one redelivered
+    newer = incident("inc-a1", "acct-a", detections_pb2.SEVERITY_HIGH, yesterday, version=2)
+    newer.status = incidents_pb2.INCIDENT_STATUS_RESOLVED
+    await producer.publish(INCIDENTS, newer, key="inc-a1")
+    await producer.publish(
+        INCIDENTS,
+        incident("inc-a1", "acct-a", detections_pb2.SEVERITY_HIGH, yesterday),
+        key="inc-a1",
+    )
+    for daily, open_, at in [(True, 2, NOW - timedelta(hours=3)), (False, 3, NOW)]:
+        count = incidents_pb2.IncidentCount(
+            account_id="acct-a", open_incidents=open_, total_incidents=4, daily=daily
+        )
+        count.as_of.CopyFrom(to_timestamp(at))
+        await producer.publish(INCIDENT_COUNTS, count, key="acct-a")
+    for key, cleared in [("pc-1", False), ("pc-2", False), ("pc-2", True)]:
+        nc = incidents_pb2.NonconformingEndpoint(
+            account_id="acct-a",
+            endpoint_key=key,
+            endpoint=detections_pb2.Endpoint(host=key),
+            threat_names=["WORM_X"],
+            reason=incidents_pb2.NONCONFORMING_REASON_UNRESOLVED_THREAT,
+            cleared=cleared,
+        )
+        nc.updated_at.CopyFrom(to_timestamp(NOW - timedelta(minutes=5 if not cleared else 1)))
+        await producer.publish(NONCONFORMING_ENDPOINTS, nc, key=f"acct-a/{key}")
+
+
+async def test_projections_and_customer_accounts_screen(
+    reporter: tuple[ServiceProcess, Stub],
+    producer: EventProducer,
+    signer: TokenSigner,
+    names: Any,
+    infra: Infra,
+) -> None:
+    _, stub = reporter
+    # an undecodable record goes to the dead-letter topic, the rest is applied
+    await producer.send_raw(INCIDENTS.qualified(names.prefix), b"\x00garbage", key=b"x", headers=[])
+    await publish_fixture(producer)
+    operator = token(signer, "provider", Role.PROVIDER_OPERATOR)
+
+    async def screen() -> list[Any]:
+        rows = (
+            await stub.ListCustomerAccounts(
+                reporter_pb2.ListCustomerAccountsRequest(), metadata=operator
+            )
+        ).accounts
+        a = [r for r in rows if r.account_id == "acct-a"]
+        ready = (
+            len(rows) == 2
+            and a
+            and a[0].incidents == 2
+            and a[0].open_incidents_live == 3
+            and a[0].nonconforming_endpoints == 1
+            and a[0].product_count == 3
+            and a[0].HasField("last_received")
+        )
+        return list(rows) if ready else []
+
+    rows = await wait_until(screen, timeout=60)
+    a, b = rows
+    assert (a.name, a.company_name, a.managed_by) == ("Acme", "Acme Ltd", "admin@acme.example")
+    assert list(a.services) == ["threat-discovery", "threat-mitigation"]
+    assert a.security_compliance == reporter_pb2.SECURITY_COMPLIANCE_PARTIAL
+    assert b.security_compliance == reporter_pb2.SECURITY_COMPLIANCE_ENABLED
+    # last received is the latest finished upload (10 minutes ago), not the last one published
+    assert a.last_received.ToDatetime(UTC) == NOW - timedelta(minutes=10)
+    assert a.valid_from.ToDatetime(UTC) == NOW - timedelta(days=100)
+
+    products = (
+        await stub.ListProducts(
+            reporter_pb2.ListProductsRequest(account_id="acct-a"), metadata=operator
+        )
+    ).products
+    by_id = {p.product_id: p for p in products}
+    assert by_id["tmi-a1"].liveness == incidents_pb2.PRODUCT_LIVENESS_STATE_OFFLINE
+    assert by_id["tda-a2"].security_compliance_enabled is False
+    assert not by_id["tmi-a1"].HasField("security_compliance_enabled")
+
+    # the redelivered old version did not overwrite the resolved one
+    got = (
+        await stub.GetIncident(
+            reporter_pb2.GetIncidentRequest(incident_id="inc-a1"), metadata=operator
+        )
+    ).incident
+    assert got.version == 2 and got.status == incidents_pb2.INCIDENT_STATUS_RESOLVED
+    assert [t.summary for t in got.timeline] == [f"SMB spread step {n}" for n in range(3)]
+    assert list(got.recommended_actions) == ["Isolate the endpoint", "Reset credentials"]
+    assert "attack.lateral_movement" in got.attack_tags
+
+    async with TopicReader(infra.kafka_bootstrap, INCIDENTS.dead_letter, names.prefix) as dlq:  # type: ignore[arg-type]
+        records = await dlq.read_until(lambda rs: len(rs) >= 1)
+    assert b"not an envelope" in dict(records[0].headers)[DLQ_REASON]
+
+
+async def test_incident_filters_and_keyset_pages(
+    reporter: tuple[ServiceProcess, Stub], producer: EventProducer, signer: TokenSigner
+) -> None:
+    _, stub = reporter
+    await producer.publish(ACCOUNTS, account("acct-a", "Acme"), key="acct-a")
+    base = NOW - timedelta(hours=10)
+    for n in range(7):
+        sev = detections_pb2.SEVERITY_HIGH if n % 2 else detections_pb2.SEVERITY_LOW
+        await producer.publish(
+            INCIDENTS,
+            incident(f"inc-{n}", "acct-a", sev, base + timedelta(hours=n)),
+            key=f"inc-{n}",
+        )
+    admin = token(signer, "acct-a", Role.ACCOUNT_ADMINISTRATOR)
+
+    async def all_there() -> bool:
+        r = await stub.ListIncidents(
+            reporter_pb2.ListIncidentsRequest(page_size=100), metadata=admin
+        )
+        return len(r.incidents) == 7
+
+    await wait_until(all_there, timeout=60)
+    seen: list[str] = []
+    page = ""
+    while True:
+        r = await stub.ListIncidents(
+            reporter_pb2.ListIncidentsRequest(page_size=3, page_token=page), metadata=admin
+        )
+        seen += [i.incident_id for i in r.incidents]
+        page = r.next_page_token
+        if not page:
+            break
+    assert seen == [f"inc-{n}" for n in range(6, -1, -1)]
+    high = await stub.ListIncidents(
+        reporter_pb2.ListIncidentsRequest(min_severity=detections_pb2.SEVERITY_HIGH), metadata=admin
+    )
+    assert [i.incident_id for i in high.incidents] == ["inc-5", "inc-3", "inc-1"]
+    window = reporter_pb2.ListIncidentsRequest()
+    window.since.CopyFrom(to_timestamp(base + timedelta(hours=2)))
+    window.until.CopyFrom(to_timestamp(base + timedelta(hours=4)))
+    r = await stub.ListIncidents(window, metadata=admin)
+    assert [i.incident_id for i in r.incidents] == ["inc-3", "inc-2"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ListIncidents(
+            reporter_pb2.ListIncidentsRequest(page_token="bogus"), metadata=admin
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_tenant_isolation_and_roles_over_grpc(
+    reporter: tuple[ServiceProcess, Stub],
+    producer: EventProducer,
+    signer: TokenSigner,
+    infra: Infra,
+    names: Any,
+) -> None:
+    _, stub = reporter
+    await publish_fixture(producer)
+    admin_a = token(signer, "acct-a", Role.ACCOUNT_ADMINISTRATOR)
+    analyst_a = token(signer, "acct-a", Role.ANALYST)
+    admin_b = token(signer, "acct-b", Role.ACCOUNT_ADMINISTRATOR)
+    operator = token(signer, "provider", Role.PROVIDER_OPERATOR)
+
+    async def loaded() -> bool:
+        r = await stub.ListIncidents(reporter_pb2.ListIncidentsRequest(), metadata=operator)
+        return len(r.incidents) == 4
+
+    await wait_until(loaded, timeout=60)
+    # customers see their own account only, whatever they ask for
+    rows = (
+        await stub.ListCustomerAccounts(
+            reporter_pb2.ListCustomerAccountsRequest(), metadata=admin_b
+        )
+    ).accounts
+    assert [r.account_id for r in rows] == ["acct-b"]
+    mine = (
+        await stub.ListIncidents(reporter_pb2.ListIncidentsRequest(), metadata=analyst_a)
+    ).incidents
+    assert {i.account_id for i in mine} == {"acct-a"} and len(mine) == 3
+
+    async def code(call: Any, request: Any, metadata: Any) -> grpc.StatusCode:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            result = call(request, metadata=metadata)
+            if hasattr(result, "__aiter__"):
+                async for _ in result:
+                    pass
+            else:
+                await result
+        return err.value.code()
+
+    nf = grpc.StatusCode.NOT_FOUND
+    assert (
+        await code(stub.GetIncident, reporter_pb2.GetIncidentRequest(incident_id="inc-a1"), admin_b)
+        == nf
+    )
+    assert (
+        await code(
+            stub.GetIncident,
+            reporter_pb2.GetIncidentRequest(account_id="acct-a", incident_id="inc-a1"),
+            admin_b,
+        )
+        == nf
+    )
+    assert (
+        await code(
+            stub.GetCustomerAccount,
+            reporter_pb2.GetCustomerAccountRequest(account_id="acct-a"),
+            admin_b,
+        )
+        == nf
+    )
+    assert (
+        await code(
+            stub.ListProducts, reporter_pb2.ListProductsRequest(account_id="acct-a"), admin_b
+        )
+        == nf
+    )
+    assert (
+        await code(
+            stub.ListNonconformingEndpoints,
+            reporter_pb2.ListNonconformingEndpointsRequest(account_id="acct-a"),
+            admin_b,
+        )
+        == nf
+    )
+    assert (
+        await code(
+            stub.ListReportRecipients,
+            reporter_pb2.ListReportRecipientsRequest(account_id="acct-a"),
+            admin_b,
+        )
+        == nf
+    )
+    since = to_timestamp(NOW - timedelta(days=3))
+    until = to_timestamp(NOW)
+    assert (
+        await code(
+            stub.DownloadConsolidatedLogs,
+            reporter_pb2.DownloadConsolidatedLogsRequest(
+                account_id="acct-a", since=since, until=until
+            ),
+            admin_b,
+        )
+        == nf
+    )
+
+    # analysts read, never write
+    pd = grpc.StatusCode.PERMISSION_DENIED
+    add = reporter_pb2.AddReportRecipientRequest(email="soc@acme.example")
+    assert await code(stub.AddReportRecipient, add, analyst_a) == pd
+    gen = reporter_pb2.GenerateReportRequest(kind=reporter_pb2.REPORT_KIND_DAILY_ADMINISTRATIVE)
+    assert await code(stub.GenerateReport, gen, analyst_a) == pd
+    assert (
+        await code(stub.SetReportSchedule, reporter_pb2.SetReportScheduleRequest(), analyst_a) == pd
+    )
+    assert list((await stub.AddReportRecipient(add, metadata=admin_a)).recipients) == [
+        "soc@acme.example"
+    ]
+    assert list(
+        (
+            await stub.ListReportRecipients(
+                reporter_pb2.ListReportRecipientsRequest(), metadata=analyst_a
+            )
+        ).recipients
+    ) == ["soc@acme.example"]
+    bad = reporter_pb2.AddReportRecipientRequest(email="soc@acme.example\r\nBcc: x@evil.example")
+    assert await code(stub.AddReportRecipient, bad, admin_a) == grpc.StatusCode.INVALID_ARGUMENT
+
+    # no token, a bad token
+    assert (
+        await code(stub.ListIncidents, reporter_pb2.ListIncidentsRequest(), ())
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert (
+        await code(
+            stub.DownloadReport, reporter_pb2.DownloadReportRequest(report_id="x"), bearer("nope")
+        )
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
+
+    # mitigation tasks: operators only, published before the answer
+    task = reporter_pb2.CreateMitigationTaskRequest(
+        account_id="acct-a",
+        product_id="tmi-a1",
+        kind=status_pb2.MITIGATION_TASK_KIND_CUSTOM_CLEANUP_PATTERN,
+        parameters={"pattern_name": "worm-x-cleanup"},
+    )
+    assert await code(stub.CreateMitigationTask, task, admin_a) == pd
+    no_pattern = reporter_pb2.CreateMitigationTaskRequest()
+    no_pattern.CopyFrom(task)
+    del no_pattern.parameters["pattern_name"]
+    assert (
+        await code(stub.CreateMitigationTask, no_pattern, operator)
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    foreign = reporter_pb2.CreateMitigationTaskRequest()
+    foreign.CopyFrom(task)
+    foreign.account_id = "acct-b"
+    assert await code(stub.CreateMitigationTask, foreign, operator) == nf
+    created = (await stub.CreateMitigationTask(task, metadata=operator)).task
+    async with TopicReader(infra.kafka_bootstrap, MITIGATION_TASKS, names.prefix) as reader:
+        records = await reader.read_until(lambda rs: len(rs) >= 1, timeout=10)
+    env, on_bus = unwrap(records[0].value, status_pb2.MitigationTask)
+    assert on_bus.task_id == created.task_id and on_bus.product_id == "tmi-a1"
+    assert records[0].key == b"tmi-a1" and env.account_id == "acct-a"
+    assert on_bus.created_by_user_id == "u-provider-provider_operator"
+
+    # log maintenance: everyone reads, only operators change it
+    lm = reporter_pb2.SetLogMaintenanceRequest(
+        log_maintenance=reporter_pb2.LogMaintenance(report_retention_days=30, log_retention_days=7)
+    )
+    assert await code(stub.SetLogMaintenance, lm, admin_a) == pd
+    stored = (await stub.SetLogMaintenance(lm, metadata=operator)).log_maintenance
+    assert stored.report_retention_days == 30
+    read = (
+        await stub.GetLogMaintenance(reporter_pb2.GetLogMaintenanceRequest(), metadata=analyst_a)
+    ).log_maintenance
+    assert read.log_retention_days == 7
+
+
+async def test_report_generated_stored_downloaded_and_notified(
+    reporter: tuple[ServiceProcess, Stub],
+    producer: EventProducer,
+    signer: TokenSigner,
+    infra: Infra,
+    names: Any,
+) -> None:
+    _, stub = reporter
+    await publish_fixture(producer)
+    admin_a = token(signer, "acct-a", Role.ACCOUNT_ADMINISTRATOR)
+    admin_b = token(signer, "acct-b", Role.ACCOUNT_ADMINISTRATOR)
+
+    async def loaded() -> bool:
+        r = await stub.ListIncidents(reporter_pb2.ListIncidentsRequest(), metadata=admin_a)
+        return len(r.incidents) == 3
+
+    await wait_until(loaded, timeout=60)
+    await stub.AddReportRecipient(
+        reporter_pb2.AddReportRecipientRequest(email="CISO@Acme.example"), metadata=admin_a
+    )
+    request = reporter_pb2.GenerateReportRequest(
+        kind=reporter_pb2.REPORT_KIND_ON_DEMAND, notify=True
+    )
+    request.period_start.CopyFrom(to_timestamp(NOW - timedelta(days=2)))
+    request.period_end.CopyFrom(to_timestamp(NOW))
+    first = await stub.GenerateReport(request, metadata=admin_a)
+    assert first.created and first.report.state == reporter_pb2.REPORT_STATE_READY
+    again = await stub.GenerateReport(request, metadata=admin_a)
+    assert not again.created and again.report.report_id == first.report.report_id
+
+    chunks = [
+        m
+        async for m in stub.DownloadReport(
+            reporter_pb2.DownloadReportRequest(report_id=first.report.report_id), metadata=admin_a
+        )
+    ]
+    pdf = b"".join(m.chunk for m in chunks)
+    assert chunks[0].report.sha256 == first.report.sha256 and len(pdf) == first.report.size_bytes
+    text = "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
+    assert "On-demand report: Acme" in text
+    assert "Worm outbreak inc-a2" in text and "Critical" in text
+    assert "Lateral Movement" in text and "Isolate the endpoint" in text
+    assert "inc-b1" not in text
+
+    listed = await stub.ListReports(reporter_pb2.ListReportsRequest(), metadata=admin_a)
+    assert [r.report_id for r in listed.reports] == [first.report.report_id]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stub.DownloadReport(
+            reporter_pb2.DownloadReportRequest(report_id=first.report.report_id), metadata=admin_b
+        ):
+            pass
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    async with TopicReader(infra.kafka_bootstrap, NOTIFICATION_REQUESTS, names.prefix) as reader:
+        records = await reader.read_until(lambda rs: len(rs) >= 1, timeout=15)
+    _, note = unwrap(records[0].value, notifications_pb2.NotificationRequest)
+    assert note.kind == notifications_pb2.NOTIFICATION_KIND_REPORT_READY
+    assert note.notification_id == f"report-ready-{first.report.report_id}"
+    assert list(note.recipients) == ["ciso@acme.example"]
+    assert note.attachments[0].content == pdf
+    assert note.attachments[0].content_type == "application/pdf"
+    assert len(records) == 1  # the second GenerateReport did not notify again
+
+    # consolidated logs: every step of every incident, formulas neutralised
+    logs = reporter_pb2.DownloadConsolidatedLogsRequest()
+    logs.since.CopyFrom(to_timestamp(NOW - timedelta(days=2)))
+    logs.until.CopyFrom(to_timestamp(NOW))
+    csv_bytes = b"".join(
+        [m.chunk async for m in stub.DownloadConsolidatedLogs(logs, metadata=admin_a)]
+    )
+    lines = csv_bytes.decode().splitlines()
+    assert lines[0].startswith("incident_id,title,severity")
+    assert len(lines) == 1 + 3 * 3
+    assert any(",'=cmd" in line for line in lines)
