@@ -2,8 +2,8 @@
 
 Used by ``make up`` / ``make down`` and by the demo. Kafka and FerretDB come from
 deploy/local/infra.py (started first); this starts a loopback SMTP sink (the notifier's dev
-sink, which stores every mail under .local/mail) and then auth, ingest, correlator and
-notifier, each as ``python -m tmsp_<service>`` configured only through its environment, the
+sink, which stores every mail under .local/mail) and then auth, ingest, correlator, reporter
+and notifier, each as ``python -m tmsp_<service>`` configured only through its environment, the
 way it is deployed. Logs go to .local/logs/<service>.log, pids to .local/run/<service>.pid.
 """
 
@@ -60,6 +60,7 @@ def components() -> list[Component]:
         Component("auth", [py, "-m", "tmsp_auth"], "service ready"),
         Component("ingest", [py, "-m", "tmsp_ingest"], "service ready"),
         Component("correlator", [py, "-m", "tmsp_correlator"], "service ready"),
+        Component("reporter", [py, "-m", "tmsp_reporter"], "service ready"),
         Component(
             "notifier",
             [py, "-m", "tmsp_notifier"],
