@@ -27,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import hashlib
+import importlib
 import json
 import os
 import re
@@ -93,6 +95,7 @@ class Config:
     sftp_port: int
     https_port: int
     status_port: int
+    reporter_target: str
     mail_dir: Path
     out_dir: Path
     timeout_s: float
@@ -111,6 +114,7 @@ class Config:
             sftp_port=ingest.sftp_port,
             https_port=ingest.https_port,
             status_port=ingest.status_port,
+            reporter_target=f"127.0.0.1:{os.environ.get('TMSP_REPORTER_GRPC_PORT', '50055')}",
             mail_dir=Path(os.environ.get("TMSP_DEMO_MAIL_DIR", str(ROOT / ".local" / "mail"))),
             out_dir=Path(os.environ.get("TMSP_DEMO_OUT_DIR", str(ROOT / ".local" / "demo"))),
             timeout_s=float(os.environ.get("TMSP_DEMO_TIMEOUT_S", "120")),
@@ -191,6 +195,7 @@ class Mail:
     to: str
     subject: str
     text: str
+    attachments: tuple[str, ...] = ()
 
 
 class MailSink:
@@ -211,7 +216,8 @@ class MailSink:
                 assert isinstance(msg, EmailMessage)  # noqa: S101 - policy.default makes one
                 body = msg.get_body(preferencelist=("plain",))
                 text = body.get_content() if body is not None else ""
-                mail = Mail(path, str(msg.get("To", "")), str(msg.get("Subject", "")), text)
+                files = tuple(str(a.get_filename() or "") for a in msg.iter_attachments())
+                mail = Mail(path, str(msg.get("To", "")), str(msg.get("Subject", "")), text, files)
                 self._cache[path] = mail
             if recipient.lower() in mail.to.lower():
                 found.append(mail)
@@ -419,6 +425,7 @@ class Run:
     nonconforming: dict[str, incidents_pb2.NonconformingEndpoint] = field(default_factory=dict)
     mails: list[Mail] = field(default_factory=list)
     seen_mail: set[Path] = field(default_factory=set)
+    pdf: Path | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -476,7 +483,7 @@ async def login(c: Clients, email_addr: str, password: str) -> auth_pb2.LoginRes
     return response
 
 
-async def step_account(c: Clients, run: Run) -> auth_pb2.Session:
+async def step_account(c: Clients, run: Run) -> tuple[auth_pb2.Session, auth_pb2.Session]:
     """Operator -> account -> invited administrator -> 2FA -> password + TOTP login."""
     cfg = run.cfg
     with stage("auth: provider operator"):
@@ -613,6 +620,7 @@ async def step_account(c: Clients, run: Run) -> auth_pb2.Session:
         )
         if not verified.HasField("session"):
             raise DemoError("auth: VerifySecondFactor returned no session")
+        admin: auth_pb2.Session = verified.session
         ok("administrator logged in with password + TOTP (second factor: otp)")
     secret_file(
         run.run_dir / "administrator.json",
@@ -623,7 +631,7 @@ async def step_account(c: Clients, run: Run) -> auth_pb2.Session:
             "account_id": run.account_id,
         },
     )
-    return operator
+    return operator, admin
 
 
 async def step_products(c: Clients, run: Run, operator: auth_pb2.Session) -> None:
@@ -927,6 +935,127 @@ async def step_results(run: Run, poll: Callable[[], Awaitable[None]]) -> None:
             ok(f"mail to {run.admin_email}: {mail.subject!r}")
 
 
+def reporter_api() -> tuple[Any, Any] | None:
+    """The reporter's generated modules (``reporter_pb2``, ``reporter_pb2_grpc``), or None
+    in a build without the reporter."""
+    try:
+        pb2 = importlib.import_module("tmsp.reporter.v1.reporter_pb2")
+        grpc_mod = importlib.import_module("tmsp.reporter.v1.reporter_pb2_grpc")
+    except ImportError:
+        return None
+    return pb2, grpc_mod
+
+
+async def step_report(run: Run, admin: auth_pb2.Session) -> None:
+    """The read model (Customer Accounts row, incidents), an on-demand report generated,
+    downloaded and mailed to a report recipient."""
+    cfg = run.cfg
+    api = reporter_api()
+    host, port = cfg.reporter_target.rsplit(":", 1)
+    if api is None or not reachable(host, int(port)):
+        why = "not in this build" if api is None else f"not running on {cfg.reporter_target}"
+        info(f"skipped: the reporter is {why}")
+        return
+    pb2, pb2_grpc = api
+    chan = channel(cfg.reporter_target, tls=True, tls_dir=cfg.tls_dir)
+    reporter = pb2_grpc.ReporterServiceStub(chan)
+    try:
+        with stage("reporter: ListCustomerAccounts"):
+            progress = Progress("waiting for the portal's read model")
+            deadline = time.monotonic() + cfg.timeout_s
+            while True:
+                rows = (
+                    await reporter.ListCustomerAccounts(
+                        pb2.ListCustomerAccountsRequest(account_id=run.account_id),
+                        metadata=md(admin),
+                        timeout=30,
+                    )
+                ).accounts
+                row = rows[0] if rows else None
+                listed = (
+                    await reporter.ListIncidents(
+                        pb2.ListIncidentsRequest(account_id=run.account_id, page_size=100),
+                        metadata=md(admin),
+                        timeout=30,
+                    )
+                ).incidents
+                if (
+                    row is not None
+                    and len(listed) >= len(run.incidents)
+                    and row.last_received.seconds
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    progress.done()
+                    raise DemoError(
+                        f"reporter: after {cfg.timeout_s:.0f}s its read model shows "
+                        f"{len(listed)} of {len(run.incidents)} incidents"
+                        + ("" if row is not None else " and no Customer Accounts row")
+                    )
+                progress.update(f"{len(listed)} of {len(run.incidents)} incidents")
+                await asyncio.sleep(0.5)
+            progress.done()
+            compliance = pb2.SecurityCompliance.Name(row.security_compliance)
+            ok("Customer Accounts row:")
+            info(
+                f"  Account {row.name} | Company {row.company_name} | Incidents "
+                f"{row.incidents} (daily 02:00 count; {row.open_incidents_live} open now) | "
+                f"Last Received {row.last_received.ToDatetime():%Y-%m-%d %H:%M} UTC"
+            )
+            info(
+                f"  Services {', '.join(row.services)} | Managed By {row.managed_by} | "
+                f"Valid From {row.valid_from.ToDatetime():%Y-%m-%d} | Security Compliance "
+                f"{compliance.removeprefix('SECURITY_COMPLIANCE_').lower()} | "
+                f"{row.product_count} products, {row.nonconforming_endpoints} nonconforming"
+            )
+            ok(f"ListIncidents: {len(listed)} incidents in the portal's read model")
+        with stage("reporter: AddReportRecipient"):
+            recipient = f"ciso-{run.tag}@demo-corp.example.com"
+            await reporter.AddReportRecipient(
+                pb2.AddReportRecipientRequest(account_id=run.account_id, email=recipient),
+                metadata=md(admin),
+                timeout=30,
+            )
+            ok(f"report recipient {recipient} added")
+        with stage("reporter: GenerateReport"):
+            now = datetime.now(UTC)
+            request = pb2.GenerateReportRequest(
+                account_id=run.account_id, kind=pb2.REPORT_KIND_ON_DEMAND, notify=True
+            )
+            request.period_start.CopyFrom(to_timestamp(now - timedelta(days=1)))
+            request.period_end.CopyFrom(to_timestamp(now - timedelta(seconds=1)))
+            answer = await reporter.GenerateReport(request, metadata=md(admin), timeout=120)
+            report = answer.report
+            ok(
+                f"on-demand report {report.title!r}: {report.pages} pages, "
+                f"{report.size_bytes} bytes"
+            )
+        with stage("reporter: DownloadReport"):
+            digest = hashlib.sha256()
+            chunks: list[bytes] = []
+            stream = reporter.DownloadReport(
+                pb2.DownloadReportRequest(account_id=run.account_id, report_id=report.report_id),
+                metadata=md(admin),
+                timeout=120,
+            )
+            async for part in stream:
+                chunks.append(part.chunk)
+                digest.update(part.chunk)
+            pdf = b"".join(chunks)
+            if report.sha256 and digest.hexdigest() != report.sha256:
+                raise DemoError("reporter: the downloaded PDF does not match its SHA-256")
+            run.pdf = run.run_dir / (report.filename or f"{report.report_id}.pdf")
+            run.pdf.write_bytes(pdf)
+            ok(f"PDF downloaded to {run.pdf} ({len(pdf)} bytes, SHA-256 checked)")
+    finally:
+        await chan.close()
+    sink = MailSink(cfg.mail_dir)
+    mail = await sink.wait_for(recipient, "Report ready", 60, run.seen_mail)
+    run.mails.append(mail)
+    attached = f", attached: {', '.join(mail.attachments)}" if mail.attachments else ""
+    ok(f"mail to {recipient}: {mail.subject!r} ({mail.path.name}{attached})")
+
+
 def step_summary(run: Run) -> None:
     cfg = run.cfg
     assert run.account is not None  # noqa: S101
@@ -954,7 +1083,10 @@ def step_summary(run: Run) -> None:
         if not nce.cleared:
             print(f"  nonconforming  {nce.endpoint.host}: {', '.join(nce.threat_names)}")
     for mail in run.mails:
-        print(f"  mail           {mail.subject}")
+        to = "" if mail.to == run.admin_email else f" (to {mail.to})"
+        print(f"  mail           {mail.subject}{to}")
+    if run.pdf is not None:
+        print(f"  report         {run.pdf}")
     print(
         f"  on disk        mails: {cfg.mail_dir}/*.eml; this run: {run.run_dir}/ "
         "(TOTP QR code, administrator and product credentials, 0600)"
@@ -973,7 +1105,7 @@ async def demo(cfg: Config) -> Run:
     c = Clients(cfg)
     try:
         header(1, total, "Customer account, administrator and two-factor login (auth)")
-        operator = await step_account(c, run)
+        operator, admin = await step_account(c, run)
         header(2, total, "Register the appliances (ingest admin API)")
         await step_products(c, run, operator)
         async with account_topics(run) as poll:
@@ -981,8 +1113,8 @@ async def demo(cfg: Config) -> Run:
             await step_appliances(run)
             header(4, total, "Correlation and notification (correlator, notifier)")
             await step_results(run, poll)
-        header(5, total, "Report (reporter)")
-        info("the reporter service is not part of this build yet; skipped")
+        header(5, total, "Customer Accounts screen and an on-demand report (reporter)")
+        await step_report(run, admin)
     finally:
         await c.close()
     step_summary(run)

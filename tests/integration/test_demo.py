@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import importlib.util
 import json
 import os
 import shutil
@@ -36,6 +37,8 @@ pytestmark = [
 ]
 
 DEMO = REPO_ROOT / "scripts" / "demo.py"
+WITH_REPORTER = importlib.util.find_spec("tmsp_reporter") is not None
+"""The report step runs when the build has the reporter (the demo skips it otherwise)."""
 
 EXPECTED_INCIDENTS = {
     "[CRITICAL] Command-and-control callback followed by lateral movement",
@@ -93,7 +96,17 @@ def stack(infra: Infra, names: Any, tmp_path: Path) -> Iterator[Stack]:
         "TMSP_CORRELATOR_SESSION_TIMEOUT_S": "8",
         "TMSP_METRICS_PORT": "0",
     }
-    env = {**auth_env, **gateway.env(), **notifier, **correlator}
+    reporter = {
+        **infra.env(),
+        "TMSP_TOPIC_PREFIX": prefix,
+        "TMSP_TLS_DIR": str(tls_dir),
+        "TMSP_REPORTER_MONGO_DATABASE": names.database("reporter"),
+        "TMSP_REPORTER_CONSUMER_GROUP": names.group("reporter"),
+        "TMSP_REPORTER_GRPC_PORT": str(free_port()),
+        "TMSP_REPORTER_AUTH_TARGET": auth_target,
+        "TMSP_METRICS_PORT": "0",
+    }
+    env = {**auth_env, **gateway.env(), **notifier, **correlator, **reporter}
     env.update(
         {
             "TMSP_DEMO_MAIL_DIR": str(mail_dir),
@@ -112,6 +125,7 @@ def stack(infra: Infra, names: Any, tmp_path: Path) -> Iterator[Stack]:
             ("tmsp_auth", auth_env),
             ("tmsp_correlator", correlator),
             ("tmsp_notifier", notifier),
+            *([("tmsp_reporter", reporter)] if WITH_REPORTER else []),
         ):
             proc = ServiceProcess(module, module_env).start()
             procs.append(proc)
@@ -184,7 +198,21 @@ def test_demo_shows_the_main_job_end_to_end_and_runs_again(stack: Stack) -> None
     assert {s.split("Incident: ")[1] for s in incident_mails} == {
         row.split("] ", 1)[1] for row in EXPECTED_INCIDENTS
     }
-    assert sorted(summary_rows(out, "mail")) == sorted(subjects)
+    mail_rows = summary_rows(out, "mail")
+    assert sorted(r for r in mail_rows if "(to " not in r) == sorted(subjects)
+
+    if WITH_REPORTER:
+        assert "Customer Accounts row:" in out
+        assert "ListIncidents: 5 incidents in the portal's read model" in out
+        assert "3 products, 1 nonconforming" in out
+        (report_mail,) = [r for r in mail_rows if r.startswith("Report ready: ")]
+        recipient = report_mail.rsplit("(to ", 1)[1].rstrip(")")
+        (sent,) = mails_to(stack.mail_dir, recipient)
+        assert sent.startswith("Report ready: On-demand report")
+        (pdf_row,) = summary_rows(out, "report")
+        assert Path(pdf_row).read_bytes().startswith(b"%PDF")
+    else:
+        assert "skipped: the reporter is not in this build" in out
 
     # what it leaves on disk: the QR code, the credentials (owner-only)
     (run_dir,) = [p for p in stack.out_dir.iterdir() if p.is_dir()]
