@@ -60,7 +60,7 @@ from tmsp.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from tmsp_auth.config import AuthSettings
 from tmsp_common.grpc_client import bearer, channel
 from tmsp_common.kafka.envelope import EnvelopeError, to_timestamp, unwrap
-from tmsp_common.kafka.topics import INCIDENTS, NONCONFORMING_ENDPOINTS
+from tmsp_common.kafka.topics import INCIDENTS, NONCONFORMING_ENDPOINTS, PRODUCT_LIVENESS
 from tmsp_common.settings import load_settings
 from tmsp_ingest.config import IngestSettings
 
@@ -423,6 +423,7 @@ class Run:
     rejected: dict[str, int] = field(default_factory=dict)
     incidents: dict[str, incidents_pb2.Incident] = field(default_factory=dict)
     nonconforming: dict[str, incidents_pb2.NonconformingEndpoint] = field(default_factory=dict)
+    liveness: dict[str, incidents_pb2.ProductLiveness] = field(default_factory=dict)
     mails: list[Mail] = field(default_factory=list)
     seen_mail: set[Path] = field(default_factory=set)
     pdf: Path | None = None
@@ -815,12 +816,13 @@ async def step_appliances(run: Run) -> None:
 
 @asynccontextmanager
 async def account_topics(run: Run) -> AsyncIterator[Callable[[], Awaitable[None]]]:
-    """Reads the incidents and nonconforming-endpoints topics (from the start, filtered to
-    the demo's account) into ``run``; yields a function that polls once."""
+    """Reads the incidents, nonconforming-endpoints and product-liveness topics (from the
+    start, filtered to the demo's account) into ``run``; yields a function that polls once."""
     cfg = run.cfg
     consumer = AIOKafkaConsumer(
         INCIDENTS.qualified(cfg.topic_prefix),
         NONCONFORMING_ENDPOINTS.qualified(cfg.topic_prefix),
+        PRODUCT_LIVENESS.qualified(cfg.topic_prefix),
         bootstrap_servers=cfg.kafka_bootstrap,
         group_id=None,
         enable_auto_commit=False,
@@ -839,10 +841,14 @@ async def account_topics(run: Run) -> AsyncIterator[Callable[[], Awaitable[None]
                         old = run.incidents.get(inc.incident_id)
                         if old is None or inc.version >= old.version:
                             run.incidents[inc.incident_id] = inc
-                else:
+                elif record.topic.endswith(NONCONFORMING_ENDPOINTS.name):
                     env, nce = unwrap(record.value, incidents_pb2.NonconformingEndpoint)
                     if nce.account_id == run.account_id:
                         run.nonconforming[nce.endpoint_key] = nce
+                else:
+                    env, live = unwrap(record.value, incidents_pb2.ProductLiveness)
+                    if live.account_id == run.account_id:
+                        run.liveness[live.product_id] = live
             except EnvelopeError:
                 continue
         pending.clear()
@@ -870,37 +876,39 @@ async def step_results(run: Run, poll: Callable[[], Awaitable[None]]) -> None:
     progress = Progress("waiting for the correlator and the notifier")
     deadline = time.monotonic() + cfg.timeout_s
 
-    def status() -> tuple[list[str], list[str], list[str]]:
+    product_names = {reg.product.product_id: name for name, reg in run.products}
+    online = incidents_pb2.PRODUCT_LIVENESS_STATE_ONLINE
+
+    def missing() -> list[str]:
+        """What has not arrived yet, each named."""
         titles = {i.title for i in run.incidents.values()}
-        want_inc = [t for t in expected_titles if t not in titles]
-        want_nce = [] if any(not n.cleared for n in run.nonconforming.values()) else [FAILED_HOST]
-        mails = sink.all_to(run.admin_email)
-        incident_mails = {m.subject for m in mails if "Incident:" in m.subject}
-        want_mail = [t for t in expected_titles if not any(t in s for s in incident_mails)]
-        if not any(m.subject.startswith("Nonconforming endpoint") for m in mails):
-            want_mail.append(f"Nonconforming endpoint: {FAILED_HOST}")
-        return want_inc, want_nce, want_mail
+        wanted = [f"incident {t!r}" for t in expected_titles if t not in titles]
+        if not any(not n.cleared for n in run.nonconforming.values()):
+            wanted.append(f"nonconforming endpoint {FAILED_HOST}")
+        for product_id, name in product_names.items():
+            live = run.liveness.get(product_id)
+            if live is None or live.state != online:
+                wanted.append(f"{name} online")
+        subjects = [m.subject for m in sink.all_to(run.admin_email)]
+        for title in expected_titles:
+            if not any(s.endswith(f"Incident: {title}") for s in subjects):
+                wanted.append(f"mail about {title!r}")
+        if not any(s.startswith("Nonconforming endpoint") for s in subjects):
+            wanted.append(f"mail 'Nonconforming endpoint: {FAILED_HOST}'")
+        return wanted
 
     while True:
-        with stage("reading the incidents topic"):
+        with stage(f"reading the correlator's topics from Kafka at {cfg.kafka_bootstrap}"):
             await poll()
-        want_inc, want_nce, want_mail = status()
-        if not (want_inc or want_nce or want_mail):
+        wanted = missing()
+        if not wanted:
             break
         left = deadline - time.monotonic()
         if left <= 0:
             progress.done()
-            parts = []
-            if want_inc:
-                parts.append("incidents " + ", ".join(repr(t) for t in want_inc))
-            if want_nce:
-                parts.append(f"nonconforming endpoint {want_nce[0]}")
-            if want_mail:
-                parts.append("mails " + ", ".join(repr(t) for t in want_mail))
             raise DemoError(
-                f"after {cfg.timeout_s:.0f}s still missing: "
-                + "; ".join(parts)
-                + " (see .local/logs/correlator.log and notifier.log)"
+                f"after {cfg.timeout_s:.0f}s still missing: {'; '.join(wanted)} "
+                "(see the correlator's and the notifier's logs, .local/logs/ under make demo)"
             )
         progress.update(
             f"{len(run.incidents)} incidents, "
@@ -909,14 +917,20 @@ async def step_results(run: Run, poll: Callable[[], Awaitable[None]]) -> None:
             f"{left:.0f}s left"
         )
     progress.done()
+    for product_id, name in product_names.items():
+        live = run.liveness[product_id]
+        compliance = (
+            f", security compliance {'on' if live.security_compliance_enabled else 'off'}"
+            if live.HasField("security_compliance_enabled")
+            else ""
+        )
+        ok(f"{name} online (the correlator saw its heartbeat{compliance})")
     for inc in sorted(run.incidents.values(), key=lambda i: -i.severity):
         hosts = ", ".join(e.host for e in inc.endpoints)
-        ok(
-            f"incident [{SEVERITY_NAME.get(inc.severity, '?')}] {inc.title} on {hosts} "
-            f"({inc.event_count} events)"
-        )
+        events = f"{inc.event_count} event{'s' if inc.event_count != 1 else ''}"
+        ok(f"incident [{SEVERITY_NAME.get(inc.severity, '?')}] {inc.title} on {hosts} ({events})")
         for entry in inc.timeline[:4]:
-            info(f"  {entry.at.ToDatetime():%H:%M:%S} {entry.summary}")
+            info(f"  {entry.at.ToDatetime():%H:%M:%S} UTC  {entry.summary}")
         if inc.recommended_actions:
             info(f"  recommended: {inc.recommended_actions[0]}")
     for nce in run.nonconforming.values():
@@ -1132,6 +1146,15 @@ def main() -> int:
     except KeyboardInterrupt:
         print("\ndemo: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if os.environ.get("TMSP_DEMO_DEBUG"):
+            raise
+        print(
+            f"\ndemo: FAILED: unexpected {type(exc).__name__}: {exc} "
+            "(TMSP_DEMO_DEBUG=1 shows where)",
+            file=sys.stderr,
+        )
+        return 1
     print(_style("\ndemo: OK", "1;32"))
     return 0
 
