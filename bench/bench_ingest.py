@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncssh
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tmsp_common.kafka import topics
@@ -60,21 +59,7 @@ def envelope_size(data: bytes) -> int:
 
 
 async def sftp_upload(gw: Gateway, user: str, password: str, data: bytes) -> float:
-    async with (
-        asyncssh.connect(
-            "127.0.0.1",
-            gw.ports["sftp"],
-            username=user,
-            password=password,
-            known_hosts=None,
-            client_keys=None,
-        ) as conn,
-        conn.start_sftp_client() as sftp,
-    ):
-        started = time.perf_counter()
-        async with sftp.open("bench.cef", "wb", block_size=256 * 1024) as fh:
-            await fh.write(data)
-        return time.perf_counter() - started
+    return await gw.sftp_put(user, "bench.cef", data, password=password, block_size=256 * 1024)
 
 
 async def https_upload(gw: Gateway, user: str, password: str, data: bytes) -> float:

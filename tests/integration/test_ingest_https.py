@@ -1,14 +1,21 @@
 """The HTTPS log server, the status server and the admin API, against real Kafka and Mongo.
 
-The gateway runs as deployed (``python -m tmsp_ingest``); uploads go through curl, the
-admin API through gRPC with a real signed token.
+The gateway runs as deployed (``python -m tmsp_ingest``); uploads go through curl (also
+through an HTTP CONNECT proxy, as appliances behind a proxy do), the admin API through gRPC
+with a real signed token, metrics are scraped from the gateway's Prometheus endpoint.
 """
 
 from __future__ import annotations
 
 import json
+import select
+import socket
+import socketserver
 import subprocess
-from collections.abc import AsyncIterator
+import threading
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -52,6 +59,65 @@ async def gateway(infra, names, tmp_path: Path) -> AsyncIterator[Gateway]:  # ty
     gw.stop()
 
 
+def scrape(gw: Gateway) -> dict[str, float]:
+    """The gateway's Prometheus samples, ``name{labels}`` -> value."""
+    url = f"http://127.0.0.1:{gw.ports['metrics']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - fixed local URL
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+class _Tunnel(socketserver.BaseRequestHandler):
+    """One HTTP CONNECT tunnel: read the request head, connect, answer 200, relay bytes."""
+
+    def handle(self) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.request.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+        if method != "CONNECT":
+            self.request.sendall(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+            return
+        host, _, port = target.rpartition(":")
+        self.server.targets.append(target)  # type: ignore[attr-defined]
+        with socket.create_connection((host, int(port)), timeout=30) as upstream:
+            self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            rest = head.split(b"\r\n\r\n", 1)[1]
+            if rest:
+                upstream.sendall(rest)
+            peers = {self.request: upstream, upstream: self.request}
+            while True:
+                ready, _, _ = select.select(list(peers), [], [], 30)
+                if not ready:
+                    return
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    peers[sock].sendall(data)
+
+
+@pytest.fixture
+def connect_proxy() -> Iterator[socketserver.ThreadingTCPServer]:
+    """A minimal HTTP CONNECT proxy on a free local port (``server_address[1]``)."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Tunnel)
+    server.daemon_threads = True
+    server.targets = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
 def curl(gw: Gateway, *args: str, port: str = "https") -> tuple[int, dict[str, str], str]:
     """Run curl against the gateway; (status, headers, body)."""
     proc = subprocess.run(  # noqa: S603
@@ -70,6 +136,8 @@ def curl(gw: Gateway, *args: str, port: str = "https") -> tuple[int, dict[str, s
         timeout=60,
     )
     head, _, body = proc.stdout.decode().partition("\r\n\r\n")
+    while body.startswith("HTTP/"):  # a proxy's "200 Connection established" came first
+        head, _, body = body.partition("\r\n\r\n")
     lines = head.split("\r\n")
     status = int(lines[0].split()[1])
     headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
@@ -110,6 +178,8 @@ async def test_upload_over_https_is_acknowledged_with_counts_and_published(
     headers = dict(rejected.headers)
     assert headers["tmsp-line"] == b"2" and headers["tmsp-reason"] == b"unknown format"
     assert headers["tmsp-file"] == b"events.log"
+    assert headers["tmsp-product-id"] == reg.product.product_id.encode()
+    assert headers["tmsp-account-id"] == b"acct-a"
     assert rejected.value == b"definitely not a log line"
     async with TopicReader(gateway.kafka_bootstrap, topics.UPLOADS, gateway.prefix) as r:
         (done,) = await r.read_events(status_pb2.UploadReceived, 1, timeout=20)
@@ -124,6 +194,17 @@ async def test_upload_over_https_is_acknowledged_with_counts_and_published(
         await r.read_until(lambda rs: len(rs) >= 2, timeout=10)
         with pytest.raises(TimeoutError):
             await r.read_until(lambda rs: len(rs) > 2, timeout=3)
+
+    metrics = scrape(gateway)
+    assert metrics['tmsp_ingest_records_accepted_total{format="cef",protocol="https"}'] == 1
+    assert (
+        metrics['tmsp_ingest_records_accepted_total{format="suricata_eve",protocol="https"}'] == 1
+    )
+    assert metrics['tmsp_ingest_records_rejected_total{format="unknown",protocol="https"}'] == 1
+    assert metrics['tmsp_ingest_uploads_total{protocol="https",result="ok"}'] == 1
+    assert metrics['tmsp_ingest_uploads_total{protocol="https",result="duplicate"}'] == 1
+    assert metrics['tmsp_ingest_upload_bytes_total{protocol="https"}'] == 2 * len(CEF)
+    assert metrics['tmsp_ingest_upload_seconds_count{protocol="https"}'] == 2
 
 
 async def test_https_errors(gateway: Gateway, tmp_path: Path) -> None:
@@ -151,6 +232,55 @@ async def test_https_errors(gateway: Gateway, tmp_path: Path) -> None:
     status, headers, body = curl(gateway, "-u", user, "/v1/test-connection")
     assert status == 429 and int(headers["retry-after"]) >= 1
     assert json.loads(body)["status"] == "too many failed authentications"
+    status, headers, body = curl(gateway, "-u", user, "--data-binary", "x", "/v1/uploads")
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    metrics = scrape(gateway)
+    bad = metrics['tmsp_ingest_auth_failures_total{protocol="https",reason="bad credentials"}']
+    assert bad == 11
+    reason = 'reason="too many failed authentications"'
+    assert metrics['tmsp_ingest_auth_failures_total{protocol="https",' + reason + "}"] == 2
+
+
+async def test_upload_and_heartbeat_through_an_http_connect_proxy(
+    gateway: Gateway, tmp_path: Path, connect_proxy: socketserver.ThreadingTCPServer
+) -> None:
+    """An appliance behind a proxy tunnels TLS with CONNECT: nothing proxy-specific on our
+    side, the TLS session (and HTTP Basic inside it) is end to end."""
+    reg = await gateway.register("acct-a", "owner@a.example")
+    user = f"{reg.credentials.user_name}:{reg.credentials.password}"
+    proxy = f"http://127.0.0.1:{connect_proxy.server_address[1]}"
+    upload = tmp_path / "events.log"
+    upload.write_bytes(CEF)
+    status, _, body = curl(gateway, "-x", proxy, "-u", user, "--data-binary", f"@{upload}",
+                           "/v1/uploads?file=events.log")  # fmt: skip
+    assert status == 202 and json.loads(body)["accepted"] == 2, body
+    status, _, body = curl(gateway, "-x", proxy, "-u", user, "--data", "{}", "/v1/heartbeat",
+                           port="status")  # fmt: skip
+    assert status == 200 and json.loads(body)["next_interval_seconds"] == 300
+    targets = connect_proxy.targets  # type: ignore[attr-defined]
+    assert targets == [
+        f"127.0.0.1:{gateway.ports['https']}",
+        f"127.0.0.1:{gateway.ports['status']}",
+    ]
+
+
+async def test_upload_bandwidth_is_enforced(gateway: Gateway, tmp_path: Path) -> None:
+    """1024 B/s with a one-second burst: a 5 KiB body cannot be accepted in under 4 s."""
+    reg = await gateway.register(
+        "acct-a", "owner@a.example", upload_bandwidth_bytes_per_second=1024
+    )
+    user = f"{reg.credentials.user_name}:{reg.credentials.password}"
+    body = b"".join(
+        b"CEF:0|TM|TDA|1|%d|Slow %d|5|src=10.0.0.1 msg=%s\n" % (i, i, b"x" * 60) for i in range(64)
+    )
+    assert len(body) >= 5 * 1024
+    upload = tmp_path / "slow.log"
+    upload.write_bytes(body)
+    started = time.monotonic()
+    status, _, answer = curl(gateway, "-u", user, "--data-binary", f"@{upload}", "/v1/uploads")
+    elapsed = time.monotonic() - started
+    assert status == 202 and json.loads(answer)["accepted"] == 64, answer
+    assert elapsed >= (len(body) - 1024) / 1024 * 0.95
 
 
 async def test_test_connection_reasons_and_heartbeats_with_tasks(gateway: Gateway) -> None:
@@ -252,11 +382,35 @@ async def test_admin_api_tenancy_and_snapshots(gateway: Gateway) -> None:
             metadata=bearer(gateway.token()),
         )
         assert rotated.credentials.password != reg.credentials.password
+        gone = await stub.DeregisterProduct(
+            ingest_pb2.DeregisterProductRequest(product_id=reg.product.product_id),
+            metadata=bearer(gateway.token()),
+        )
+        assert gone.product.state == products_pb2.PRODUCT_STATE_DEREGISTERED
+        user = f"{reg.credentials.user_name}:{rotated.credentials.password}"
+        status, _, body = curl(gateway, "-u", user, "/v1/test-connection")
+        assert (status, json.loads(body)["status"]) == (403, "product deregistered")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.EnableProduct(
+                ingest_pb2.EnableProductRequest(product_id=reg.product.product_id),
+                metadata=bearer(gateway.token()),
+            )
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+        # The accounts projection refuses products of deleted or expired accounts.
+        await gateway.publish_account("acct-d", "owner@d.example", deleted=True)
+        await gateway.publish_account("acct-e", "owner@e.example", valid_days=-1)
+        for account, reason in (("acct-d", "account deleted"), ("acct-e", "account expired")):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await gateway.register(account, f"owner@{account[-1]}.example")
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert info.value.details() == reason
     finally:
         await chan.close()
     async with TopicReader(gateway.kafka_bootstrap, topics.PRODUCTS, gateway.prefix) as r:
-        records = await r.read_until(lambda rs: len(rs) >= 2, timeout=20)
+        records = await r.read_until(lambda rs: len(rs) >= 3, timeout=20)
     snaps = [unwrap(rec.value, products_pb2.ProductSnapshot)[1] for rec in records]
-    assert [s.version for s in snaps] == [1, 2]
+    assert [s.version for s in snaps] == [1, 2, 3]
+    assert snaps[-1].state == products_pb2.PRODUCT_STATE_DEREGISTERED
     assert all(s.server_user_name == reg.credentials.user_name for s in snaps)
     assert reg.credentials.password.encode() not in b"".join(rec.value for rec in records)

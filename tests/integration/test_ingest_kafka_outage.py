@@ -63,22 +63,6 @@ async def gateway(infra, names, tmp_path: Path, kafka: PrivateKafka) -> AsyncIte
     gw.stop()
 
 
-async def sftp_put(gw: Gateway, user: str, password: str, name: str, data: bytes) -> None:
-    async with (
-        asyncssh.connect(
-            "127.0.0.1",
-            gw.ports["sftp"],
-            username=user,
-            password=password,
-            known_hosts=None,
-            client_keys=None,
-        ) as conn,
-        conn.start_sftp_client() as sftp,
-        sftp.open(name, "wb") as fh,
-    ):
-        await fh.write(data)
-
-
 async def test_upload_fails_while_kafka_is_down_and_the_retry_lands_once(
     gateway: Gateway, kafka: PrivateKafka, tmp_path: Path
 ) -> None:
@@ -87,7 +71,7 @@ async def test_upload_fails_while_kafka_is_down_and_the_retry_lands_once(
 
     kafka.kill()
     with pytest.raises(asyncssh.SFTPFailure, match="retry"):
-        await sftp_put(gateway, user, password, "outage.log", CEF)
+        await gateway.sftp_put(user, "outage.log", CEF, password=password)
 
     upload = tmp_path / "outage.log"
     upload.write_bytes(CEF)
@@ -104,13 +88,13 @@ async def test_upload_fails_while_kafka_is_down_and_the_retry_lands_once(
     deadline = time.monotonic() + 60
     while True:  # an appliance retries until the close succeeds
         try:
-            await sftp_put(gateway, user, password, "outage.log", CEF)
+            await gateway.sftp_put(user, "outage.log", CEF, password=password)
             break
         except asyncssh.SFTPFailure:
             if time.monotonic() > deadline:
                 raise
     # And a retry after success is recognised.
-    await sftp_put(gateway, user, password, "outage.log", CEF)
+    await gateway.sftp_put(user, "outage.log", CEF, password=password)
 
     async with TopicReader(kafka.bootstrap, topics.DETECTIONS, gateway.prefix) as r:
         records = await r.read_until(lambda rs: len(rs) >= RECORDS, timeout=30)

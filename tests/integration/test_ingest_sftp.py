@@ -20,7 +20,7 @@ from tmsp.events.v1 import detections_pb2, status_pb2
 from tmsp.ingest.v1 import ingest_pb2
 from tmsp_common.grpc_client import bearer
 from tmsp_common.kafka import topics
-from tmsp_common.testing import TopicReader
+from tmsp_common.testing import TopicReader, wait_until
 from tmsp_ingest.harness import Gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.mongo, pytest.mark.ssh]
@@ -56,9 +56,10 @@ async def gateway(infra, names, tmp_path: Path) -> AsyncIterator[Gateway]:  # ty
 
 
 def openssh_sftp(
-    gw: Gateway, user: str, password: str, commands: str, tmp_path: Path
+    gw: Gateway, user: str, password: str, commands: str, tmp_path: Path, *, strict: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """Run OpenSSH sftp in batch mode with a password (sshpass -e keeps it off argv)."""
+    """Run OpenSSH sftp in batch mode with a password (sshpass -e keeps it off argv);
+    ``strict`` refuses a host key that is not already in known_hosts."""
     batch = tmp_path / "batch.txt"
     batch.write_text(commands)
     return subprocess.run(  # noqa: S603
@@ -68,7 +69,7 @@ def openssh_sftp(
             tool("sftp"),
             # Before -b, so it wins over the BatchMode=yes that -b adds (password prompt).
             "-oBatchMode=no",
-            "-oStrictHostKeyChecking=no",
+            f"-oStrictHostKeyChecking={'yes' if strict else 'no'}",
             f"-oUserKnownHostsFile={tmp_path / 'known_hosts'}",
             "-oPreferredAuthentications=password",
             "-oPubkeyAuthentication=no",
@@ -117,7 +118,7 @@ async def test_openssh_upload_lands_once_and_the_host_key_persists(
     gateway.start()
     assert key_file.read_bytes() == first_key
     # known_hosts from the first run still matches: StrictHostKeyChecking=yes passes.
-    third = openssh_sftp(gateway, creds.user_name, creds.password, "ls\n", tmp_path)
+    third = openssh_sftp(gateway, creds.user_name, creds.password, "ls\n", tmp_path, strict=True)
     assert third.returncode == 0, third.stderr
 
 
@@ -172,14 +173,7 @@ async def test_asyncssh_public_key_and_other_products_files(
     (b_dir / "secret.log").write_bytes(b"product B only")
 
     async with (
-        asyncssh.connect(
-            "127.0.0.1",
-            gateway.ports["sftp"],
-            username=reg_a.credentials.user_name,
-            client_keys=[key],
-            known_hosts=None,
-            password=None,
-        ) as conn,
+        gateway.sftp_connect(reg_a.credentials.user_name, key=key) as conn,
         conn.start_sftp_client() as sftp,
     ):
         async with sftp.open("eve.json", "wb") as fh:
@@ -202,11 +196,63 @@ async def test_asyncssh_public_key_and_other_products_files(
 
     other = asyncssh.generate_private_key("ssh-ed25519")
     with pytest.raises(asyncssh.PermissionDenied):
-        await asyncssh.connect(
-            "127.0.0.1",
-            gateway.ports["sftp"],
-            username=reg_a.credentials.user_name,
-            client_keys=[other],
-            known_hosts=None,
-            password=None,
-        )
+        await gateway.sftp_connect(reg_a.credentials.user_name, key=other)
+
+
+async def test_upload_bandwidth_is_enforced(gateway: Gateway) -> None:
+    """1024 B/s with a one-second burst: closing a 5 KiB file cannot succeed in under 4 s."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    reg = await gateway.register(
+        "acct-a",
+        "owner@a.example",
+        ssh_public_key=key.export_public_key().decode().strip(),
+        upload_bandwidth_bytes_per_second=1024,
+    )
+    body = b"".join(
+        b"CEF:0|TM|TDA|1|%d|Slow %d|5|src=10.0.0.1 msg=%s\n" % (i, i, b"x" * 60) for i in range(64)
+    )
+    assert len(body) >= 5 * 1024
+    elapsed = await gateway.sftp_put(reg.credentials.user_name, "slow.log", body, key=key)
+    assert elapsed >= (len(body) - 1024) / 1024 * 0.95
+    async with TopicReader(gateway.kafka_bootstrap, topics.DETECTIONS, gateway.prefix) as r:
+        await r.read_events(detections_pb2.Detection, 64, timeout=20)
+
+
+@pytest.mark.parametrize("ending", ["abort", "channel_eof"])
+async def test_an_interrupted_upload_is_discarded_and_the_retry_lands_once(
+    gateway: Gateway, ending: str
+) -> None:
+    """A session that ends with the file still open (connection dropped, or the client
+    closing its SFTP channel) must not commit the partial file."""
+    reg = await gateway.register("acct-a", "owner@a.example")
+    user, password = reg.credentials.user_name, reg.credentials.password
+    conn = await gateway.sftp_connect(user, password=password)
+    sftp = await conn.start_sftp_client()
+    fh = await sftp.open("tda.log", "wb")
+    await fh.write(CEF[: len(CEF) // 2])  # two and a half records
+    if ending == "abort":
+        conn.abort()
+    else:
+        sftp.exit()
+        await sftp.wait_closed()
+        conn.close()
+    await conn.wait_closed()
+    uploads = gateway.workdir / "data" / "uploads" / reg.product.product_id
+
+    async def nothing_left() -> bool:
+        return not list(uploads.iterdir())
+
+    await wait_until(nothing_left, timeout=10, interval=0.2)
+
+    await gateway.sftp_put(user, "tda.log", CEF, password=password)
+    async with TopicReader(gateway.kafka_bootstrap, topics.DETECTIONS, gateway.prefix) as r:
+        records = await r.read_until(lambda rs: len(rs) >= 5, timeout=20)
+        with pytest.raises(TimeoutError):
+            await r.read_until(lambda rs: len(rs) > 5, timeout=3)
+    assert len(records) == 5
+    async with TopicReader(gateway.kafka_bootstrap, topics.INGEST_REJECTED, gateway.prefix) as r:
+        with pytest.raises(TimeoutError):  # the half line was never parsed
+            await r.read_until(lambda rs: len(rs) > 0, timeout=2)
+    async with TopicReader(gateway.kafka_bootstrap, topics.UPLOADS, gateway.prefix) as r:
+        (done,) = await r.read_events(status_pb2.UploadReceived, 1, timeout=20)
+    assert done.records_accepted == 5

@@ -8,4 +8,4 @@ with atheris.instrument_imports():
     from tmsp_ingest.domain.cef import parse_cef
 
 if __name__ == "__main__":
-    run(lambda text: parse_cef("CEF:" + text, default_year=2026))
+    run(lambda text: parse_cef("CEF:" + text, default_year=2026), parse_cef)

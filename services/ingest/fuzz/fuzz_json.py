@@ -8,4 +8,4 @@ with atheris.instrument_imports():
     from tmsp_ingest.domain.jsonfmt import parse_json
 
 if __name__ == "__main__":
-    run(parse_json)
+    run(parse_json, parse_json)

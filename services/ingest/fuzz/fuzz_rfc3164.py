@@ -8,4 +8,4 @@ with atheris.instrument_imports():
     from tmsp_ingest.domain.syslog import parse_rfc3164
 
 if __name__ == "__main__":
-    run(lambda text: parse_rfc3164("<13>" + text, default_year=2026, now=1.8e9))
+    run(lambda text: parse_rfc3164("<13>" + text, default_year=2026, now=1.8e9), parse_rfc3164)

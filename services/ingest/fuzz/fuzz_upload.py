@@ -9,6 +9,8 @@ import sys
 import atheris  # type: ignore[import-not-found]
 
 with atheris.instrument_imports():
+    from _common import require_instrumented
+
     from tmsp_ingest.domain.intake import (
         UploadContext,
         UploadTooLarge,
@@ -30,7 +32,6 @@ def one_input(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    # instrument_imports() misses modules of the editable install (custom loader).
-    atheris.instrument_all()
+    require_instrumented(decompress, normalise_upload)
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()

@@ -11,6 +11,7 @@ import pytest
 from tmsp.events.v1 import status_pb2
 from tmsp_common.errors import InvalidArgument, Unavailable
 from tmsp_ingest.domain.intake import UploadTooLarge
+from tmsp_ingest.service_layer.intake import UploadBuffer, UploadOutcome
 from tmsp_ingest.service_layer.status import HeartbeatReport
 from tmsp_ingest.testing import OPERATOR, REG, World
 
@@ -95,3 +96,56 @@ async def test_a_retry_joins_the_unacknowledged_attempt_instead_of_publishing_ag
     outcome = await retry
     assert calls == 1 and not outcome.duplicate and outcome.accepted == 2
     assert len(world.publisher.events) == 2 and world.intake.in_flight == 0
+
+
+async def test_uploads_in_memory_are_bounded_while_kafka_does_not_acknowledge(
+    world: World,
+) -> None:
+    """The publication keeps its share of the buffer after the client gave up; a new
+    upload waits for room, then gets a retryable error; room comes back when it ends."""
+    product, _ = await world.registry.register(OPERATOR, REG)
+    release = asyncio.Event()
+    publish = world.publisher.publish_records
+
+    async def stuck_publish(*args: Any, **kwargs: Any) -> Any:
+        await release.wait()
+        return await publish(*args, **kwargs)
+
+    world.publisher.publish_records = stuck_publish  # type: ignore[method-assign]
+    world.intake.ack_timeout = 0.05
+    world.intake.buffer = UploadBuffer(3 * len(DATA))
+
+    async def upload(data: bytes) -> UploadOutcome:
+        hold = world.intake.hold()
+        try:
+            await hold.add(len(data))  # as a session does before reading the upload
+            return await world.intake.ingest(product, "a.log", data, protocol=1, hold=hold)
+        finally:
+            hold.release()
+
+    with pytest.raises(Unavailable, match="not acknowledged"):
+        await upload(DATA)
+    assert world.intake.buffer.held == 2 * len(DATA)  # received + split lines
+    other = DATA.replace(b"A", b"C")
+    with pytest.raises(Unavailable, match="gateway busy"):
+        await upload(other)
+    assert world.intake.buffer.held == 2 * len(DATA)
+
+    world.intake.ack_timeout = 5
+    waiting = asyncio.create_task(upload(other))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    release.set()
+    outcome = await waiting
+    assert outcome.accepted == 2 and world.intake.buffer.held == 0
+    again = await upload(DATA)  # the first upload's retry: landed meanwhile, a duplicate
+    assert again.duplicate and world.intake.buffer.held == 0
+
+
+async def test_one_upload_larger_than_the_buffer_still_fits_alone() -> None:
+    buffer = UploadBuffer(100)
+    assert await buffer.acquire(1000, timeout=0.01) == 100
+    with pytest.raises(Unavailable):
+        await buffer.acquire(1, timeout=0.01)
+    buffer.release(100)
+    assert await buffer.acquire(1, timeout=0.01) == 1

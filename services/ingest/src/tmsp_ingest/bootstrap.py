@@ -85,6 +85,7 @@ def build(
         clock,
         settings.max_upload_bytes,
         ack_timeout=settings.ack_timeout_seconds,
+        max_buffered_bytes=settings.max_buffered_upload_bytes,
     )
     gateway = Gateway(
         authenticator,

@@ -36,6 +36,9 @@ class IngestSettings(ServiceSettings):
     """auth's gRPC address, for its signing keys when ``auth_public_keys`` is empty."""
     auth_grpc_tls: bool = True
     max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    max_buffered_upload_bytes: int = Field(1024 * 1024 * 1024, ge=1024)
+    """Bytes of uploads held in memory at once, all sessions together; beyond it uploads
+    wait, then get a retryable error (SFTP failure, HTTPS 503)."""
     max_syslog_frame_bytes: int = Field(64 * 1024, ge=512)
     syslog_batch_lines: int = Field(500, ge=1)
     syslog_batch_seconds: float = Field(0.5, gt=0)

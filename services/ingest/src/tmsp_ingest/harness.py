@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -57,7 +58,7 @@ class Gateway:
 
     def env(self) -> dict[str, str]:
         if not self.ports:
-            for name in ("grpc", "sftp", "https", "status", "syslog"):
+            for name in ("grpc", "sftp", "https", "status", "syslog", "metrics"):
                 self.ports[name] = free_port()
         if self.signer is None:
             key = Ed25519PrivateKey.generate()
@@ -76,6 +77,7 @@ class Gateway:
             "TMSP_INGEST_HTTPS_PORT": str(self.ports["https"]),
             "TMSP_INGEST_STATUS_PORT": str(self.ports["status"]),
             "TMSP_INGEST_SYSLOG_TLS_PORT": str(self.ports["syslog"]),
+            "TMSP_INGEST_METRICS_PORT": str(self.ports["metrics"]),
             "TMSP_INGEST_AUTH_PUBLIC_KEYS": self.public_keys,
             "TMSP_INGEST_ARGON2_TIME_COST": "1",
             "TMSP_INGEST_ARGON2_MEMORY_KIB": "8192",
@@ -105,6 +107,41 @@ class Gateway:
     def stub(self) -> tuple[grpc.aio.Channel, ingest_pb2_grpc.ProductRegistryServiceStub]:
         chan = channel(f"127.0.0.1:{self.ports['grpc']}", tls=True, tls_dir=str(self.tls_dir))
         return chan, ingest_pb2_grpc.ProductRegistryServiceStub(chan)
+
+    def sftp_connect(
+        self, user: str, *, password: str | None = None, key: asyncssh.SSHKey | None = None
+    ) -> Any:
+        """An asyncssh connection to the SFTP server with a password or a key (await it,
+        or ``async with`` it); the host key is not checked."""
+        return asyncssh.connect(
+            "127.0.0.1",
+            self.ports["sftp"],
+            username=user,
+            password=password,
+            client_keys=[key] if key else None,
+            known_hosts=None,
+        )
+
+    async def sftp_put(
+        self,
+        user: str,
+        name: str,
+        data: bytes,
+        *,
+        password: str | None = None,
+        key: asyncssh.SSHKey | None = None,
+        block_size: int = 16 * 1024,
+    ) -> float:
+        """Upload ``data`` as ``name``; the seconds from opening the file until its close
+        succeeded (every record acknowledged by Kafka). SFTPError when refused."""
+        async with (
+            self.sftp_connect(user, password=password, key=key) as conn,
+            conn.start_sftp_client() as sftp,
+        ):
+            started = time.perf_counter()
+            async with sftp.open(name, "wb", block_size=block_size) as fh:
+                await fh.write(data)
+            return time.perf_counter() - started
 
     async def publish_account(
         self,

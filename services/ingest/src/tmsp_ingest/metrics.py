@@ -23,3 +23,6 @@ AUTH_FAILURES = Counter(
 )
 ACTIVE_SESSIONS = Gauge("tmsp_ingest_active_sessions", "Open product sessions", ["protocol"])
 HEARTBEATS = Counter("tmsp_ingest_heartbeats_total", "Heartbeats received", ["result"])
+BUFFERED_BYTES = Gauge(
+    "tmsp_ingest_buffered_upload_bytes", "Bytes of uploads held in memory (bounded)"
+)

@@ -25,6 +25,7 @@ from tmsp_ingest.domain.intake import FORMAT_NAMES, UploadTooLarge
 from tmsp_ingest.domain.products import Refusal
 from tmsp_ingest.service_layer.authenticate import Authenticated, AuthenticationFailed
 from tmsp_ingest.service_layer.gateway import Gateway
+from tmsp_ingest.service_layer.intake import Hold
 from tmsp_ingest.service_layer.status import HeartbeatReport
 
 READ_CHUNK = 256 * 1024
@@ -97,10 +98,16 @@ async def _test_connection(gateway: Gateway, request: web.Request, protocol: str
     return web.json_response({"status": "OK", "product_id": who.product.product_id})
 
 
-async def _read_body(gateway: Gateway, request: web.Request, who: Authenticated) -> bytes:
+async def _read_body(
+    gateway: Gateway, request: web.Request, who: Authenticated, hold: Hold
+) -> bytes:
+    """The body, reserved in the upload buffer (the announced length up front, beyond
+    that chunk by chunk) before it is read; UploadTooLarge, Unavailable when full."""
     limit = gateway.max_upload_bytes
-    if request.content_length is not None and request.content_length > limit:
+    announced = request.content_length
+    if announced is not None and announced > limit:
         raise UploadTooLarge(f"upload larger than {limit} bytes")
+    await hold.add(announced or 0)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -110,6 +117,8 @@ async def _read_body(gateway: Gateway, request: web.Request, who: Authenticated)
         size += len(chunk)
         if size > limit:
             raise UploadTooLarge(f"upload larger than {limit} bytes")
+        if size > (announced or 0):
+            await hold.add(len(chunk))
         await gateway.bandwidth.upload(who.product, len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
@@ -129,13 +138,11 @@ def log_server_app(gateway: Gateway) -> web.Application:
             forced = FORMAT_NAMES.get(fmt_name)
             if forced is None:
                 return _error(400, f"format: unknown format {fmt_name[:30]!r}")
+        hold = gateway.intake.hold()
         try:
-            body = await _read_body(gateway, request, who)
-        except UploadTooLarge as exc:
-            return _error(413, str(exc))
-        if not body:
-            return _error(400, "file: empty upload")
-        try:
+            body = await _read_body(gateway, request, who, hold)
+            if not body:
+                return _error(400, "file: empty upload")
             outcome = await gateway.ingest(
                 who.product,
                 name,
@@ -143,6 +150,7 @@ def log_server_app(gateway: Gateway) -> web.Application:
                 protocol=products_pb2.UPLOAD_PROTOCOL_SSL,
                 protocol_label="https",
                 forced_format=forced,
+                hold=hold,
             )
         except UploadTooLarge as exc:
             return _error(413, str(exc))
@@ -150,6 +158,8 @@ def log_server_app(gateway: Gateway) -> web.Application:
             return _error(400, exc.message)
         except Unavailable as exc:
             return _error(503, exc.message, retry_after=5)
+        finally:
+            hold.release()
         return web.json_response(
             {
                 "accepted": outcome.accepted,

@@ -8,7 +8,9 @@ forwarding are not offered.
 
 Closing a file that was written is the commit point: the file is parsed, every record
 published and acknowledged by Kafka, the upload recorded; only then does the close succeed.
-If Kafka fails the close returns an SFTP failure, so the appliance uploads again.
+If Kafka fails the close returns an SFTP failure, so the appliance uploads again. A file
+still open when the session ends (connection lost, client killed) is discarded, never
+ingested: its retry is the whole file.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class ProductSFTPServer(asyncssh.SFTPServer):
     def __init__(self, chan: asyncssh.SSHServerChannel[bytes], gateway: Gateway, root: Path):
         who: Authenticated = chan.get_extra_info(AUTH_INFO)
         self.who = who
+        self.chan = chan
         self.gateway = gateway
         home = root / who.product.product_id
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -107,17 +110,35 @@ class ProductSFTPServer(asyncssh.SFTPServer):
         file_obj.size = max(file_obj.size, end)
         return len(data)
 
+    def _session_ended(self) -> bool:
+        """True when the client is gone or sent EOF. asyncssh closes the handles still open
+        when the session ends; such a close is an interrupted upload, not a commit. (The
+        channel's receive state has no public accessor in asyncssh 2.x.)"""
+        return self.chan.is_closing() or getattr(self.chan, "_recv_state", "open") != "open"
+
     async def close(self, file_obj: object) -> None:
         if not isinstance(file_obj, _OpenFile):
             raise asyncssh.SFTPFailure("unknown handle")
         file_obj.file.close()
         if not file_obj.writing:
             return
+        if self._session_ended():
+            Path(file_obj.path).unlink(missing_ok=True)
+            log.info(
+                "interrupted upload discarded",
+                product_id=self.who.product.product_id,
+                file=file_obj.name,
+                bytes=file_obj.size,
+            )
+            return
         if file_obj.failed:
             Path(file_obj.path).unlink(missing_ok=True)
             raise asyncssh.SFTPFailure("upload refused: file too large")
+        hold = self.gateway.intake.hold()
         try:
-            data = Path(file_obj.path).read_bytes()
+            path = Path(file_obj.path)
+            await hold.add(path.stat().st_size)
+            data = path.read_bytes()
             if not data:
                 return
             outcome = await self.gateway.ingest(
@@ -126,6 +147,7 @@ class ProductSFTPServer(asyncssh.SFTPServer):
                 data,
                 protocol=products_pb2.UPLOAD_PROTOCOL_SSH,
                 protocol_label="sftp",
+                hold=hold,
             )
         except Unavailable as exc:
             log.warning(
@@ -137,6 +159,7 @@ class ProductSFTPServer(asyncssh.SFTPServer):
         except (UploadTooLarge, InvalidArgument) as exc:
             raise asyncssh.SFTPFailure(f"upload refused: {exc}") from None
         finally:
+            hold.release()
             Path(file_obj.path).unlink(missing_ok=True)
         log.info(
             "upload received",

@@ -117,6 +117,7 @@ class SyslogTlsServer:
             except (ConnectionError, ssl.SSLError):
                 data = b""
             if data:
+                metrics.UPLOAD_BYTES.labels("syslog-tls").inc(len(data))
                 await self.gateway.bandwidth.upload(who.product, len(data))
                 try:
                     batch.extend(decoder.feed(data))

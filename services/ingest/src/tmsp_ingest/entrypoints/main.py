@@ -135,7 +135,7 @@ async def serve(settings: IngestSettings, stop: asyncio.Event) -> None:
     syslog_server = await asyncio.start_server(
         syslog.handle, settings.bind_host, settings.syslog_tls_port, ssl=syslog_context
     )
-    start_metrics_server(settings.metrics_port)
+    start_metrics_server(settings.metrics_port, settings.bind_host)
     log.info(
         "service ready",
         grpc_port=grpc_port,

@@ -10,7 +10,7 @@ from tmsp_ingest.domain.bandwidth import TokenBucket
 from tmsp_ingest.domain.products import Product
 from tmsp_ingest.domain.records import Format
 from tmsp_ingest.service_layer.authenticate import ProductAuthenticator
-from tmsp_ingest.service_layer.intake import Intake, UploadOutcome
+from tmsp_ingest.service_layer.intake import Hold, Intake, UploadOutcome
 from tmsp_ingest.service_layer.status import StatusService
 
 
@@ -69,13 +69,20 @@ class Gateway:
         protocol: int,
         protocol_label: str,
         forced_format: Format | None = None,
+        hold: Hold | None = None,
     ) -> UploadOutcome:
-        """Intake plus metrics; exceptions pass through."""
+        """Intake plus metrics; exceptions pass through. The caller releases ``hold``
+        afterwards (a no-op when the publication took it over)."""
         started = time.perf_counter()
         metrics.UPLOAD_BYTES.labels(protocol_label).inc(len(data))
         try:
             outcome = await self.intake.ingest(
-                product, file_name, data, protocol=protocol, forced_format=forced_format
+                product,
+                file_name,
+                data,
+                protocol=protocol,
+                forced_format=forced_format,
+                hold=hold,
             )
         except Exception:
             metrics.UPLOADS.labels(protocol_label, "failed").inc()

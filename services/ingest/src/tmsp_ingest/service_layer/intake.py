@@ -25,10 +25,74 @@ from tmsp.events.v1 import status_pb2
 from tmsp_common.clock import Clock
 from tmsp_common.errors import InvalidArgument, Unavailable
 from tmsp_common.kafka.envelope import to_timestamp
+from tmsp_ingest import metrics
 from tmsp_ingest.domain.intake import UploadContext, decompress
 from tmsp_ingest.domain.products import Product
 from tmsp_ingest.domain.records import Format, InvalidRecord
 from tmsp_ingest.service_layer.ports import LedgerEntry, UploadLedger, UploadSink, UploadStats
+
+
+class UploadBuffer:
+    """The bytes of uploads held in memory at once, across every session and protocol.
+
+    A session reserves what it is about to read into memory (an HTTPS body, an SFTP file
+    at close, a gzip upload's decompressed size) and waits while the gateway holds
+    ``limit`` bytes; after ``timeout`` it gets :class:`Unavailable` and the client retries.
+    The publication of an upload keeps its reservation until it ends, also when the client
+    stopped waiting, so the bound holds while Kafka is slow or down.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._freed = asyncio.Event()
+
+    async def acquire(self, nbytes: int, timeout: float) -> int:
+        """Reserve ``nbytes`` (at most ``limit``, so one upload always fits alone)."""
+        nbytes = min(max(0, nbytes), self.limit)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.held + nbytes > self.limit:
+            self._freed.clear()
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(self._freed.wait(), remaining)
+            except TimeoutError:
+                raise Unavailable("gateway busy: too many uploads in memory; retry") from None
+        self.held += nbytes
+        metrics.BUFFERED_BYTES.set(self.held)
+        return nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.held -= nbytes
+        metrics.BUFFERED_BYTES.set(self.held)
+        self._freed.set()
+
+
+class Hold:
+    """One upload's share of the :class:`UploadBuffer`; release it exactly once (the
+    intake takes it over when it starts the publication)."""
+
+    def __init__(self, buffer: UploadBuffer, timeout: float) -> None:
+        self.buffer = buffer
+        self.timeout = timeout
+        self.nbytes = 0
+
+    async def add(self, nbytes: int) -> None:
+        self.nbytes += await self.buffer.acquire(nbytes, self.timeout)
+
+    def release(self) -> None:
+        if self.nbytes:
+            self.buffer.release(self.nbytes)
+            self.nbytes = 0
+
+    def take_over(self) -> Hold:
+        """A hold with this one's bytes; this one is left empty."""
+        other = Hold(self.buffer, self.timeout)
+        other.nbytes, self.nbytes = self.nbytes, 0
+        return other
 
 
 @dataclass(frozen=True)
@@ -48,13 +112,19 @@ class Intake:
         clock: Clock,
         max_upload_bytes: int,
         ack_timeout: float = 30.0,
+        max_buffered_bytes: int | None = None,
     ) -> None:
         self.sink = sink
         self.ledger = ledger
         self.clock = clock
         self.max_upload_bytes = max_upload_bytes
         self.ack_timeout = ack_timeout
+        self.buffer = UploadBuffer(max_buffered_bytes or 4 * max_upload_bytes)
         self._inflight: dict[tuple[str, str], asyncio.Task[UploadOutcome]] = {}
+
+    def hold(self) -> Hold:
+        """An empty share of the upload buffer, for a session about to read an upload."""
+        return Hold(self.buffer, self.ack_timeout)
 
     @property
     def in_flight(self) -> int:
@@ -74,24 +144,33 @@ class Intake:
         *,
         protocol: int,
         forced_format: Format | None = None,
+        hold: Hold | None = None,
     ) -> UploadOutcome:
-        """Raises UploadTooLarge, InvalidArgument (bad gzip) or Unavailable (bus down)."""
+        """Raises UploadTooLarge, InvalidArgument (bad gzip) or Unavailable (bus down, or
+        the upload buffer full). ``hold`` is the caller's reservation for ``data``; the
+        publication takes it over, otherwise the caller releases it."""
+        hold = hold or self.hold()
         sha = hashlib.sha256(data).hexdigest()
         seen = await self.ledger.find(product.product_id, sha)
         if seen is not None:
             return UploadOutcome(seen.accepted, seen.rejected, True, sha, UploadStats())
-        try:
-            plain = decompress(data, self.max_upload_bytes)
-        except InvalidRecord as exc:
-            raise InvalidArgument("file", exc.reason) from None
         key = (product.product_id, sha)
         task = self._inflight.get(key)
         if task is None:
+            try:
+                plain = decompress(data, self.max_upload_bytes)
+            except InvalidRecord as exc:
+                raise InvalidArgument("file", exc.reason) from None
+            await hold.add(len(plain))  # the lines split from it
+            task = self._inflight.get(key)  # a retry may have started it meanwhile
+        if task is None:
+            owned = hold.take_over()
             task = asyncio.create_task(
                 self._publish(product, file_name, data, plain, sha, protocol, forced_format)
             )
             self._inflight[key] = task
             task.add_done_callback(lambda t: self._forget(key, t))
+            task.add_done_callback(lambda _: owned.release())
         try:
             return await asyncio.wait_for(asyncio.shield(task), self.ack_timeout)
         except TimeoutError:
