@@ -28,7 +28,6 @@ import asyncio
 import email
 import email.policy
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -57,12 +56,14 @@ from aiokafka import AIOKafkaConsumer
 from tmsp.auth.v1 import auth_pb2, auth_pb2_grpc
 from tmsp.events.v1 import detections_pb2, incidents_pb2, products_pb2
 from tmsp.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from tmsp.reporter.v1 import reporter_pb2, reporter_pb2_grpc
 from tmsp_auth.config import AuthSettings
 from tmsp_common.grpc_client import bearer, channel
 from tmsp_common.kafka.envelope import EnvelopeError, to_timestamp, unwrap
 from tmsp_common.kafka.topics import INCIDENTS, NONCONFORMING_ENDPOINTS, PRODUCT_LIVENESS
 from tmsp_common.settings import load_settings
 from tmsp_ingest.config import IngestSettings
+from tmsp_reporter.config import ReporterSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = ROOT / "services" / "correlator" / "rules"
@@ -104,6 +105,7 @@ class Config:
     def from_env(cls) -> Config:
         auth = load_settings(AuthSettings)
         ingest = load_settings(IngestSettings)
+        reporter = load_settings(ReporterSettings)
         return cls(
             kafka_bootstrap=ingest.kafka_bootstrap,
             topic_prefix=ingest.topic_prefix,
@@ -114,7 +116,7 @@ class Config:
             sftp_port=ingest.sftp_port,
             https_port=ingest.https_port,
             status_port=ingest.status_port,
-            reporter_target=f"127.0.0.1:{os.environ.get('TMSP_REPORTER_GRPC_PORT', '50055')}",
+            reporter_target=f"127.0.0.1:{reporter.grpc_port}",
             mail_dir=Path(os.environ.get("TMSP_DEMO_MAIL_DIR", str(ROOT / ".local" / "mail"))),
             out_dir=Path(os.environ.get("TMSP_DEMO_OUT_DIR", str(ROOT / ".local" / "demo"))),
             timeout_s=float(os.environ.get("TMSP_DEMO_TIMEOUT_S", "120")),
@@ -388,6 +390,7 @@ def check_services(cfg: Config) -> None:
         "ingest SFTP": (cfg.ingest_host, cfg.sftp_port),
         "ingest HTTPS": (cfg.ingest_host, cfg.https_port),
         "ingest status server": (cfg.ingest_host, cfg.status_port),
+        "reporter gRPC": (cfg.ingest_host, int(cfg.reporter_target.rsplit(":", 1)[1])),
     }
     for name, (h, p) in needed.items():
         if not reachable(h, p):
@@ -949,30 +952,13 @@ async def step_results(run: Run, poll: Callable[[], Awaitable[None]]) -> None:
             ok(f"mail to {run.admin_email}: {mail.subject!r}")
 
 
-def reporter_api() -> tuple[Any, Any] | None:
-    """The reporter's generated modules (``reporter_pb2``, ``reporter_pb2_grpc``), or None
-    in a build without the reporter."""
-    try:
-        pb2 = importlib.import_module("tmsp.reporter.v1.reporter_pb2")
-        grpc_mod = importlib.import_module("tmsp.reporter.v1.reporter_pb2_grpc")
-    except ImportError:
-        return None
-    return pb2, grpc_mod
-
-
 async def step_report(run: Run, admin: auth_pb2.Session) -> None:
     """The read model (Customer Accounts row, incidents), an on-demand report generated,
     downloaded and mailed to a report recipient."""
     cfg = run.cfg
-    api = reporter_api()
-    host, port = cfg.reporter_target.rsplit(":", 1)
-    if api is None or not reachable(host, int(port)):
-        why = "not in this build" if api is None else f"not running on {cfg.reporter_target}"
-        info(f"skipped: the reporter is {why}")
-        return
-    pb2, pb2_grpc = api
+    pb2 = reporter_pb2
     chan = channel(cfg.reporter_target, tls=True, tls_dir=cfg.tls_dir)
-    reporter = pb2_grpc.ReporterServiceStub(chan)
+    reporter: Any = reporter_pb2_grpc.ReporterServiceStub(chan)
     try:
         with stage("reporter: ListCustomerAccounts"):
             progress = Progress("waiting for the portal's read model")
@@ -1127,7 +1113,7 @@ async def demo(cfg: Config) -> Run:
             await step_appliances(run)
             header(4, total, "Correlation and notification (correlator, notifier)")
             await step_results(run, poll)
-        header(5, total, "Customer Accounts screen and an on-demand report (reporter)")
+        header(5, total, "The portal: Customer Accounts screen and an on-demand report (reporter)")
         await step_report(run, admin)
     finally:
         await c.close()

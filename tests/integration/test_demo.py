@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import importlib.util
 import json
 import os
 import shutil
@@ -37,8 +36,6 @@ pytestmark = [
 ]
 
 DEMO = REPO_ROOT / "scripts" / "demo.py"
-WITH_REPORTER = importlib.util.find_spec("tmsp_reporter") is not None
-"""The report step runs when the build has the reporter (the demo skips it otherwise)."""
 
 EXPECTED_INCIDENTS = {
     "[CRITICAL] Command-and-control callback followed by lateral movement",
@@ -125,7 +122,7 @@ def stack(infra: Infra, names: Any, tmp_path: Path) -> Iterator[Stack]:
             ("tmsp_auth", auth_env),
             ("tmsp_correlator", correlator),
             ("tmsp_notifier", notifier),
-            *([("tmsp_reporter", reporter)] if WITH_REPORTER else []),
+            ("tmsp_reporter", reporter),
         ):
             proc = ServiceProcess(module, module_env).start()
             procs.append(proc)
@@ -201,18 +198,16 @@ def test_demo_shows_the_main_job_end_to_end_and_runs_again(stack: Stack) -> None
     mail_rows = summary_rows(out, "mail")
     assert sorted(r for r in mail_rows if "(to " not in r) == sorted(subjects)
 
-    if WITH_REPORTER:
-        assert "Customer Accounts row:" in out
-        assert "ListIncidents: 5 incidents in the portal's read model" in out
-        assert "3 products, 1 nonconforming" in out
-        (report_mail,) = [r for r in mail_rows if r.startswith("Report ready: ")]
-        recipient = report_mail.rsplit("(to ", 1)[1].rstrip(")")
-        (sent,) = mails_to(stack.mail_dir, recipient)
-        assert sent.startswith("Report ready: On-demand report")
-        (pdf_row,) = summary_rows(out, "report")
-        assert Path(pdf_row).read_bytes().startswith(b"%PDF")
-    else:
-        assert "skipped: the reporter is not in this build" in out
+    # the portal's read model and the report
+    assert "Customer Accounts row:" in out
+    assert "ListIncidents: 5 incidents in the portal's read model" in out
+    assert "3 products, 1 nonconforming" in out
+    (report_mail,) = [r for r in mail_rows if r.startswith("Report ready: ")]
+    recipient = report_mail.rsplit("(to ", 1)[1].rstrip(")")
+    (sent,) = mails_to(stack.mail_dir, recipient)
+    assert sent.startswith("Report ready: On-demand report")
+    (pdf_row,) = summary_rows(out, "report")
+    assert Path(pdf_row).read_bytes().startswith(b"%PDF")
 
     # what it leaves on disk: the QR code, the credentials (owner-only)
     (run_dir,) = [p for p in stack.out_dir.iterdir() if p.is_dir()]
