@@ -50,7 +50,6 @@ import aiohttp
 import asyncssh
 import grpc
 import pyotp
-import yaml
 from aiokafka import AIOKafkaConsumer
 
 from tmsp.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -62,11 +61,12 @@ from tmsp_common.grpc_client import bearer, channel
 from tmsp_common.kafka.envelope import EnvelopeError, to_timestamp, unwrap
 from tmsp_common.kafka.topics import INCIDENTS, NONCONFORMING_ENDPOINTS, PRODUCT_LIVENESS
 from tmsp_common.settings import load_settings
+from tmsp_correlator.config import CorrelatorSettings
+from tmsp_correlator.domain.rules import load_rule_directory
 from tmsp_ingest.config import IngestSettings
 from tmsp_reporter.config import ReporterSettings
 
 ROOT = Path(__file__).resolve().parent.parent
-RULES_DIR = ROOT / "services" / "correlator" / "rules"
 OPERATOR_FILE = "operator.json"
 SEVERITY_NAME = {
     detections_pb2.SEVERITY_LOW: "LOW",
@@ -97,6 +97,7 @@ class Config:
     https_port: int
     status_port: int
     reporter_target: str
+    rules_dir: Path
     mail_dir: Path
     out_dir: Path
     timeout_s: float
@@ -117,6 +118,7 @@ class Config:
             https_port=ingest.https_port,
             status_port=ingest.status_port,
             reporter_target=f"127.0.0.1:{reporter.grpc_port}",
+            rules_dir=Path(load_settings(CorrelatorSettings).rules_dir),
             mail_dir=Path(os.environ.get("TMSP_DEMO_MAIL_DIR", str(ROOT / ".local" / "mail"))),
             out_dir=Path(os.environ.get("TMSP_DEMO_OUT_DIR", str(ROOT / ".local" / "demo"))),
             timeout_s=float(os.environ.get("TMSP_DEMO_TIMEOUT_S", "120")),
@@ -258,21 +260,19 @@ class MailSink:
 
 @dataclass(frozen=True)
 class RulePack:
-    """The correlator's rules as the demo needs them: name -> title, id -> name."""
+    """The correlator's rules (loaded by its own loader) as the demo needs them:
+    name -> title, id -> name."""
 
+    directory: Path
     titles: dict[str, str]
     names: dict[str, str]
 
     @classmethod
-    def load(cls, directory: Path = RULES_DIR) -> RulePack:
-        titles: dict[str, str] = {}
-        names: dict[str, str] = {}
-        for path in sorted(directory.rglob("*.yml")):
-            for doc in yaml.safe_load_all(path.read_text()):
-                if isinstance(doc, dict) and "name" in doc:
-                    titles[str(doc["name"])] = str(doc.get("title", ""))
-                    names[str(doc.get("id", ""))] = str(doc["name"])
-        return cls(titles, names)
+    def load(cls, directory: Path) -> RulePack:
+        rules = load_rule_directory(directory)
+        metas = [r.meta for r in rules.detections.values()]
+        metas += [r.meta for r in rules.correlations.values()]
+        return cls(directory, {m.name: m.title for m in metas}, {m.rule_id: m.name for m in metas})
 
 
 EXPECTED_RULES = [
@@ -873,7 +873,7 @@ async def step_results(run: Run, poll: Callable[[], Awaitable[None]]) -> None:
     rules = run.rules
     missing_rules = [r for r in EXPECTED_RULES if r not in rules.titles]
     if missing_rules:
-        raise DemoError(f"the rule pack in {RULES_DIR} lacks {', '.join(missing_rules)}")
+        raise DemoError(f"the rule pack in {rules.directory} lacks {', '.join(missing_rules)}")
     expected_titles = {rules.titles[r]: r for r in EXPECTED_RULES}
     sink = MailSink(cfg.mail_dir)
     progress = Progress("waiting for the correlator and the notifier")
@@ -1099,7 +1099,7 @@ def step_summary(run: Run) -> None:
 
 async def demo(cfg: Config) -> Run:
     tag = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-    run = Run(cfg, tag, RulePack.load())
+    run = Run(cfg, tag, RulePack.load(cfg.rules_dir))
     check_services(cfg)
     total = 5
     c = Clients(cfg)
