@@ -494,7 +494,13 @@ async def step_account(c: Clients, run: Run) -> tuple[auth_pb2.Session, auth_pb2
         op_email, op_password = operator_login_material(cfg)
         out = await asyncio.to_thread(bootstrap_operator, op_email, op_password)
         ok(f"provider operator {op_email} ({out.split(':')[0]})")
-        answer = await login(c, op_email, op_password)
+        try:
+            answer = await login(c, op_email, op_password)
+        except grpc.aio.AioRpcError as exc:
+            raise DemoError(
+                f"auth: the demo operator {op_email} cannot log in ({exc.details()}); its "
+                f"password is in {cfg.out_dir / OPERATOR_FILE}: remove that file to make a new one"
+            ) from exc
         if not answer.HasField("session"):
             raise DemoError(f"auth: the demo operator {op_email} has 2FA on; cannot log in")
         operator = answer.session
@@ -1122,6 +1128,7 @@ async def demo(cfg: Config) -> Run:
 
 
 def main() -> int:
+    os.chdir(ROOT)  # relative settings (.local/tls, .local/auth) mean what they mean for the stack
     cfg = Config.from_env()
     print(_style("TMSP demo: simulated appliances -> incidents -> emails", "1"))
     try:
