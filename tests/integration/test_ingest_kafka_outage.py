@@ -1,5 +1,7 @@
 """Kafka stopped during an upload: the upload fails (SFTP close and HTTPS both); after the
-broker is back the retried upload lands exactly once.
+broker is back the retried upload lands exactly once. Once with the broker gone before the
+file is closed, once killed while the upload's records are being published (some already
+in the topic).
 
 Runs its own throwaway KRaft broker (the shared one is never stopped) from the jars that
 ``deploy/local/infra.py`` installed under ``.local/kafka/libs``.
@@ -7,6 +9,7 @@ Runs its own throwaway KRaft broker (the shared one is never stopped) from the j
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from collections import Counter
@@ -31,10 +34,16 @@ pytestmark = [
 ]
 
 RECORDS = 200
-CEF = b"".join(
-    b"CEF:0|Trend Micro|TDA|2.5|%d|Threat %d|5|src=10.0.%d.%d\n" % (i, i, i // 250, i % 250)
-    for i in range(RECORDS)
-)
+
+
+def cef(records: int) -> bytes:
+    return b"".join(
+        b"CEF:0|Trend Micro|TDA|2.5|%d|Threat %d|5|src=10.0.%d.%d\n" % (i, i, i // 250, i % 250)
+        for i in range(records)
+    )
+
+
+CEF = cef(RECORDS)
 
 
 @pytest.fixture
@@ -107,3 +116,43 @@ async def test_upload_fails_while_kafka_is_down_and_the_retry_lands_once(
         with pytest.raises(TimeoutError):
             await r.read_until(lambda rs: len(rs) > 1, timeout=2)
     assert done.records_accepted == RECORDS
+
+
+async def test_kafka_killed_while_the_records_are_published_then_the_retry_lands_once(
+    gateway: Gateway, kafka: PrivateKafka
+) -> None:
+    records = 60_000
+    data = cef(records)
+    reg = await gateway.register("acct-a", "owner@a.example")
+    user, password = reg.credentials.user_name, reg.credentials.password
+
+    put = asyncio.create_task(gateway.sftp_put(user, "mid.log", data, password=password))
+    async with TopicReader(kafka.bootstrap, topics.DETECTIONS, gateway.prefix) as r:
+        await r.read_until(lambda rs: len(rs) > 0, timeout=60)
+    assert not put.done(), "the upload was acknowledged before the broker could be stopped"
+    kafka.kill()
+    with pytest.raises(asyncssh.SFTPFailure, match="retry"):
+        await put
+
+    kafka.start()
+    await kafka.wait_ready()
+    deadline = time.monotonic() + 90
+    while True:  # the appliance retries until the close succeeds
+        try:
+            await gateway.sftp_put(user, "mid.log", data, password=password)
+            break
+        except asyncssh.SFTPFailure:
+            if time.monotonic() > deadline:
+                raise
+
+    async with TopicReader(kafka.bootstrap, topics.DETECTIONS, gateway.prefix) as r:
+        landed = await r.read_until(lambda rs: len(rs) >= records, timeout=60)
+        with pytest.raises(TimeoutError):
+            await r.read_until(lambda rs: len(rs) > records, timeout=3)
+    ids = Counter(unwrap(rec.value, detections_pb2.Detection)[1].event_id for rec in landed)
+    assert len(ids) == records and set(ids.values()) == {1}
+    async with TopicReader(kafka.bootstrap, topics.UPLOADS, gateway.prefix) as r:
+        (done,) = await r.read_events(status_pb2.UploadReceived, 1, timeout=20)
+        with pytest.raises(TimeoutError):
+            await r.read_until(lambda rs: len(rs) > 1, timeout=2)
+    assert done.records_accepted == records
