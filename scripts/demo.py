@@ -236,11 +236,13 @@ class MailSink:
     ) -> Mail:
         """The first mail to ``recipient`` whose subject starts with ``subject_prefix`` (or
         one of them) and that is not in ``seen`` (which it joins)."""
-        progress = Progress(f"waiting for the mail {subject_prefix!r}")
+        prefixes = (subject_prefix,) if isinstance(subject_prefix, str) else subject_prefix
+        label = " or ".join(repr(p) for p in prefixes)
+        progress = Progress(f"waiting for the mail {label}")
         deadline = time.monotonic() + timeout
         while True:
             for mail in self.all_to(recipient):
-                if mail.path not in seen and mail.subject.startswith(subject_prefix):
+                if mail.path not in seen and mail.subject.startswith(prefixes):
                     progress.done()
                     seen.add(mail.path)
                     return mail
@@ -248,7 +250,7 @@ class MailSink:
             if left <= 0:
                 progress.done()
                 raise DemoError(
-                    f"no mail {subject_prefix!r} to {recipient} arrived in {self.directory} "
+                    f"no mail {label} to {recipient} arrived in {self.directory} "
                     f"within {timeout:.0f}s (is the notifier running and the SMTP sink up?)"
                 )
             progress.update(f"{left:.0f}s left")
@@ -542,7 +544,10 @@ async def step_account(c: Clients, run: Run) -> tuple[auth_pb2.Session, auth_pb2
 
     sink = MailSink(cfg.mail_dir)
     invite = await sink.wait_for(
-        run.admin_email, ("Set your TMSP password", "Reset your TMSP password"), 60, run.seen_mail
+        run.admin_email,
+        ("Set your TMSP password", "Reset your TMSP password"),
+        cfg.timeout_s,
+        run.seen_mail,
     )
     run.mails.append(invite)
     match = re.search(r"token=([A-Za-z0-9_\-]+)", invite.text)
@@ -587,7 +592,7 @@ async def step_account(c: Clients, run: Run) -> tuple[auth_pb2.Session, auth_pb2
         )
         ok("'Continue to 2FA settings' -> confirmation code emailed")
     code_mail = await sink.wait_for(
-        run.admin_email, "Your TMSP confirmation code", 60, run.seen_mail
+        run.admin_email, "Your TMSP confirmation code", cfg.timeout_s, run.seen_mail
     )
     run.mails.append(code_mail)
     found = re.search(r"\b(\d{8})\b", code_mail.text)
@@ -1056,7 +1061,7 @@ async def step_report(run: Run, admin: auth_pb2.Session) -> None:
     finally:
         await chan.close()
     sink = MailSink(cfg.mail_dir)
-    mail = await sink.wait_for(recipient, "Report ready", 60, run.seen_mail)
+    mail = await sink.wait_for(recipient, "Report ready", cfg.timeout_s, run.seen_mail)
     run.mails.append(mail)
     attached = f", attached: {', '.join(mail.attachments)}" if mail.attachments else ""
     ok(f"mail to {recipient}: {mail.subject!r} ({mail.path.name}{attached})")

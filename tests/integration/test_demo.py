@@ -10,10 +10,12 @@ import email
 import email.policy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,8 +56,11 @@ class Stack:
     procs: list[ServiceProcess]
 
 
-@pytest.fixture
-def stack(infra: Infra, names: Any, tmp_path: Path) -> Iterator[Stack]:
+@contextmanager
+def running_stack(
+    infra: Infra, names: Any, tmp_path: Path, *, without: frozenset[str] = frozenset()
+) -> Iterator[Stack]:
+    """Every service (but those in ``without``) as deployed, on its own names and ports."""
     prefix = names.prefix
     gateway = Gateway(
         infra.kafka_bootstrap,
@@ -124,6 +129,8 @@ def stack(infra: Infra, names: Any, tmp_path: Path) -> Iterator[Stack]:
             ("tmsp_notifier", notifier),
             ("tmsp_reporter", reporter),
         ):
+            if module in without:
+                continue
             proc = ServiceProcess(module, module_env).start()
             procs.append(proc)
             proc.wait_for_log("service ready", timeout=90)
@@ -135,6 +142,12 @@ def stack(infra: Infra, names: Any, tmp_path: Path) -> Iterator[Stack]:
         for proc in reversed(procs):
             proc.terminate(timeout=30)
         shutil.rmtree(REPO_ROOT / f"{app_id}-data", ignore_errors=True)
+
+
+@pytest.fixture
+def stack(infra: Infra, names: Any, tmp_path: Path) -> Iterator[Stack]:
+    with running_stack(infra, names, tmp_path) as s:
+        yield s
 
 
 def run_demo(env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess[str]:
@@ -242,3 +255,19 @@ def test_demo_without_the_stack_fails_with_one_line(tmp_path: Path) -> None:
         f"demo: FAILED: auth gRPC is not reachable on 127.0.0.1:{port}; start the stack "
         "first (scripts/stack.py up, or make demo)"
     ]
+
+
+def test_demo_names_what_did_not_arrive_when_a_service_is_missing(
+    infra: Infra, names: Any, tmp_path: Path
+) -> None:
+    with running_stack(infra, names, tmp_path, without=frozenset({"tmsp_notifier"})) as s:
+        result = run_demo({**s.env, "TMSP_DEMO_TIMEOUT_S": "6"}, timeout=120)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert re.fullmatch(
+        r"demo: FAILED: no mail 'Set your TMSP password' or 'Reset your TMSP password' to "
+        r"secops-[0-9a-f-]+@demo-corp\.example\.com arrived in \S+ within 6s \(is the "
+        r"notifier running and the SMTP sink up\?\)",
+        line,
+    ), line
+    assert "administrator secops-" in result.stdout  # it got that far
