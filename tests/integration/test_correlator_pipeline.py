@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from pymongo import AsyncMongoClient
 
 from tmsp.events.v1 import detections_pb2, incidents_pb2, status_pb2
 from tmsp_common.kafka.admin import ensure_topics
-from tmsp_common.kafka.consumer import DLQ_REASON
+from tmsp_common.kafka.consumer import DLQ_REASON, DLQ_TOPIC
 from tmsp_common.kafka.envelope import unwrap
 from tmsp_common.kafka.producer import EventProducer
 from tmsp_common.kafka.topics import (
@@ -24,6 +26,7 @@ from tmsp_common.kafka.topics import (
     MITIGATION_RESULTS,
     NONCONFORMING_ENDPOINTS,
     PRODUCT_LIVENESS,
+    UPLOADS,
 )
 from tmsp_common.testing import Infra, ServiceProcess, TopicReader, wait_until
 from tmsp_correlator.domain.correlation import MemoryCorrelator
@@ -79,7 +82,9 @@ def correlators(infra: Infra, names: Any) -> Iterator[Correlators]:
 @pytest.fixture
 async def producer(infra: Infra, names: Any) -> Any:
     await ensure_topics(
-        infra.kafka_bootstrap, [DETECTIONS, MITIGATION_RESULTS, HEARTBEATS], prefix=names.prefix
+        infra.kafka_bootstrap,
+        [DETECTIONS, MITIGATION_RESULTS, HEARTBEATS, UPLOADS],
+        prefix=names.prefix,
     )
     p = EventProducer(infra.kafka_bootstrap, service="test", topic_prefix=names.prefix)
     await p.start()
@@ -127,10 +132,22 @@ async def test_detections_become_a_stored_and_published_incident_and_bad_records
     docs = await wait_until(lambda: incidents_in_db(infra, correlators.db_name), timeout=20)
     assert [d["_id"] for d in docs] == [inc.incident_id]
     assert docs[0]["event_count"] == 3 and docs[0]["status"] == "new"
+    # two hours older than the group's newest event: beyond the allowed lateness (1 h)
+    await publish(producer, [detection("too-late", T0 - 7200, host="pc7")])
     async with TopicReader(infra.kafka_bootstrap, DETECTIONS.dead_letter, names.prefix) as dlq:  # type: ignore[arg-type]
-        (rec,) = await dlq.read_until(lambda rs: len(rs) >= 1, timeout=30)
-    headers = dict(rec.headers)
-    assert b"not an envelope" in headers[DLQ_REASON]
+        records = await dlq.read_until(
+            lambda rs: any(b"late event" in dict(r.headers)[DLQ_REASON] for r in rs), timeout=30
+        )
+    reasons = [dict(r.headers)[DLQ_REASON] for r in records]
+    assert b"not an envelope" in reasons[0]
+    late = [r for r in records if b"late event" in dict(r.headers)[DLQ_REASON]]
+    assert all(b"allowed lateness 3600s" in dict(r.headers)[DLQ_REASON] for r in late)
+    assert all(b'"e": "too-late"' in r.value for r in late)
+    assert all(
+        dict(r.headers)[DLQ_TOPIC] == DETECTIONS.qualified(names.prefix).encode() for r in late
+    )
+    (stored,) = await incidents_in_db(infra, correlators.db_name)
+    assert stored["event_count"] == 3  # the late event counted nowhere
     async with TopicReader(infra.kafka_bootstrap, INCIDENT_COUNTS, names.prefix) as counts:
         (count,) = await counts.read_events(incidents_pb2.IncidentCount, 1, timeout=30)
     assert count.account_id == "acc1" and count.total_incidents == 1 and not count.daily
@@ -234,7 +251,7 @@ async def test_failed_mitigation_makes_an_endpoint_nonconforming_until_cleaned(
 async def test_product_goes_offline_when_heartbeats_stop_and_online_when_they_resume(
     infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
 ) -> None:
-    correlators.start(TMSP_CORRELATOR_OFFLINE_MULTIPLE="2")
+    correlators.start(TMSP_CORRELATOR_OFFLINE_MULTIPLE="2", TMSP_CORRELATOR_LOGS_TIMEOUT_S="3")
 
     async def beat() -> None:
         hb = status_pb2.Heartbeat(
@@ -243,15 +260,61 @@ async def test_product_goes_offline_when_heartbeats_stop_and_online_when_they_re
         hb.received_at.GetCurrentTime()
         await producer.publish(HEARTBEATS, hb, key="tda-live", account_id="acc1")
 
+    async def upload() -> None:
+        up = status_pb2.UploadReceived(product_id="tm-logs", account_id="acc1", file_name="x.log")
+        up.finished_at.GetCurrentTime()
+        await producer.publish(UPLOADS, up, key="tm-logs", account_id="acc1")
+
+    def states(records: list[Any], product_id: str) -> list[int]:
+        msgs = [unwrap(x.value, incidents_pb2.ProductLiveness)[1] for x in records]
+        return [m.state for m in msgs if m.product_id == product_id]
+
     await beat()
+    await upload()
     async with TopicReader(infra.kafka_bootstrap, PRODUCT_LIVENESS, names.prefix) as r:
-        await r.read_until(lambda rs: len(rs) >= 2, timeout=30)  # online, then offline
+        # online, then offline (no heartbeat for 2 x 1 s); logs not received after 3 s
+        await r.read_until(
+            lambda rs: len(states(rs, "tda-live")) >= 2 and states(rs, "tm-logs"), timeout=30
+        )
         await beat()
-        await r.read_until(lambda rs: len(rs) >= 3, timeout=30)
-        states = [unwrap(x.value, incidents_pb2.ProductLiveness)[1].state for x in r.records]
+        await upload()
+        await r.read_until(
+            lambda rs: len(states(rs, "tda-live")) >= 3 and len(states(rs, "tm-logs")) >= 2,
+            timeout=30,
+        )
+        live, logs = states(r.records, "tda-live"), states(r.records, "tm-logs")
     S = incidents_pb2
-    assert states[:3] == [
+    assert live[:3] == [
         S.PRODUCT_LIVENESS_STATE_ONLINE,
         S.PRODUCT_LIVENESS_STATE_OFFLINE,
         S.PRODUCT_LIVENESS_STATE_ONLINE,
     ]
+    assert logs[:2] == [
+        S.PRODUCT_LIVENESS_STATE_LOGS_NOT_RECEIVED,
+        S.PRODUCT_LIVENESS_STATE_LOGS_RESUMED,
+    ]
+
+
+async def test_daily_incident_count_runs_on_the_crontab_in_the_configured_time_zone(
+    infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
+) -> None:
+    # Kolkata is UTC+5:30: a crontab read in UTC would fire half an hour off this minute
+    zone = ZoneInfo("Asia/Kolkata")
+    fire = (datetime.now(zone) + timedelta(seconds=100)).replace(second=0, microsecond=0)
+    correlators.start(
+        TMSP_CORRELATOR_TIME_ZONE="Asia/Kolkata",
+        TMSP_CORRELATOR_DAILY_COUNT_CRON=f"{fire.minute} {fire.hour} * * *",
+    )
+    await publish(producer, [detection(f"d{i}", T0 + i, host="pc3") for i in range(3)])
+
+    def counts(records: list[Any]) -> list[incidents_pb2.IncidentCount]:
+        return [unwrap(x.value, incidents_pb2.IncidentCount)[1] for x in records]
+
+    async with TopicReader(infra.kafka_bootstrap, INCIDENT_COUNTS, names.prefix) as r:
+        await r.read_until(lambda rs: any(c.daily for c in counts(rs)), timeout=150)
+        live = [c for c in counts(r.records) if not c.daily]
+        (daily,) = [c for c in counts(r.records) if c.daily]
+    assert live and live[0].total_incidents == 1
+    assert (daily.account_id, daily.open_incidents, daily.total_incidents) == ("acc1", 1, 1)
+    ran_at = daily.as_of.ToDatetime(tzinfo=UTC).astimezone(zone)
+    assert (ran_at.hour, ran_at.minute) == (fire.hour, fire.minute)

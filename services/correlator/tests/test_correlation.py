@@ -418,3 +418,177 @@ def test_removed_rule_hits_are_rejected_not_crashing() -> None:
     rs2 = load_rules([("det.yml", DETECTIONS)])
     _, out = apply_hit(rs2, None, hit, Limits())
     assert out.late_reason and "unknown correlation" in out.late_reason
+
+
+# --- every correlation type through the same table: window boundaries, out-of-order, late,
+# group-by. Each recipe is a rule plus the events (in event-time order) that together, and
+# only together, satisfy it; ``group`` is the backend field of its group-by.
+
+SPAN = 300.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    rule: str
+    events: list[dict[str, Any]]
+    group: str
+
+
+def _value(eid: str, t: float, v: float) -> dict[str, Any]:
+    return ev(eid, t, threat_category="transfer", **{"extra.bytes": str(v)})
+
+
+def _val_rule(ctype: str, cond: str) -> str:
+    return corr(
+        f"  type: {ctype}\n  rules: [bytes]\n  group-by: [Hostname]\n  timespan: 5m\n"
+        f"  condition: {{{cond}, field: extra.bytes}}\n"
+    )
+
+
+RECIPES: dict[str, Recipe] = {
+    "event_count": Recipe(EVENT_COUNT, [high("a", 0), high("b", 0), high("c", 0)], "endpoint_host"),
+    "value_count": Recipe(
+        corr(
+            "  type: value_count\n  rules: [high]\n  group-by: [src_ip]\n  timespan: 5m\n  condition: {gte: 3, field: Hostname}\n"
+        ),
+        [high(e, 0, source_ip="10.0.0.1", endpoint_host=f"h-{e}") for e in "abc"],
+        "source_ip",
+    ),
+    "temporal": Recipe(
+        corr("  type: temporal\n  rules: [c2, lateral]\n  group-by: [Hostname]\n  timespan: 5m\n"),
+        [ev("a", 0, threat_category="lateral"), ev("b", 0, threat_category="c2")],
+        "endpoint_host",
+    ),
+    "temporal_ordered": Recipe(
+        corr(
+            "  type: temporal_ordered\n  rules: [c2, lateral]\n  group-by: [Hostname]\n  timespan: 5m\n"
+        ),
+        [ev("a", 0, threat_category="c2"), ev("b", 0, threat_category="lateral")],
+        "endpoint_host",
+    ),
+    "value_sum": Recipe(
+        _val_rule("value_sum", "gt: 100"), [_value("a", 0, 60), _value("b", 0, 50)], "endpoint_host"
+    ),
+    "value_avg": Recipe(
+        _val_rule("value_avg", "range: {gte: 40, lte: 60}"),
+        [_value("a", 0, 100), _value("b", 0, 0)],
+        "endpoint_host",
+    ),
+    "value_median": Recipe(
+        _val_rule("value_median", "range: {gte: 40, lte: 60}"),
+        [_value("a", 0, 100), _value("b", 0, 0)],
+        "endpoint_host",
+    ),
+    "value_percentile": Recipe(
+        _val_rule("value_percentile", "range: {gte: 40, lte: 60}, percentile: 50"),
+        [_value("a", 0, 100), _value("b", 0, 0), _value("c", 0, 50)],
+        "endpoint_host",
+    ),
+}
+
+
+def _spread(
+    events: list[dict[str, Any]], last_at: float, base: float = 1000.0
+) -> list[dict[str, Any]]:
+    """The events evenly spread from ``base`` to ``base + last_at`` in event time."""
+    n = len(events)
+    return [{**e, "ts": base + last_at * i / (n - 1)} for i, e in enumerate(events)]
+
+
+def _type_cases() -> list[Case]:
+    cases: list[Case] = []
+    for ctype, r in RECIPES.items():
+        ids = [e["event_id"] for e in r.events]
+        inside = _spread(r.events, SPAN / 2)
+        rotated = inside[1:] + inside[:1]  # the earliest event arrives last
+        other_group = [{**inside[0], r.group: "somewhere-else"}, *inside[1:]]
+        cases += [
+            Case(f"{ctype}: all events in the window fire", r.rule, inside, [ids]),
+            Case(
+                f"{ctype}: first to last exactly timespan (inclusive)",
+                r.rule,
+                _spread(r.events, SPAN),
+                [ids],
+            ),
+            Case(
+                f"{ctype}: first to last just over timespan",
+                r.rule,
+                _spread(r.events, SPAN + 0.5),
+                [],
+            ),
+            Case(f"{ctype}: one event short does not fire", r.rule, inside[:-1], []),
+            Case(f"{ctype}: group-by keeps groups apart", r.rule, other_group, []),
+            Case(f"{ctype}: earliest event arriving last still counts", r.rule, rotated, [ids]),
+            Case(
+                f"{ctype}: earliest event arriving beyond the allowed lateness is dead-lettered",
+                r.rule,
+                rotated,
+                [],
+                late=[ids[0]],
+                limits=Limits(allowed_lateness_s=SPAN / 4),
+            ),
+        ]
+    return cases
+
+
+TYPE_CASES = _type_cases()
+
+
+@pytest.mark.parametrize("case", TYPE_CASES, ids=[c.name for c in TYPE_CASES])
+def test_every_correlation_type(case: Case) -> None:
+    test_correlation_table(case)
+
+
+def test_every_spec_correlation_type_has_a_recipe() -> None:
+    from tmsp_correlator.domain.rules import CORRELATION_TYPES
+
+    assert set(RECIPES) == set(CORRELATION_TYPES)
+
+
+CHAIN_ORDERED = (
+    EVENT_COUNT
+    + "---\n"
+    + corr(
+        "  type: temporal_ordered\n  rules: [corr, lateral]\n  group-by: [Hostname]\n  timespan: 1h\n",
+        name="outer",
+    )
+)
+
+
+@pytest.mark.parametrize(
+    ("events", "fires"),
+    [
+        (
+            [high("a", 0), high("b", 10), high("c", 20), ev("l", 600, threat_category="lateral")],
+            True,
+        ),
+        (
+            [ev("l", 0, threat_category="lateral"), high("a", 600), high("b", 610), high("c", 620)],
+            False,
+        ),
+        ([high("a", 0), high("b", 10), ev("l", 600, threat_category="lateral")], False),
+        (
+            [
+                high("a", 0),
+                high("b", 10),
+                high("c", 20),
+                ev("l", 600, threat_category="lateral", endpoint_host="h2"),
+            ],
+            False,
+        ),
+    ],
+    ids=["burst then lateral", "lateral then burst", "no burst", "lateral on another host"],
+)
+def test_correlation_of_a_correlation_and_a_detection(
+    events: list[dict[str, Any]], fires: bool
+) -> None:
+    rs = load_rules([("det.yml", DETECTIONS), ("corr.yml", CHAIN_ORDERED)])
+    assert rs.rejected == []
+    mc = MemoryCorrelator(rs, Limits(allowed_lateness_s=3600))
+    for e in events:
+        mc.process(e)
+    outer = [i for i in mc.incidents.values() if i["rule_ids"][0] == "outer"]
+    assert bool(outer) is fires
+    if fires:
+        (inner,) = [i for i in mc.incidents.values() if i["rule_ids"][0] == "corr"]
+        assert sorted(outer[0]["event_ids"]) == sorted([inner["id"], "l"])

@@ -89,6 +89,7 @@ def build(
             allowed_lateness_s=settings.allowed_lateness_s,
             max_window_events=settings.max_window_events,
             max_incident_event_ids=settings.max_incident_event_ids,
+            max_incident_endpoints=settings.max_incident_endpoints,
         ),
         recorder=IncidentRecorder(incidents, publisher),
         nonconforming=NonconformingEndpoints(nonconforming, publisher),

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from faust.utils.cron import secs_for_next
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -37,6 +38,11 @@ class CorrelatorSettings(ServiceSettings):
     """Window within which repeats of a standalone detection rule update one incident."""
     max_window_events: int = Field(1000, ge=10)
     max_incident_event_ids: int = Field(200, ge=1)
+    max_incident_endpoints: int = Field(100, ge=1)
+    correlate_batch_max: int = Field(500, ge=1)
+    """Hits per correlation batch: incidents changed in a batch are written once."""
+    correlate_batch_s: float = Field(0.05, gt=0)
+    """How long a batch waits to fill (the added latency bound)."""
     time_zone: str = "UTC"
     """IANA time zone of the daily incident count (02:00)."""
     daily_count_cron: str = "0 2 * * *"
@@ -57,4 +63,13 @@ class CorrelatorSettings(ServiceSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("daily_count_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        try:
+            secs_for_next(value)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"not a crontab expression like '0 2 * * *': {value!r}") from exc
         return value

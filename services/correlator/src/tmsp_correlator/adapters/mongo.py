@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from tmsp_common.mongo import Document, ensure_indexes
 
@@ -68,16 +68,49 @@ def incident_document(inc: dict[str, Any]) -> Document:
     }
 
 
+def _incident_update(inc: dict[str, Any]) -> Document:
+    doc = incident_document(inc)
+    return {"$set": doc, "$setOnInsert": {"status": "new", "created_at": doc["updated_at"]}}
+
+
 class MongoIncidents:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self.coll = db[INCIDENTS]
 
+    async def upsert_many(self, incidents: list[dict[str, Any]]) -> set[str]:
+        if not incidents:
+            return set()
+        ids = [inc["id"] for inc in incidents]
+        stored = {
+            d["_id"]: int(d.get("version", 0))
+            async for d in self.coll.find({"_id": {"$in": ids}}, {"version": 1})
+        }
+        todo = [inc for inc in incidents if stored.get(inc["id"], 0) < inc["version"]]
+        if not todo:
+            return set()
+        ops = [
+            UpdateOne(
+                {"_id": inc["id"], "version": {"$lt": inc["version"]}},
+                _incident_update(inc),
+                upsert=inc["id"] not in stored,
+            )
+            for inc in todo
+        ]
+        try:
+            await self.coll.bulk_write(ops, ordered=False)
+        except (BulkWriteError, KeyError):
+            # Someone stored one of them meanwhile (a duplicate key). FerretDB 1.x answers a
+            # bulk with a failed operation without "nModified", which pymongo reports as a
+            # KeyError: redo the batch one document at a time (each idempotent).
+            return {inc["id"] for inc in todo if await self.upsert(inc)}
+        return {inc["id"] for inc in todo}
+
     async def upsert(self, incident: dict[str, Any]) -> bool:
-        doc = incident_document(incident)
+        """One incident, unless the same or a newer version is stored; True if stored."""
         try:
             result = await self.coll.update_one(
                 {"_id": incident["id"], "version": {"$lt": incident["version"]}},
-                {"$set": doc, "$setOnInsert": {"status": "new", "created_at": doc["updated_at"]}},
+                _incident_update(incident),
                 upsert=True,
             )
         except DuplicateKeyError:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import operator
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,8 @@ class Limits:
     max_standalone_events: int = 50
     """A standalone rule needs no window beyond replay detection: keep it short."""
     max_incident_event_ids: int = 200
+    max_incident_endpoints: int = 100
+    """An outbreak touches many endpoints: the incident lists the first ones (count is exact)."""
     max_timeline: int = 200
 
 
@@ -198,8 +201,8 @@ def _aggregate_ok(corr: CorrelationRule, window: list[list[Any]]) -> bool:
     return False
 
 
-def _ts_key(e: list[Any]) -> float:
-    return float(e[_TS])
+_ts_key = operator.itemgetter(_TS)
+"""Sort key of window entries and timeline items (C-level: bisect calls it per step)."""
 
 
 def _firing_window(corr: CorrelationRule, w: list[list[Any]], ts: float) -> list[list[Any]] | None:
@@ -289,18 +292,19 @@ def _add_to_incident(
 ) -> bool:
     """Add one window entry; False if it was already part of the incident."""
     eid = entry[_EID]
-    if eid in inc["event_ids"]:
+    ts = entry[_TS]
+    if _in_incident(inc, eid, ts):
         return False
     inc["count"] += 1
     if len(inc["event_ids"]) < limits.max_incident_event_ids:
         inc["event_ids"].append(eid)
-    ts = entry[_TS]
     inc["first"] = min(inc["first"], ts)
     inc["last"] = max(inc["last"], ts)
     inc["until"] = inc["last"] + corr.timespan_s
     ep = [entry[_HOST], entry[_IP], entry[_MAC]]
-    if any(ep) and ep not in inc["endpoints"]:
-        inc["endpoints"].append(ep)
+    endpoints = inc["endpoints"]
+    if any(ep) and len(endpoints) < limits.max_incident_endpoints and ep not in endpoints:
+        endpoints.append(ep)
     tl = inc["timeline"]
     item = [ts, eid, entry[_RULE], entry[_SUM], *ep]
     bisect.insort_right(tl, item, key=_ts_key)
@@ -309,6 +313,15 @@ def _add_to_incident(
         half = limits.max_timeline // 2
         del tl[half : len(tl) - (limits.max_timeline - half)]
     return True
+
+
+def _in_incident(inc: dict[str, Any], eid: str, ts: float) -> bool:
+    """Whether event ``eid`` (at ``ts``) is already part of ``inc`` (as far as ids are kept).
+
+    Only events inside the incident's first..last span can be part of it, which spares the
+    scan of its event ids for the usual case, an event newer than the incident.
+    """
+    return bool(inc["first"] <= ts <= inc["last"] and eid in inc["event_ids"])
 
 
 def apply_hit(
@@ -328,9 +341,13 @@ def apply_hit(
     ts = float(hit["t"])
     eid = hit["e"]
     inc = st.get("inc")
-    if eid in ids or (inc is not None and eid in inc["event_ids"]):
+    known = inc is not None and _in_incident(inc, eid, ts)
+    if eid in ids or known:
         out.duplicate = True
-        if inc is not None and eid in inc["event_ids"]:
+        if inc is not None and (
+            known or (inc["count"] > len(inc["event_ids"]) and inc["first"] <= ts <= inc["last"])
+        ):
+            # a replay (crash between the state write and the incident write): re-emit it
             out.incident = inc
         return st, out
     watermark = st.get("max")

@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import faust
+from faust.streams import _current_event as faust_current_event
 from prometheus_client import Counter, Histogram
 
 from tmsp.events.v1 import detections_pb2, products_pb2, status_pb2
@@ -59,7 +61,50 @@ HIT_SOURCE = Topic(
     key="group key",
     description="Internal: rule hits repartitioned by correlation group key",
 )
+HIT_DEAD_LETTERS = Topic(
+    "correlator.hits.dlq",
+    None,
+    key="group key",
+    partitions=1,
+    retention_ms=30 * 24 * 3600 * 1000,
+    description="Hits the correlate stage could not handle (reason in headers)",
+    has_dead_letter=False,
+)
+"""``HIT_SOURCE.dead_letter`` spelled out, so that start-up creates it (under the prefix)."""
 RETRIES = 3
+WINDOWS_TABLE = "correlation-windows"
+
+
+def hits_topic_name(settings: CorrelatorSettings) -> str:
+    return f"{settings.app_id}-hits"
+
+
+def internal_topics(settings: CorrelatorSettings) -> tuple[Topic, ...]:
+    """The app's internal topics (hits, window-state changelog), created before it starts.
+
+    faust declares them itself, but only after the first group assignment: on a fresh
+    deployment the assignment then misses them and the correlate agent gets no partition
+    until some later rebalance (seen in the kill test). Creating them first avoids that.
+    """
+    return (
+        Topic(
+            hits_topic_name(settings),
+            None,
+            key="group key",
+            partitions=settings.partitions,
+            description="Internal: rule hits repartitioned by correlation group key",
+            has_dead_letter=False,
+        ),
+        Topic(
+            f"{settings.app_id}-{WINDOWS_TABLE}-changelog",
+            None,
+            key="group key",
+            partitions=settings.partitions,
+            compacted=True,
+            description="Internal: changelog of the window-state table",
+            has_dead_letter=False,
+        ),
+    )
 
 
 def make_app(settings: CorrelatorSettings) -> faust.App:
@@ -95,7 +140,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     uploads_topic = bus.topic(UPLOADS.qualified(prefix))
     products_topic = bus.topic(PRODUCTS.qualified(prefix))
     hits_topic = app.topic(
-        f"{s.app_id}-hits",
+        hits_topic_name(s),
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -104,7 +149,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
         internal=True,
     )
     windows = app.Table(
-        "correlation-windows",
+        WINDOWS_TABLE,
         default=None,
         schema=faust.Schema(key_serializer="json", value_serializer="json"),
         partitions=s.partitions,
@@ -196,39 +241,72 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
 
     @app.agent(hits_topic, name="correlate")
     async def correlate(stream: Any) -> None:
-        async for event in stream.events():
+        # Hits are taken in batches; faust acknowledges a batch's records only after the
+        # loop body returned, i.e. after the batch's incidents were stored and published.
+        # Each changed incident is written once per batch, in its newest version.
+        async for batch in stream.take_events(s.correlate_batch_max, within=s.correlate_batch_s):
+            changed: dict[str, tuple[dict[str, Any], bool]] = {}
+            for event in batch:
+                # table writes find their changelog partition through faust's current-event
+                # context variable, which take_events() leaves unset (only this task's
+                # context is changed; the stream's own current_event stays faust's)
+                token = faust_current_event.set(weakref.ref(event))
 
-            async def handle(event: Any = event) -> None:
-                started = time.perf_counter()
+                async def handle(event: Any = event, changed: dict[str, Any] = changed) -> None:
+                    started = time.perf_counter()
+                    try:
+                        hit = json.loads(event.value)
+                        key = hit["k"]
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise EnvelopeError(f"undecodable hit: {exc}") from exc
+                    state, out = apply_hit(c.rules, windows.get(key), hit, c.limits)
+                    if out.late_reason:
+                        LATE.inc()
+                        o = hit.get("o") or {}
+                        await bus.dead_letter(
+                            _source_of(o.get("topic", ""), prefix),
+                            key=key.encode(),
+                            value=event.value,
+                            reason=out.late_reason,
+                            partition=o.get("partition", ""),
+                            offset=o.get("offset", ""),
+                            extra_headers=[("tmsp-dlq-content-type", b"application/json; hit")],
+                        )
+                        return
+                    if not out.duplicate:
+                        windows[key] = state
+                    if out.incident is not None:
+                        inc = out.incident
+                        opened = out.new_incident or changed.get(inc["id"], (inc, False))[1]
+                        changed[inc["id"]] = (inc, opened)
+                        INCIDENT_WRITES.labels("new" if out.new_incident else "update").inc()
+                    if out.chained:
+                        await send_hits(out.chained)
+                    HANDLE_SECONDS.labels("correlate").observe(time.perf_counter() - started)
+
                 try:
-                    hit = json.loads(event.value)
-                    key = hit["k"]
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise EnvelopeError(f"undecodable hit: {exc}") from exc
-                state, out = apply_hit(c.rules, windows.get(key), hit, c.limits)
-                if out.late_reason:
-                    LATE.inc()
-                    o = hit.get("o") or {}
-                    await bus.dead_letter(
-                        _source_of(o.get("topic", ""), prefix),
-                        key=key.encode(),
-                        value=event.value,
-                        reason=out.late_reason,
-                        partition=o.get("partition", ""),
-                        offset=o.get("offset", ""),
-                        extra_headers=[("tmsp-dlq-content-type", b"application/json; hit")],
-                    )
-                    return
-                if not out.duplicate:
-                    windows[key] = state
-                if out.incident is not None:
-                    await c.recorder.record(out.incident, new=out.new_incident)
-                    INCIDENT_WRITES.labels("new" if out.new_incident else "update").inc()
-                if out.chained:
-                    await send_hits(out.chained)
-                HANDLE_SECONDS.labels("correlate").observe(time.perf_counter() - started)
+                    await guarded(HIT_SOURCE, event, handle)
+                finally:
+                    faust_current_event.reset(token)
+            await record_until_stored(list(changed.values()))
 
-            await guarded(HIT_SOURCE, event, handle)
+    async def record_until_stored(changes: list[tuple[dict[str, Any], bool]]) -> None:
+        """Store and publish a batch's incidents; retried (never dropped) while Mongo is down."""
+        delay = 0.2
+        while True:
+            try:
+                await c.recorder.record_many(changes)
+                return
+            except Exception as exc:  # noqa: BLE001 - retried; the batch stays unacknowledged
+                log.warning(
+                    "storing incidents failed; retrying",
+                    incidents=len(changes),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                if app.should_stop:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     @app.agent(heartbeats_topic, name="heartbeats")
     async def heartbeats(stream: Any) -> None:

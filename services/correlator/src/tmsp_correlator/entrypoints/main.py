@@ -39,11 +39,17 @@ from tmsp_correlator.adapters.mongo import (
 )
 from tmsp_correlator.bootstrap import build, mongo_database
 from tmsp_correlator.config import CorrelatorSettings
-from tmsp_correlator.entrypoints.faust_app import make_app, wire
+from tmsp_correlator.entrypoints.faust_app import (
+    HIT_DEAD_LETTERS,
+    internal_topics,
+    make_app,
+    wire,
+)
 
 log = get_logger("tmsp_correlator")
 
 TOPICS = (
+    HIT_DEAD_LETTERS,
     DETECTIONS,
     MITIGATION_RESULTS,
     HEARTBEATS,
@@ -67,6 +73,11 @@ async def preflight(settings: CorrelatorSettings) -> None:
         settings.kafka_bootstrap,
         TOPICS,
         prefix=settings.topic_prefix,
+        replication_factor=settings.replication_factor,
+    )
+    await ensure_topics(
+        settings.kafka_bootstrap,
+        internal_topics(settings),
         replication_factor=settings.replication_factor,
     )
 

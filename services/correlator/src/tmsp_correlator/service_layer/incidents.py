@@ -63,26 +63,37 @@ class IncidentRecorder:
         self.publisher = publisher
 
     async def record(self, inc: dict[str, Any], *, new: bool) -> None:
+        await self.record_many([(inc, new)])
+
+    async def record_many(self, changes: list[tuple[dict[str, Any], bool]]) -> None:
+        """Store a batch of incident changes in one write, publish each, then the live counts.
+
+        ``changes`` holds (incident, opened in this batch); an incident appears once, in its
+        newest version. Counts are published once per account that gained an incident.
+        """
+        if not changes:
+            return
         now = datetime.now(UTC)
-        stored = await self.repo.upsert(inc)
+        stored = await self.repo.upsert_many([inc for inc, _ in changes])
         # published even when already stored: a replay after a crash between the write and
         # the publish must still publish (same key and version: an idempotent upsert)
-        await self.publisher.publish(
-            INCIDENTS,
-            incident_message(inc, now),
-            key=inc["id"],
-            account_id=inc["account_id"],
-            occurred_at=_dt(inc["last"]),
-        )
-        if new:
-            await self.publish_count(inc["account_id"], daily=False)
-        log.info(
-            "incident recorded" if stored else "incident re-published",
-            incident_id=inc["id"],
-            account_id=inc["account_id"],
-            version=inc["version"],
-            new=new,
-        )
+        for inc, new in changes:
+            await self.publisher.publish(
+                INCIDENTS,
+                incident_message(inc, now),
+                key=inc["id"],
+                account_id=inc["account_id"],
+                occurred_at=_dt(inc["last"]),
+            )
+            log.info(
+                "incident recorded" if inc["id"] in stored else "incident re-published",
+                incident_id=inc["id"],
+                account_id=inc["account_id"],
+                version=inc["version"],
+                new=new,
+            )
+        for account_id in sorted({inc["account_id"] for inc, new in changes if new}):
+            await self.publish_count(account_id, daily=False)
 
     async def publish_count(self, account_id: str, *, daily: bool) -> None:
         open_, total = await self.repo.counts(account_id)

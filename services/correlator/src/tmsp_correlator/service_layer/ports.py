@@ -25,8 +25,11 @@ class Publisher(Protocol):
 
 
 class IncidentRepository(Protocol):
-    async def upsert(self, incident: dict[str, Any]) -> bool:
-        """Store ``incident`` unless a newer version is stored; True if this one was stored."""
+    async def upsert_many(self, incidents: list[dict[str, Any]]) -> set[str]:
+        """Store each incident unless the same or a newer version is stored (one round trip).
+
+        Returns the ids of the incidents this call stored.
+        """
         ...
 
     async def counts(self, account_id: str) -> tuple[int, int]:

@@ -1,0 +1,117 @@
+"""Rule reload: the running rule set is swapped, window state survives, bad files are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from tmsp_correlator.bootstrap import Container, build
+from tmsp_correlator.config import CorrelatorSettings
+from tmsp_correlator.domain.correlation import GroupState, Limits, apply_hit, hits_for_event
+
+DETECTION = """title: High severity detection
+name: high
+logsource: {category: detection}
+level: high
+detection:
+  s:
+    severity: high
+  condition: s
+"""
+BURST = """title: Burst {version}
+name: burst
+level: critical
+correlation:
+  type: event_count
+  rules: [high]
+  group-by: [Hostname]
+  timespan: 10m
+  condition: {{gte: 3}}
+"""
+
+
+class Unused:
+    """Ports the reload path never touches."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"unexpected call {name}")
+
+
+def container(rules_dir: Path) -> Container:
+    settings = CorrelatorSettings(rules_dir=str(rules_dir), rules_reload_interval_s=1)
+    u: Any = Unused()
+    return build(settings, publisher=u, incidents=u, nonconforming=u, liveness=u)
+
+
+def high(eid: str, t: float) -> dict[str, Any]:
+    return {
+        "event_type": "detection",
+        "product_kind": "threat_discovery_appliance",
+        "account_id": "acc1",
+        "event_id": eid,
+        "ts": t,
+        "severity": "high",
+        "endpoint_host": "pc1",
+    }
+
+
+def feed(c: Container, states: dict[str, GroupState], event: dict[str, Any]) -> list[Any]:
+    incidents = []
+    for hit in hits_for_event(c.rules, event):
+        st, out = apply_hit(c.rules, states.get(hit["k"]), hit, Limits())
+        states[hit["k"]] = st
+        if out.incident is not None:
+            incidents.append(out.incident)
+    return incidents
+
+
+def test_reload_swaps_rules_and_keeps_window_state(tmp_path: Path) -> None:
+    (tmp_path / "det.yml").write_text(DETECTION)
+    (tmp_path / "corr.yml").write_text(BURST.format(version="v1"))
+    c = container(tmp_path)
+    assert not c.reload_rules_if_changed()  # nothing changed yet
+    states: dict[str, GroupState] = {}
+    assert feed(c, states, high("a", 0)) == []
+    assert feed(c, states, high("b", 10)) == []
+
+    (tmp_path / "corr.yml").write_text(BURST.format(version="v2 (edited)"))
+    (tmp_path / "broken.yml").write_text("title: [unclosed\n")
+    before = c.rules
+    assert c.reload_rules_if_changed()
+    assert c.rules is not before
+    assert [(r.file, "invalid YAML" in r.reason) for r in c.rules.rejected] == [
+        ("broken.yml", True)
+    ]
+
+    (inc,) = feed(c, states, high("c", 20))
+    assert inc["count"] == 3 and sorted(inc["event_ids"]) == ["a", "b", "c"]
+    assert inc["title"] == "Burst v2 (edited)"
+
+
+def test_removed_correlation_leaves_the_rest_running(tmp_path: Path) -> None:
+    (tmp_path / "det.yml").write_text(DETECTION)
+    (tmp_path / "corr.yml").write_text(BURST.format(version="v1"))
+    c = container(tmp_path)
+    states: dict[str, GroupState] = {}
+    feed(c, states, high("a", 0))
+    (tmp_path / "corr.yml").unlink()
+    assert c.reload_rules_if_changed()
+    # without the correlation the detection rule raises incidents on its own
+    (inc,) = feed(c, states, high("b", 10))
+    assert inc["title"] == "High severity detection" and inc["event_ids"] == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("time_zone", "Mars/Olympus"),
+        ("daily_count_cron", "at two"),
+        ("daily_count_cron", "0 25 * * *"),
+    ],
+)
+def test_bad_schedule_settings_are_refused(field: str, value: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        CorrelatorSettings(**{field: value})

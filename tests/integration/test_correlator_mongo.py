@@ -1,0 +1,93 @@
+"""The correlator's Mongo adapter on the real Mongo-wire server (FerretDB locally)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pymongo.asynchronous.database import AsyncDatabase
+
+from tmsp_common.mongo import Document, close, connect
+from tmsp_common.testing import Infra
+from tmsp_correlator.adapters.mongo import MongoIncidents, create_indexes
+
+pytestmark = [pytest.mark.integration, pytest.mark.mongo]
+
+
+@pytest.fixture
+async def db(infra: Infra, names: Any) -> AsyncIterator[AsyncDatabase[Document]]:
+    database = await connect(infra.mongo_url, names.database("corr_mongo"))
+    await create_indexes(database)
+    yield database
+    await database.client.drop_database(database.name)
+    await close(database)
+
+
+def incident(iid: str, version: int, count: int = 3, account: str = "acc1") -> dict[str, Any]:
+    return {
+        "id": iid,
+        "account_id": account,
+        "rule_ids": ["burst", "high"],
+        "title": "Burst",
+        "description": "",
+        "severity": "high",
+        "group": {"endpoint_host": "pc1"},
+        "endpoints": [["pc1", "", ""]],
+        "first": 1_790_000_000.0,
+        "last": 1_790_000_020.0,
+        "count": count,
+        "event_ids": [f"e{i}" for i in range(count)],
+        "timeline": [
+            [1_790_000_000.0 + i, f"e{i}", "high", "s", "pc1", "", ""] for i in range(count)
+        ],
+        "tags": ["attack.execution"],
+        "actions": ["Isolate"],
+        "status": "new",
+        "version": version,
+    }
+
+
+async def test_batch_upsert_stores_new_and_newer_versions_and_skips_stale_ones(
+    db: AsyncDatabase[Document],
+) -> None:
+    repo = MongoIncidents(db)
+    assert await repo.upsert_many([incident("a", 1), incident("b", 2)]) == {"a", "b"}
+    # a replay (same version), a stale one and a newer one in one batch
+    stored = await repo.upsert_many([incident("a", 1), incident("b", 1), incident("a", 2, count=4)])
+    assert stored == {"a"}
+    a = await repo.get("a")
+    b = await repo.get("b")
+    assert a is not None and a["version"] == 2 and a["event_count"] == 4
+    assert b is not None and b["version"] == 2 and b["event_count"] == 3
+
+
+async def test_analyst_status_survives_later_updates(db: AsyncDatabase[Document]) -> None:
+    repo = MongoIncidents(db)
+    await repo.upsert_many([incident("a", 1)])
+    await db["incidents"].update_one({"_id": "a"}, {"$set": {"status": "investigating"}})
+    await repo.upsert_many([incident("a", 2, count=5)])
+    doc = await repo.get("a")
+    assert doc is not None and doc["status"] == "investigating" and doc["event_count"] == 5
+    assert await repo.counts("acc1") == (1, 1)
+
+
+async def test_a_duplicate_key_inside_a_batch_falls_back_to_single_writes(
+    db: AsyncDatabase[Document],
+) -> None:
+    """FerretDB 1.x answers such a bulk without nModified (pymongo KeyError): still stored."""
+    repo = MongoIncidents(db)
+    stored = await repo.upsert_many([incident("x", 1), incident("x", 2, count=4)])
+    assert "x" in stored
+    doc = await repo.get("x")
+    assert doc is not None and doc["version"] == 2 and doc["event_count"] == 4
+
+
+async def test_counts_per_account_for_the_daily_update(db: AsyncDatabase[Document]) -> None:
+    repo = MongoIncidents(db)
+    await repo.upsert_many(
+        [incident("a1", 1), incident("a2", 1), incident("b1", 1, account="acc2")]
+    )
+    await db["incidents"].update_one({"_id": "a2"}, {"$set": {"status": "resolved"}})
+    assert await repo.all_counts() == {"acc1": (1, 2), "acc2": (1, 1)}
+    assert await repo.counts("acc1") == (1, 2)
