@@ -9,8 +9,12 @@ from typing import Any
 import pytest
 
 from tmsp.events.v1 import status_pb2
+from tmsp.events.v1.envelope_pb2 import Envelope
 from tmsp_common.errors import InvalidArgument, Unavailable
+from tmsp_common.kafka import topics
+from tmsp_common.kafka.consumer import ConsumedEvent, InvalidEvent
 from tmsp_ingest.domain.intake import UploadTooLarge
+from tmsp_ingest.entrypoints.consumers import tasks_handler
 from tmsp_ingest.service_layer.intake import UploadBuffer, UploadOutcome
 from tmsp_ingest.service_layer.status import HeartbeatReport
 from tmsp_ingest.testing import OPERATOR, REG, World
@@ -149,3 +153,25 @@ async def test_one_upload_larger_than_the_buffer_still_fits_alone() -> None:
         await buffer.acquire(1, timeout=0.01)
     buffer.release(100)
     assert await buffer.acquire(1, timeout=0.01) == 1
+
+
+async def test_a_task_reaches_only_its_own_accounts_product(world: World) -> None:
+    """A task naming another account's product, or no known product, is dead-lettered."""
+    product, _ = await world.registry.register(OPERATOR, REG)
+    handle = tasks_handler(world.tasks, world.products)
+
+    def event(task_id: str, account_id: str, product_id: str) -> ConsumedEvent[Any]:
+        task = status_pb2.MitigationTask(
+            task_id=task_id, account_id=account_id, product_id=product_id, kind=1
+        )
+        return ConsumedEvent(topics.MITIGATION_TASKS, 0, 0, None, Envelope(), task)
+
+    await handle([event("t1", "acct-a", product.product_id)])
+    assert set(world.tasks.items) == {"t1"}
+    for bad, reason in (
+        (event("t2", "acct-b", product.product_id), "account is not the product's"),
+        (event("t3", "acct-a", "prd-nobody"), "unknown product"),
+    ):
+        with pytest.raises(InvalidEvent, match=reason):
+            await handle([bad])
+    assert set(world.tasks.items) == {"t1"}

@@ -8,7 +8,7 @@ from tmsp.events.v1 import accounts_pb2, status_pb2
 from tmsp_common.kafka.consumer import ConsumedEvent, InvalidEvent
 from tmsp_common.kafka.envelope import from_timestamp
 from tmsp_ingest.domain.products import AccountView
-from tmsp_ingest.service_layer.ports import AccountRepository, TaskRepository
+from tmsp_ingest.service_layer.ports import AccountRepository, ProductRepository, TaskRepository
 
 
 def account_view(snapshot: accounts_pb2.AccountSnapshot) -> AccountView:
@@ -34,12 +34,20 @@ def accounts_handler(accounts: AccountRepository) -> Any:
     return handle
 
 
-def tasks_handler(tasks: TaskRepository) -> Any:
+def tasks_handler(tasks: TaskRepository, products: ProductRepository) -> Any:
+    """Store each task for its product's next heartbeat. A task naming an unknown product,
+    or a product of another account than the task's, is dead-lettered (never handed out)."""
+
     async def handle(events: list[ConsumedEvent[Any]]) -> None:
         for event in events:
             task: status_pb2.MitigationTask = event.payload
             if not task.task_id or not task.product_id:
                 raise InvalidEvent(event, "mitigation task without task_id or product_id")
+            product = await products.get(task.product_id)
+            if product is None:
+                raise InvalidEvent(event, "mitigation task for an unknown product")
+            if task.account_id != product.account_id:
+                raise InvalidEvent(event, "mitigation task's account is not the product's")
             await tasks.add(task)
 
     return handle

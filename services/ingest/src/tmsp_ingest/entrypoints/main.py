@@ -101,7 +101,7 @@ async def serve(settings: IngestSettings, stop: asyncio.Event) -> None:
             bootstrap=settings.kafka_bootstrap,
             group_id=settings.tasks_group,
             topics=[topics.MITIGATION_TASKS],
-            handler=tasks_handler(parts.tasks),
+            handler=tasks_handler(parts.tasks, parts.registry.products),
             dead_letters=producer,
             topic_prefix=settings.topic_prefix,
         ),
