@@ -7,6 +7,7 @@ with a real signed token, metrics are scraped from the gateway's Prometheus endp
 
 from __future__ import annotations
 
+import gzip
 import json
 import select
 import socket
@@ -52,6 +53,23 @@ CEF = (
 async def gateway(infra, names, tmp_path: Path) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
     gw = Gateway(
         infra.kafka_bootstrap, infra.mongo_url, names.prefix, names.database("ingest"), tmp_path
+    )
+    gw.start()
+    await gw.publish_account("acct-a", "owner@a.example")
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+async def small_gateway(infra, names, tmp_path: Path) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+    """A gateway that accepts uploads of at most 64 KiB."""
+    gw = Gateway(
+        infra.kafka_bootstrap,
+        infra.mongo_url,
+        names.prefix,
+        names.database("ingest"),
+        tmp_path / "small",
+        extra_env={"TMSP_INGEST_MAX_UPLOAD_BYTES": str(64 * 1024)},
     )
     gw.start()
     await gw.publish_account("acct-a", "owner@a.example")
@@ -414,3 +432,25 @@ async def test_admin_api_tenancy_and_snapshots(gateway: Gateway) -> None:
     assert snaps[-1].state == products_pb2.PRODUCT_STATE_DEREGISTERED
     assert all(s.server_user_name == reg.credentials.user_name for s in snaps)
     assert reg.credentials.password.encode() not in b"".join(rec.value for rec in records)
+
+
+async def test_oversize_streamed_or_after_gunzip_is_413(
+    small_gateway: Gateway, tmp_path: Path
+) -> None:
+    gw = small_gateway
+    reg = await gw.register("acct-a", "owner@a.example")
+    user = f"{reg.credentials.user_name}:{reg.credentials.password}"
+    big = tmp_path / "big.log"
+    big.write_bytes(b"x" * (100 * 1024))
+    # Chunked: no Content-Length to refuse up front, the limit holds while streaming.
+    status, _, body = curl(gw, "-u", user, "-H", "Transfer-Encoding: chunked",
+                           "--data-binary", f"@{big}", "/v1/uploads")  # fmt: skip
+    assert status == 413 and "larger than 65536" in json.loads(body)["error"]
+    bomb = tmp_path / "bomb.gz"
+    bomb.write_bytes(gzip.compress(b"CEF:0|a|b|1|1|n|1|\n" * 20_000))
+    assert bomb.stat().st_size < 64 * 1024
+    status, _, body = curl(gw, "-u", user, "--data-binary", f"@{bomb}", "/v1/uploads")
+    assert status == 413 and "decompressed" in json.loads(body)["error"]
+    async with TopicReader(gw.kafka_bootstrap, topics.DETECTIONS, gw.prefix) as r:
+        with pytest.raises(TimeoutError):
+            await r.read_until(lambda rs: len(rs) > 0, timeout=2)
