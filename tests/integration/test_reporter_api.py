@@ -286,6 +286,16 @@ async def test_projections_and_customer_accounts_screen(
     assert list(got.recommended_actions) == ["Isolate the endpoint", "Reset credentials"]
     assert "attack.lateral_movement" in got.attack_tags
 
+    endpoints = await stub.ListNonconformingEndpoints(
+        reporter_pb2.ListNonconformingEndpointsRequest(account_id="acct-a"), metadata=operator
+    )
+    assert [e.endpoint_key for e in endpoints.endpoints] == ["pc-1"]  # pc-2 was cleared
+    with_cleared = await stub.ListNonconformingEndpoints(
+        reporter_pb2.ListNonconformingEndpointsRequest(account_id="acct-a", include_cleared=True),
+        metadata=operator,
+    )
+    assert sorted(e.endpoint_key for e in with_cleared.endpoints) == ["pc-1", "pc-2"]
+
     async with TopicReader(infra.kafka_bootstrap, INCIDENTS.dead_letter, names.prefix) as dlq:  # type: ignore[arg-type]
         records = await dlq.read_until(lambda rs: len(rs) >= 1)
     assert b"not an envelope" in dict(records[0].headers)[DLQ_REASON]
@@ -458,6 +468,24 @@ async def test_tenant_isolation_and_roles_over_grpc(
     ) == ["soc@acme.example"]
     bad = reporter_pb2.AddReportRecipientRequest(email="soc@acme.example\r\nBcc: x@evil.example")
     assert await code(stub.AddReportRecipient, bad, admin_a) == grpc.StatusCode.INVALID_ARGUMENT
+
+    # the report schedule: validated time zone, defaults until changed
+    schedule = (
+        await stub.GetReportSchedule(reporter_pb2.GetReportScheduleRequest(), metadata=analyst_a)
+    ).schedule
+    assert schedule.daily_administrative and schedule.account_id == "acct-a"
+    wanted = reporter_pb2.ReportSchedule(weekly_executive=True, time_zone="Mars/Olympus")
+    set_bad = reporter_pb2.SetReportScheduleRequest(schedule=wanted)
+    assert await code(stub.SetReportSchedule, set_bad, admin_a) == grpc.StatusCode.INVALID_ARGUMENT
+    wanted.time_zone = "Asia/Tokyo"
+    await stub.SetReportSchedule(
+        reporter_pb2.SetReportScheduleRequest(schedule=wanted), metadata=admin_a
+    )
+    schedule = (
+        await stub.GetReportSchedule(reporter_pb2.GetReportScheduleRequest(), metadata=admin_a)
+    ).schedule
+    assert (schedule.daily_administrative, schedule.weekly_executive) == (False, True)
+    assert schedule.time_zone == "Asia/Tokyo"
 
     # no token, a bad token
     assert (

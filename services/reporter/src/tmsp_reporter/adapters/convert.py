@@ -74,7 +74,13 @@ def product_fields(s: products_pb2.ProductSnapshot) -> Document:
     }
 
 
+def _latest(*values: datetime | None) -> datetime | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
 def product_row(d: Document) -> ProductRow:
+    """One product from its merged documents (registration, status, liveness)."""
     return ProductRow(
         product_id=d["_id"],
         account_id=d.get("account_id", ""),
@@ -83,8 +89,8 @@ def product_row(d: Document) -> ProductRow:
         state=int(d.get("state", 0)),
         liveness=int(d.get("liveness", 0)),
         liveness_since=d.get("liveness_since"),
-        last_received=d.get("last_received"),
-        last_heartbeat=d.get("last_heartbeat"),
+        last_received=_latest(d.get("last_received"), d.get("last_upload_at")),
+        last_heartbeat=d.get("heartbeat_at"),
         security_compliance=d.get("security_compliance"),
         is_discovery_appliance=int(d.get("kind", 0)) == TDA,
     )
