@@ -41,8 +41,8 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -56,7 +56,7 @@ import grpc
 import pyotp
 
 from tmsp.auth.v1 import auth_pb2, auth_pb2_grpc
-from tmsp.events.v1 import detections_pb2, incidents_pb2, products_pb2
+from tmsp.events.v1 import detections_pb2, incidents_pb2, products_pb2, status_pb2
 from tmsp.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from tmsp.reporter.v1 import reporter_pb2, reporter_pb2_grpc
 from tmsp_auth.config import AuthSettings
@@ -449,6 +449,9 @@ class Run:
     incidents: dict[str, incidents_pb2.Incident] = field(default_factory=dict)
     nonconforming: dict[str, incidents_pb2.NonconformingEndpoint] = field(default_factory=dict)
     portal_products: dict[str, reporter_pb2.Product] = field(default_factory=dict)
+    flagged: dict[str, incidents_pb2.NonconformingEndpoint] = field(default_factory=dict)
+    """The endpoints that were nonconforming once the incidents were in."""
+    remediated: list[str] = field(default_factory=list)
     mails: list[Mail] = field(default_factory=list)
     seen_mail: set[Path] = field(default_factory=set)
     pdf: Path | None = None
@@ -744,108 +747,254 @@ def basic(reg: ingest_pb2.RegisterProductResponse, password: str = "") -> dict[s
     return {"Authorization": aiohttp.encode_basic_auth(reg.credentials.user_name, secret)}
 
 
-async def step_appliances(run: Run) -> None:
-    cfg = run.cfg
-    hq, branch, tmi = (r for _, r in run.products)
-    names = [n for n, _ in run.products]
-    t0 = time.time() - 600
-    host = cfg.ingest_host
+@dataclass
+class Appliance:
+    """A simulated registered product talking to the log and status servers."""
+
+    name: str
+    reg: ingest_pb2.RegisterProductResponse
+    cfg: Config
+    http: aiohttp.ClientSession
+
+    def _url(self, port: int, path: str) -> str:
+        return f"https://{self.cfg.ingest_host}:{port}{path}"
+
+    async def test_connection(self, port: int, password: str = "") -> tuple[int, str]:
+        async with self.http.get(
+            self._url(port, "/v1/test-connection"), headers=basic(self.reg, password)
+        ) as resp:
+            return resp.status, str((await resp.json()).get("status"))
+
+    async def heartbeat(
+        self, compliance: bool | None = None, acknowledged: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        beat: dict[str, Any] = {
+            "product_version": "2.5.1",
+            "uptime_seconds": 86_400,
+            "counters": {"sessions_inspected": 120_000},
+            "acknowledged_task_ids": list(acknowledged),
+        }
+        if compliance is not None:
+            beat["security_compliance_enabled"] = compliance
+        async with self.http.post(
+            self._url(self.cfg.status_port, "/v1/heartbeat"), json=beat, headers=basic(self.reg)
+        ) as resp:
+            answer: dict[str, Any] = await resp.json()
+            if resp.status != 200:
+                raise DemoError(f"heartbeat of {self.name}: {resp.status} {answer}")
+        return answer
+
+    async def upload_https(self, file_name: str, data: bytes) -> dict[str, Any]:
+        """``POST /v1/uploads``; the 202 comes once Kafka has every record."""
+        async with self.http.post(
+            self._url(self.cfg.https_port, "/v1/uploads"),
+            params={"file": file_name},
+            data=data,
+            headers=basic(self.reg),
+        ) as resp:
+            answer: dict[str, Any] = await resp.json()
+            if resp.status != 202:
+                raise DemoError(f"HTTPS upload of {self.name}: {resp.status} {answer}")
+        return answer
+
+    async def upload_sftp(self, file_name: str, data: bytes) -> None:
+        """Closing the written file is the commit point: it returns once Kafka has it all."""
+        creds = self.reg.credentials
+        async with (
+            asyncssh.connect(
+                self.cfg.ingest_host,
+                self.cfg.sftp_port,
+                username=creds.user_name,
+                password=creds.password,
+                known_hosts=None,
+                client_keys=None,
+            ) as conn,
+            conn.start_sftp_client() as sftp,
+            sftp.open(file_name, "wb") as fh,
+        ):
+            await fh.write(data)
+
+
+@asynccontextmanager
+async def appliances(run: Run) -> AsyncIterator[list[Appliance]]:
     async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=ssl_context(cfg)),
+        connector=aiohttp.TCPConnector(ssl=ssl_context(run.cfg)),
         timeout=aiohttp.ClientTimeout(total=60),
     ) as http:
-        with stage("ingest: Test Connection"):
-            for name, reg in run.products:
-                async with http.get(
-                    f"https://{host}:{cfg.status_port}/v1/test-connection", headers=basic(reg)
-                ) as resp:
-                    body = await resp.json()
-                    if resp.status != 200:
-                        raise DemoError(
-                            f"status server Test Connection of {name}: {resp.status} {body}"
-                        )
-                ok(f"{name}: Test Connection to the status server: {body['status']}")
-            async with http.get(
-                f"https://{host}:{cfg.https_port}/v1/test-connection",
-                headers=basic(branch, "not-the-password"),
-            ) as resp:
-                wrong = (resp.status, (await resp.json()).get("status"))
-            ok(f"TDA-Branch with a mistyped password: {wrong[0]} {wrong[1]!r}")
-        with stage("ingest: heartbeats to the status server"):
-            for (name, reg), compliance in zip(run.products, (True, False, None), strict=True):
-                beat: dict[str, Any] = {
-                    "product_version": "2.5.1",
-                    "uptime_seconds": 86_400,
-                    "counters": {"sessions_inspected": 120_000},
-                }
-                if compliance is not None:
-                    beat["security_compliance_enabled"] = compliance
-                async with http.post(
-                    f"https://{host}:{cfg.status_port}/v1/heartbeat", json=beat, headers=basic(reg)
-                ) as resp:
-                    answer = await resp.json()
-                    if resp.status != 200:
-                        raise DemoError(f"heartbeat of {name}: {resp.status} {answer}")
-                extra = "" if compliance is None else f", security compliance {compliance}"
-                ok(
-                    f"{name}: heartbeat accepted{extra}; next in "
-                    f"{answer['next_interval_seconds']} s, {len(answer['tasks'])} tasks"
-                )
+        yield [Appliance(name, reg, run.cfg, http) for name, reg in run.products]
 
-        with stage("ingest: SFTP upload (TDA-HQ)"):
-            data = cef_file(HQ_DETECTIONS, t0)
-            async with (
-                asyncssh.connect(
-                    host,
-                    cfg.sftp_port,
-                    username=hq.credentials.user_name,
-                    password=hq.credentials.password,
-                    known_hosts=None,
-                    client_keys=None,
-                ) as conn,
-                conn.start_sftp_client() as sftp,
-            ):
-                file_name = f"tda-hq-{run.tag}.cef"
-                async with sftp.open(file_name, "wb") as fh:
-                    await fh.write(data)
-                # closing the file is the commit point: it returns once Kafka has it all
-            lines = len(HQ_DETECTIONS)
-            run.accepted[names[0]] = lines
+
+async def step_appliances(run: Run, fleet: list[Appliance]) -> None:
+    cfg = run.cfg
+    hq, branch, tmi = fleet
+    t0 = time.time() - 600
+    with stage("ingest: Test Connection"):
+        for appliance in fleet:
+            status, text = await appliance.test_connection(cfg.status_port)
+            if status != 200:
+                raise DemoError(f"Test Connection of {appliance.name}: {status} {text}")
+            ok(f"{appliance.name}: Test Connection to the status server: {text}")
+        status, text = await branch.test_connection(cfg.https_port, "not-the-password")
+        ok(f"TDA-Branch with a mistyped password: {status} {text!r}")
+    with stage("ingest: heartbeats to the status server"):
+        for appliance, compliance in zip(fleet, (True, False, None), strict=True):
+            answer = await appliance.heartbeat(compliance)
+            extra = "" if compliance is None else f", security compliance {compliance}"
             ok(
-                f"TDA-HQ: {file_name} ({len(data)} bytes, {lines} CEF records) uploaded over "
-                "SFTP; the close returned, so every record is on the bus"
+                f"{appliance.name}: heartbeat accepted{extra}; next in "
+                f"{answer['next_interval_seconds']} s, {len(answer['tasks'])} tasks"
             )
+    with stage("ingest: SFTP upload (TDA-HQ)"):
+        data = cef_file(HQ_DETECTIONS, t0)
+        file_name = f"tda-hq-{run.tag}.cef"
+        await hq.upload_sftp(file_name, data)
+        run.accepted[hq.name] = len(HQ_DETECTIONS)
+        ok(
+            f"TDA-HQ: {file_name} ({len(data)} bytes, {len(HQ_DETECTIONS)} CEF records) "
+            "uploaded over SFTP; the close returned, so every record is on the bus"
+        )
+    for appliance, data, what in (
+        (branch, cef_file(BRANCH_DETECTIONS, t0, NOT_A_RECORD), "detections"),
+        (tmi, cef_file(MITIGATION_RESULTS, t0), "mitigation results"),
+    ):
+        file_name = f"{appliance.name.lower()}-{run.tag}.cef"
+        with stage(f"ingest: HTTPS upload ({appliance.name})"):
+            answer = await appliance.upload_https(file_name, data)
+        run.accepted[appliance.name] = int(answer["accepted"])
+        run.rejected[appliance.name] = int(answer["rejected"])
+        rejected = (
+            f", {answer['rejected']} rejected (the line that is no log record goes to the "
+            "rejected topic)"
+            if answer["rejected"]
+            else ""
+        )
+        ok(
+            f"{appliance.name}: {file_name} over HTTPS: 202, {answer['accepted']} {what} "
+            f"accepted{rejected}"
+        )
 
-        for name, reg, text, file_name in (
-            (
-                names[1],
-                branch,
-                cef_file(BRANCH_DETECTIONS, t0, NOT_A_RECORD),
-                f"tda-branch-{run.tag}.cef",
-            ),
-            (names[2], tmi, cef_file(MITIGATION_RESULTS, t0), f"tmi-hq-{run.tag}.cef"),
-        ):
-            with stage(f"ingest: HTTPS upload ({name})"):
-                async with http.post(
-                    f"https://{host}:{cfg.https_port}/v1/uploads",
-                    params={"file": file_name},
-                    data=text,
-                    headers=basic(reg),
-                ) as resp:
-                    answer = await resp.json()
-                    if resp.status != 202:
-                        raise DemoError(f"HTTPS upload of {name}: {resp.status} {answer}")
-                run.accepted[name] = int(answer["accepted"])
-                run.rejected[name] = int(answer["rejected"])
-                what = "mitigation results" if name == names[2] else "detections"
-                ok(
-                    f"{name}: {file_name} over HTTPS: 202, {answer['accepted']} {what} "
-                    f"accepted, {answer['rejected']} rejected (the line that is no log "
-                    "record goes to the rejected topic)"
-                    if answer["rejected"]
-                    else f"{name}: {file_name} over HTTPS: 202, {answer['accepted']} {what} "
-                    "accepted"
+
+def task_kind(kind: object) -> str:
+    """A task kind as the status server's JSON carries it (number or name), in words."""
+    try:
+        name = status_pb2.MitigationTaskKind.Name(int(str(kind)))  # type: ignore[arg-type]
+    except ValueError:
+        name = str(kind)
+    return name.removeprefix("MITIGATION_TASK_KIND_").lower().replace("_", " ")
+
+
+async def step_respond(
+    c: Clients, run: Run, fleet: list[Appliance], operator: Signed, admin: Signed
+) -> None:
+    """The provider's security expert deploys a custom cleanup pattern to the Threat
+    Mitigator; it picks the task up with its next heartbeat, cleans the endpoint and
+    reports it; the endpoint conforms again."""
+    cfg = run.cfg
+    tmi = fleet[2]
+    product_id = tmi.reg.product.product_id
+    pattern = {
+        "pattern_name": "emotet-cleanup-2026-12",
+        "endpoint": FAILED_HOST,
+        "threat_name": "TROJ_EMOTET",
+    }
+    cleanup = status_pb2.MITIGATION_TASK_KIND_CUSTOM_CLEANUP_PATTERN
+    request = reporter_pb2.CreateMitigationTaskRequest(
+        account_id=run.account_id, product_id=product_id, kind=cleanup, parameters=pattern
+    )
+    with stage("reporter: CreateMitigationTask as the customer's administrator"):
+        try:
+            await c.portal.CreateMitigationTask(request, metadata=await admin.md(), timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
+                raise
+            ok(
+                f"the customer's administrator may not issue tasks: {exc.code().name} "
+                f"{exc.details()!r}"
+            )
+        else:
+            raise DemoError("reporter: an account administrator could issue a mitigation task")
+    with stage("reporter: CreateMitigationTask"):
+        deadline = time.monotonic() + cfg.timeout_s
+        while True:
+            try:
+                created = await c.portal.CreateMitigationTask(
+                    request, metadata=await operator.md(), timeout=30
                 )
+                break
+            except grpc.aio.AioRpcError as exc:
+                # the portal learns of the product from the bus
+                lagging = exc.code() in (
+                    grpc.StatusCode.NOT_FOUND,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                )
+                if not lagging or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+        task_id = created.task.task_id
+        ok(
+            f"provider operator deployed custom cleanup pattern {pattern['pattern_name']!r} "
+            f"to TMI-HQ for {FAILED_HOST} ({task_id})"
+        )
+    with stage("ingest: TMI-HQ heartbeats until the task is handed out"):
+        progress = Progress("TMI-HQ heartbeating until the status server hands the task out")
+        deadline = time.monotonic() + cfg.timeout_s
+        while True:
+            answer = await tmi.heartbeat()
+            tasks = {t["task_id"]: t for t in answer["tasks"]}
+            if task_id in tasks:
+                break
+            if time.monotonic() > deadline:
+                progress.done()
+                raise DemoError(
+                    f"ingest: the status server did not hand task {task_id} to TMI-HQ within "
+                    f"{cfg.timeout_s:.0f}s (ingest consumes it from the mitigation-tasks topic)"
+                )
+            progress.update("not handed out yet")
+            await asyncio.sleep(1)
+        progress.done()
+        ok(
+            f"TMI-HQ got the task with its heartbeat: {task_kind(tasks[task_id]['kind'])}, "
+            f"pattern {tasks[task_id]['parameters'].get('pattern_name')!r}"
+        )
+    with stage("ingest: TMI-HQ reports the cleanup"):
+        cleaned = [
+            (
+                TMI,
+                "3003",
+                "TROJ_EMOTET",
+                3,
+                0,
+                f"shost={FAILED_HOST} src=10.10.9.3 act=clean outcome=cleaned "
+                f"cs1={pattern['pattern_name']} cs1Label=pattern",
+            )
+        ]
+        file_name = f"tmi-hq-{run.tag}-cleanup.cef"
+        result = await tmi.upload_https(file_name, cef_file(cleaned, time.time()))
+        run.accepted[tmi.name] += int(result["accepted"])
+        await tmi.heartbeat(acknowledged=[task_id])
+        ok(
+            f"TMI-HQ: cleaned TROJ_EMOTET on {FAILED_HOST}, result uploaded ({file_name}); "
+            "task acknowledged in the next heartbeat"
+        )
+    with stage("reporter: ListNonconformingEndpoints"):
+        progress = Progress(f"waiting for {FAILED_HOST} to conform again in the portal")
+        deadline = time.monotonic() + cfg.timeout_s
+        while True:
+            await portal_view(c, run, admin)
+            still = [n for n in run.nonconforming.values() if n.endpoint.host == FAILED_HOST]
+            if not still or all(n.cleared for n in still):
+                break
+            if time.monotonic() > deadline:
+                progress.done()
+                raise DemoError(
+                    f"after {cfg.timeout_s:.0f}s the portal still lists {FAILED_HOST} as "
+                    "nonconforming (see the correlator's and the reporter's logs)"
+                )
+            progress.update("still nonconforming")
+            await asyncio.sleep(0.5)
+        progress.done()
+        run.remediated.append(FAILED_HOST)
+        ok(f"{FAILED_HOST} conforms again: the portal lists no nonconforming endpoint")
 
 
 def reporter_liveness_name(state: int) -> str:
@@ -958,7 +1107,8 @@ async def step_results(c: Clients, run: Run, admin: Signed) -> None:
             info(f"  {entry.at.ToDatetime():%H:%M:%S} UTC  {entry.summary}")
         if inc.recommended_actions:
             info(f"  recommended: {inc.recommended_actions[0]}")
-    for nce in run.nonconforming.values():
+    run.flagged = {k: n for k, n in run.nonconforming.items() if not n.cleared}
+    for nce in run.flagged.values():
         if not nce.cleared:
             reason = incidents_pb2.NonconformingReason.Name(nce.reason)
             ok(
@@ -1080,9 +1230,13 @@ def step_summary(run: Run) -> None:
             f"  incident       [{SEVERITY_NAME.get(inc.severity, '?')}] {inc.title} "
             f"(rule {rule}, {', '.join(e.host for e in inc.endpoints)})"
         )
-    for nce in run.nonconforming.values():
-        if not nce.cleared:
-            print(f"  nonconforming  {nce.endpoint.host}: {', '.join(nce.threat_names)}")
+    for nce in run.flagged.values():
+        cleaned = (
+            "; cleaned by the custom cleanup pattern, conforms again"
+            if nce.endpoint.host in run.remediated
+            else ""
+        )
+        print(f"  nonconforming  {nce.endpoint.host}: {', '.join(nce.threat_names)}{cleaned}")
     for mail in run.mails:
         to = "" if mail.to == run.admin_email else f" (to {mail.to})"
         print(f"  mail           {mail.subject}{to}")
@@ -1102,19 +1256,24 @@ async def demo(cfg: Config) -> Run:
     tag = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
     run = Run(cfg, tag, RulePack.load(cfg.rules_dir))
     check_services(cfg)
-    total = 5
+    total = 6
     c = Clients(cfg)
     try:
         header(1, total, "Customer account, administrator and two-factor login (auth)")
-        operator, session = await step_account(c, run)
-        admin = Signed(c.auth, session)
+        op_session, session = await step_account(c, run)
+        operator, admin = Signed(c.auth, op_session), Signed(c.auth, session)
         header(2, total, "Register the appliances (ingest admin API)")
-        await step_products(c, run, operator)
-        header(3, total, "Simulated appliances: Test Connection, heartbeats, log uploads")
-        await step_appliances(run)
-        header(4, total, "Incidents in the portal, and the mails (correlator, reporter, notifier)")
-        await step_results(c, run, admin)
-        header(5, total, "Customer Accounts screen and an on-demand report (reporter)")
+        await step_products(c, run, op_session)
+        async with appliances(run) as fleet:
+            header(3, total, "Simulated appliances: Test Connection, heartbeats, log uploads")
+            await step_appliances(run, fleet)
+            header(
+                4, total, "Incidents in the portal and the mails (correlator, reporter, notifier)"
+            )
+            await step_results(c, run, admin)
+            header(5, total, "Response: a custom cleanup pattern through Threat Mitigator")
+            await step_respond(c, run, fleet, operator, admin)
+        header(6, total, "Customer Accounts screen and an on-demand report (reporter)")
         await step_report(c, run, admin)
     finally:
         await c.close()

@@ -190,12 +190,19 @@ def test_demo_shows_the_main_job_end_to_end_and_runs_again(stack: Stack) -> None
     assert {row.split(" (rule ")[0] for row in incidents} == EXPECTED_INCIDENTS
     assert any("(rule tmsp_c2_then_lateral, eng-ws-12)" in row for row in incidents)
     assert any("(rule tmsp_high_severity_burst, fin-ws-07)" in row for row in incidents)
-    assert summary_rows(out, "nonconforming") == ["hr-lt-03: TROJ_EMOTET"]
+    assert summary_rows(out, "nonconforming") == [
+        "hr-lt-03: TROJ_EMOTET; cleaned by the custom cleanup pattern, conforms again"
+    ]
     (events,) = summary_rows(out, "events")
-    assert events.startswith("8 accepted, 1 rejected")
+    assert events.startswith("9 accepted, 1 rejected")
     assert "2FA on, 10 recovery codes" in out
     assert "logged in with password + TOTP" in out
     assert "TDA-Branch with a mistyped password: 401 'bad credentials'" in out
+
+    # the response: operators only; the task reaches the Threat Mitigator; the endpoint clears
+    assert "administrator may not issue tasks: PERMISSION_DENIED 'provider operators only'" in out
+    assert "TMI-HQ got the task with its heartbeat: custom cleanup pattern" in out
+    assert "hr-lt-03 conforms again" in out
 
     # the mails really are in the sink, addressed to the account's administrator
     (admin_row,) = summary_rows(out, "administrator")
@@ -214,7 +221,7 @@ def test_demo_shows_the_main_job_end_to_end_and_runs_again(stack: Stack) -> None
     # the portal's read model and the report
     assert "Customer Accounts row:" in out
     assert "5 open now" in out
-    assert "3 products, 1 nonconforming" in out
+    assert "3 products, 0 nonconforming" in out
     (report_mail,) = [r for r in mail_rows if r.startswith("Report ready: ")]
     recipient = report_mail.rsplit("(to ", 1)[1].rstrip(")")
     (sent,) = mails_to(stack.mail_dir, recipient)
