@@ -449,6 +449,7 @@ class Run:
     incidents: dict[str, incidents_pb2.Incident] = field(default_factory=dict)
     nonconforming: dict[str, incidents_pb2.NonconformingEndpoint] = field(default_factory=dict)
     portal_products: dict[str, reporter_pb2.Product] = field(default_factory=dict)
+    provider_account_id: str = ""
     flagged: dict[str, incidents_pb2.NonconformingEndpoint] = field(default_factory=dict)
     """The endpoints that were nonconforming once the incidents were in."""
     remediated: list[str] = field(default_factory=list)
@@ -1165,6 +1166,19 @@ async def step_report(c: Clients, run: Run, admin: Signed) -> None:
             f"{compliance.removeprefix('SECURITY_COMPLIANCE_').lower()} | "
             f"{row.product_count} products, {row.nonconforming_endpoints} nonconforming"
         )
+    with stage("reporter: GetCustomerAccount of another tenant"):
+        try:
+            await c.portal.GetCustomerAccount(
+                pb2.GetCustomerAccountRequest(account_id=run.provider_account_id),
+                metadata=await admin.md(),
+                timeout=30,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            ok(f"another tenant's account, asked for by this administrator: {exc.code().name}")
+        else:
+            raise DemoError("reporter: an administrator could read another tenant's account")
     with stage("reporter: AddReportRecipient"):
         recipient = f"ciso-{run.tag}@demo-corp.example.com"
         await c.portal.AddReportRecipient(
@@ -1262,6 +1276,7 @@ async def demo(cfg: Config) -> Run:
         header(1, total, "Customer account, administrator and two-factor login (auth)")
         op_session, session = await step_account(c, run)
         operator, admin = Signed(c.auth, op_session), Signed(c.auth, session)
+        run.provider_account_id = op_session.account_id
         header(2, total, "Register the appliances (ingest admin API)")
         await step_products(c, run, op_session)
         async with appliances(run) as fleet:

@@ -222,6 +222,7 @@ def test_demo_shows_the_main_job_end_to_end_and_runs_again(stack: Stack) -> None
     assert "Customer Accounts row:" in out
     assert "5 open now" in out
     assert "3 products, 0 nonconforming" in out
+    assert "another tenant's account, asked for by this administrator: NOT_FOUND" in out
     (report_mail,) = [r for r in mail_rows if r.startswith("Report ready: ")]
     recipient = report_mail.rsplit("(to ", 1)[1].rstrip(")")
     (sent,) = mails_to(stack.mail_dir, recipient)
