@@ -998,11 +998,6 @@ async def step_respond(
         ok(f"{FAILED_HOST} conforms again: the portal lists no nonconforming endpoint")
 
 
-def reporter_liveness_name(state: int) -> str:
-    name = incidents_pb2.ProductLivenessState.Name(state)  # type: ignore[arg-type]
-    return name.removeprefix("PRODUCT_LIVENESS_STATE_").lower().replace("_", " ")
-
-
 async def portal_view(c: Clients, run: Run, admin: Signed) -> None:
     """What the administrator sees in the portal now: incidents, nonconforming endpoints,
     products (with the correlator's liveness), into ``run``."""
@@ -1057,6 +1052,10 @@ async def step_results(c: Clients, run: Run, admin: Signed) -> None:
         wanted = [f"incident {t!r}" for t in expected_titles if t not in titles]
         if not any(not n.cleared for n in run.nonconforming.values()):
             wanted.append(f"nonconforming endpoint {FAILED_HOST}")
+        for product_id, name in product_names.items():
+            seen = run.portal_products.get(product_id)
+            if seen is None or seen.liveness != online:
+                wanted.append(f"{name} online in the portal")
         subjects = [m.subject for m in sink.all_to(run.admin_email)]
         for title in expected_titles:
             if not any(s.endswith(f"Incident: {title}") for s in subjects):
@@ -1088,12 +1087,7 @@ async def step_results(c: Clients, run: Run, admin: Signed) -> None:
         await asyncio.sleep(0.5)
     progress.done()
     for product_id, name in product_names.items():
-        seen = run.portal_products.get(product_id)
-        if seen is None or seen.liveness != online:
-            # shown, not awaited: liveness is the correlator's conclusion about heartbeats
-            state = "unknown" if seen is None else reporter_liveness_name(seen.liveness)
-            info(f"{name}: the portal shows its liveness as {state} so far")
-            continue
+        seen = run.portal_products[product_id]
         compliance = (
             f", security compliance {'on' if seen.security_compliance_enabled else 'off'}"
             if seen.HasField("security_compliance_enabled")

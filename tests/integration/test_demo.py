@@ -195,6 +195,12 @@ def test_demo_shows_the_main_job_end_to_end_and_runs_again(stack: Stack) -> None
     ]
     (events,) = summary_rows(out, "events")
     assert events.startswith("9 accepted, 1 rejected")
+    for name, compliance in (
+        ("TDA-HQ", ", security compliance on"),
+        ("TDA-Branch", ", security compliance off"),
+        ("TMI-HQ", ""),
+    ):
+        assert f"{name} online in the portal (the correlator saw its heartbeat{compliance})" in out
     assert "2FA on, 10 recovery codes" in out
     assert "logged in with password + TOTP" in out
     assert "TDA-Branch with a mistyped password: 401 'bad credentials'" in out
