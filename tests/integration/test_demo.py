@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -162,13 +163,18 @@ def run_demo(env: dict[str, str], timeout: float = 400) -> subprocess.CompletedP
     )
 
 
-def mails_to(mail_dir: Path, recipient: str) -> list[str]:
-    subjects = []
+def messages_to(mail_dir: Path, recipient: str) -> list[EmailMessage]:
+    found = []
     for path in sorted(mail_dir.glob("*.eml")):
         msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
         if recipient in str(msg["To"]):
-            subjects.append(str(msg["Subject"]))
-    return subjects
+            found.append(msg)
+    return found
+
+
+def mails_to(mail_dir: Path, recipient: str) -> list[str]:
+    return [str(m["Subject"]) for m in messages_to(mail_dir, recipient)]
 
 
 def summary_rows(stdout: str, label: str) -> list[str]:
@@ -231,10 +237,14 @@ def test_demo_shows_the_main_job_end_to_end_and_runs_again(stack: Stack) -> None
     assert "another tenant's account, asked for by this administrator: NOT_FOUND" in out
     (report_mail,) = [r for r in mail_rows if r.startswith("Report ready: ")]
     recipient = report_mail.rsplit("(to ", 1)[1].rstrip(")")
-    (sent,) = mails_to(stack.mail_dir, recipient)
-    assert sent.startswith("Report ready: On-demand report")
+    (sent,) = messages_to(stack.mail_dir, recipient)
+    assert str(sent["Subject"]).startswith("Report ready: On-demand report")
     (pdf_row,) = summary_rows(out, "report")
-    assert Path(pdf_row).read_bytes().startswith(b"%PDF")
+    pdf = Path(pdf_row).read_bytes()
+    assert pdf.startswith(b"%PDF")
+    (attachment,) = list(sent.iter_attachments())
+    assert attachment.get_content_type() == "application/pdf"
+    assert attachment.get_content() == pdf  # the mailed PDF is the downloaded one
 
     # what it leaves on disk: the QR code, the credentials (owner-only)
     (run_dir,) = [p for p in stack.out_dir.iterdir() if p.is_dir()]
