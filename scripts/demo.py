@@ -70,6 +70,8 @@ from tmsp_reporter.config import ReporterSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATOR_FILE = "operator.json"
+HEARTBEAT_S = 60
+"""The heartbeat interval the appliances are registered with."""
 SEVERITY_NAME = {
     detections_pb2.SEVERITY_LOW: "LOW",
     detections_pb2.SEVERITY_MEDIUM: "MEDIUM",
@@ -98,6 +100,7 @@ class Config:
     status_port: int
     reporter_target: str
     rules_dir: Path
+    offline_multiple: float
     mail_dir: Path
     out_dir: Path
     timeout_s: float
@@ -107,6 +110,7 @@ class Config:
         auth = load_settings(AuthSettings)
         ingest = load_settings(IngestSettings)
         reporter = load_settings(ReporterSettings)
+        correlator = load_settings(CorrelatorSettings)
         return cls(
             tls_dir=ingest.tls_dir,
             auth_target=f"127.0.0.1:{auth.grpc_port}",
@@ -116,7 +120,8 @@ class Config:
             https_port=ingest.https_port,
             status_port=ingest.status_port,
             reporter_target=f"127.0.0.1:{reporter.grpc_port}",
-            rules_dir=Path(load_settings(CorrelatorSettings).rules_dir),
+            rules_dir=Path(correlator.rules_dir),
+            offline_multiple=correlator.offline_multiple,
             mail_dir=Path(os.environ.get("TMSP_DEMO_MAIL_DIR", str(ROOT / ".local" / "mail"))),
             out_dir=Path(os.environ.get("TMSP_DEMO_OUT_DIR", str(ROOT / ".local" / "demo"))),
             timeout_s=float(os.environ.get("TMSP_DEMO_TIMEOUT_S", "120")),
@@ -697,7 +702,7 @@ async def step_products(c: Clients, run: Run, operator: auth_pb2.Session) -> Non
                 upload_frequency_seconds=300,
                 registration_email=run.admin_email,
                 upload_bandwidth_bytes_per_second=1_048_576,
-                heartbeat_interval_seconds=60,
+                heartbeat_interval_seconds=HEARTBEAT_S,
             )
             deadline = time.monotonic() + 60
             progress = Progress(f"registering {name}")
@@ -1255,6 +1260,10 @@ def step_summary(run: Run) -> None:
         "(TOTP QR code, administrator and product credentials, 0600)"
     )
     print()
+    silent = cfg.offline_multiple * HEARTBEAT_S
+    print(f"  The simulated appliances stop here: after {silent:.0f} s without a heartbeat the")
+    print("  correlator marks them offline and the notifier mails 'Product offline' to the")
+    print("  administrator; watch the mail directory.")
     print("  Look further: .local/logs/<service>.log, `scripts/stack.py status`; log in as the")
     print(f"  administrator with the TOTP secret in {run.run_dir / 'administrator.json'};")
     print("  `make down` stops the services and the local Kafka/FerretDB.")
