@@ -90,13 +90,19 @@ async def seed(read: ReadModel, accounts: int, incidents: int) -> None:
             await read.apply_incident(inc, NOW)
 
 
-async def timed(call: Callable[[], Awaitable[Any]], n: int) -> list[float]:
-    await call()  # warm-up (connections, caches, key fetch)
-    out = []
+async def timed(
+    system: Callable[[], Awaitable[Any]], reference: Callable[[], Awaitable[Any]], n: int
+) -> tuple[list[float], list[float]]:
+    """Latencies in ms of ``n`` calls of each, interleaved so that load from elsewhere on
+    the machine falls on both alike."""
+    await system()  # warm-up (connections, caches, key fetch)
+    await reference()
+    out: tuple[list[float], list[float]] = ([], [])
     for _ in range(n):
-        started = time.perf_counter()
-        await call()
-        out.append((time.perf_counter() - started) * 1000)
+        for call, sink in ((system, out[0]), (reference, out[1])):
+            started = time.perf_counter()
+            await call()
+            sink.append((time.perf_counter() - started) * 1000)
     return out
 
 
@@ -192,10 +198,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "seed_seconds": round(seed_s, 1),
             }
             result["list_customer_accounts"] = figures(
-                await timed(grpc_accounts, args.calls), await timed(raw_accounts, args.calls)
+                *await timed(grpc_accounts, raw_accounts, args.calls)
             )
             result["list_incidents"] = figures(
-                await timed(grpc_incidents, args.calls), await timed(raw_incidents, args.calls)
+                *await timed(grpc_incidents, raw_incidents, args.calls)
             )
             await ch.close()
         finally:
