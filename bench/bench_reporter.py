@@ -58,7 +58,8 @@ async def seed(read: ReadModel, accounts: int, incidents: int) -> None:
         await read.apply_account(
             accounts_pb2.AccountSnapshot(
                 account_id=aid, name=f"Account {a:05d}", company_name=f"Company {a}", version=1
-            )
+            ),
+            NOW,
         )
         for p in range(3):
             await read.apply_product(

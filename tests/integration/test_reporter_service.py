@@ -42,6 +42,7 @@ from tmsp_reporter.testing import reporter_env
 pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.mongo]
 
 T0 = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)  # 08:00 in Berlin, a Wednesday
+LONG_AGO = T0 - timedelta(days=60)
 
 
 def snapshot(account_id: str, *, deleted: bool = False, version: int = 1) -> Any:
@@ -103,7 +104,7 @@ async def world(infra: Infra, names: Any) -> AsyncIterator[World]:
 async def test_purge_by_retention_keeps_reports_of_deleted_accounts(world: World) -> None:
     clock = FakeClock(T0)
     app = world.app(clock)
-    await app.read.apply_account(snapshot("acme"))
+    await app.read.apply_account(snapshot("acme"), LONG_AGO)
     await app.read.apply_incident(incident("old", T0 - timedelta(days=10)), T0)
     await app.read.apply_incident(incident("recent", T0 - timedelta(days=2)), T0)
     cleared = incidents_pb2.NonconformingEndpoint(
@@ -114,7 +115,7 @@ async def test_purge_by_retention_keeps_reports_of_deleted_accounts(world: World
     report, created = await app.reports.generate("acme", ReportKind.DAILY_ADMINISTRATIVE)
     assert created and report["state"] == "ready"
     # the account is deleted: its report stays
-    await app.read.apply_account(snapshot("acme", deleted=True, version=2))
+    await app.read.apply_account(snapshot("acme", deleted=True, version=2), T0)
     await app.maintenance.set(LogMaintenance(report_retention_days=30, log_retention_days=7))
 
     result = await app.maintenance.purge()
@@ -135,7 +136,7 @@ async def test_scheduled_reports_generated_once_by_two_replicas(
 ) -> None:
     clock = FakeClock(T0)
     replica_a, replica_b = world.app(clock), world.app(clock, max_attachment_bytes=0)
-    await replica_a.read.apply_account(snapshot("acme"))
+    await replica_a.read.apply_account(snapshot("acme"), LONG_AGO)
     await replica_a.read.apply_incident(incident("y1", T0 - timedelta(days=1)), T0)
     await replica_a.reports.add_recipient("acme", "soc@acme.example")
 
@@ -166,10 +167,23 @@ async def test_scheduled_reports_generated_once_by_two_replicas(
             assert PdfReader(io.BytesIO(r.attachments[0].content)).pages
 
 
+async def test_new_account_gets_no_report_of_periods_before_it_existed(world: World) -> None:
+    clock = FakeClock(T0)
+    app = world.app(clock)
+    await app.read.apply_account(snapshot("acme"), T0)
+    assert await app.reports.run_schedules() == 0
+    clock.set(datetime(2026, 6, 11, 2, 0, tzinfo=UTC))  # 04:00 Berlin, after the delay
+    assert await app.reports.run_schedules() == 1
+    reports = await app.reports.list_reports("acme", limit=10, after=None)
+    assert [(r["kind"], r["period_start"]) for r in reports] == [
+        ("daily_administrative", datetime(2026, 6, 9, 22, 0, tzinfo=UTC))
+    ]
+
+
 async def test_stale_generation_is_taken_over(world: World) -> None:
     clock = FakeClock(T0)
     app = world.app(clock)
-    await app.read.apply_account(snapshot("acme"))
+    await app.read.apply_account(snapshot("acme"), LONG_AGO)
     period = app.reports.period_for(ReportKind.DAILY_ADMINISTRATIVE, "Europe/Berlin", None, None)
     from tmsp_reporter.domain.periods import report_id
 
@@ -209,7 +223,7 @@ def _run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.Com
 
 async def test_cli_generates_with_progress(world: World, infra: Infra, tmp_path: Path) -> None:
     app = world.app(FakeClock(datetime.now(UTC)))
-    await app.read.apply_account(snapshot("acme"))
+    await app.read.apply_account(snapshot("acme"), LONG_AGO)
     env = {**infra.env(), "TMSP_REPORTER_MONGO_DATABASE": world.settings.mongo_database}
     out = tmp_path / "daily.pdf"
     first = await asyncio.to_thread(
@@ -280,7 +294,7 @@ async def test_large_reports_are_linked_not_attached(
 ) -> None:
     clock = FakeClock(T0)
     app = world.app(clock, max_attachment_bytes=1024)
-    await app.read.apply_account(snapshot("acme"))
+    await app.read.apply_account(snapshot("acme"), LONG_AGO)
     doc, _ = await app.reports.generate(
         "acme",
         ReportKind.ON_DEMAND,

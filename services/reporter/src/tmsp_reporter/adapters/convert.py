@@ -61,6 +61,7 @@ def account_row(d: Document) -> AccountRow:
         valid_until=d.get("valid_until"),
         time_zone=d.get("time_zone", ""),
         deleted=bool(d.get("deleted", False)),
+        first_seen=d.get("first_seen"),
     )
 
 

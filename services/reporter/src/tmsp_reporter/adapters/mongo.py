@@ -101,10 +101,13 @@ class ReadModel:
 
     # --- projections -----------------------------------------------------------------
 
-    async def apply_account(self, s: accounts_pb2.AccountSnapshot) -> bool:
+    async def apply_account(self, s: accounts_pb2.AccountSnapshot, at: datetime) -> bool:
+        """``at`` (the event's time) becomes ``first_seen`` the first time: periodic reports
+        start with the first period that ends after it."""
         doc = convert.account_doc(s)
         _id = doc.pop("_id")
-        return await _guarded_upsert(self.accounts, _id, "version", s.version, {"$set": doc})
+        update = {"$set": doc, "$setOnInsert": {"first_seen": at}}
+        return await _guarded_upsert(self.accounts, _id, "version", s.version, update)
 
     async def apply_product(self, s: products_pb2.ProductSnapshot) -> bool:
         fields = convert.product_fields(s)

@@ -67,6 +67,8 @@ class AccountRow:
     valid_until: datetime | None
     time_zone: str
     deleted: bool
+    first_seen: datetime | None = None
+    """When the read model first heard of the account (periodic reports start after it)."""
 
 
 @dataclass(frozen=True)

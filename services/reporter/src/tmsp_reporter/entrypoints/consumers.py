@@ -35,7 +35,7 @@ class ProjectionHandler:
         at = from_timestamp(event.envelope.occurred_at)
         if isinstance(p, accounts_pb2.AccountSnapshot):
             _require(event, account_id=p.account_id)
-            await self.read.apply_account(p)
+            await self.read.apply_account(p, at)
         elif isinstance(p, products_pb2.ProductSnapshot):
             _require(event, product_id=p.product_id, account_id=p.account_id)
             await self.read.apply_product(p)

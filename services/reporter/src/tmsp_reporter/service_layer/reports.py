@@ -17,7 +17,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from tmsp.events.v1 import notifications_pb2
 from tmsp_common.clock import Clock
@@ -34,7 +33,7 @@ from tmsp_reporter.domain.content import (
     MAX_LISTED_INCIDENTS,
     ReportContent,
 )
-from tmsp_reporter.domain.model import ReportSchedule, account_compliance
+from tmsp_reporter.domain.model import AccountRow, ReportSchedule, account_compliance
 from tmsp_reporter.domain.periods import (
     PERIODIC_KINDS,
     Period,
@@ -92,7 +91,7 @@ class ReportService:
 
     # --- periods ---------------------------------------------------------------------
 
-    async def _time_zone(self, account_id: str) -> tuple[str, Any]:
+    async def _time_zone(self, account_id: str) -> tuple[str, AccountRow]:
         account = await self.read.account(account_id)
         if account is None or account.deleted:
             raise NotFound("account not found")
@@ -309,27 +308,32 @@ class ReportService:
 
     # --- scheduled generation and recovery -------------------------------------------
 
-    def due(self, schedule: ReportSchedule, time_zone: str) -> list[tuple[ReportKind, Period]]:
+    def due(
+        self, schedule: ReportSchedule, time_zone: str, since: datetime | None = None
+    ) -> list[tuple[ReportKind, Period]]:
+        """The enabled kinds' latest due periods, except those that ended before ``since``
+        (the account's first appearance: no report of a period it did not exist in)."""
         now = self.clock.now()
         wanted = {
             ReportKind.DAILY_ADMINISTRATIVE: schedule.daily_administrative,
             ReportKind.WEEKLY_EXECUTIVE: schedule.weekly_executive,
             ReportKind.MONTHLY_EXECUTIVE: schedule.monthly_executive,
         }
-        return [
+        due = [
             (k, due_period(k, now, time_zone, self.config.schedule_delay))
             for k in PERIODIC_KINDS
             if wanted[k]
         ]
+        return [(k, p) for k, p in due if since is None or p.end > since]
 
     async def run_schedules(self) -> int:
         """Generate every due periodic report that does not exist yet; returns how many."""
         made = 0
         for account_id in await self.read.active_account_ids():
             try:
-                time_zone, _ = await self._time_zone(account_id)
+                time_zone, account = await self._time_zone(account_id)
                 schedule = await self.store.schedule(account_id)
-                due = self.due(schedule, time_zone)
+                due = self.due(schedule, time_zone, account.first_seen)
                 ids = {report_id(account_id, k, p): (k, p) for k, p in due}
                 done = await self.store.existing(list(ids))
                 for rid, (kind, period) in ids.items():
