@@ -10,7 +10,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from tmsp_common.mongo import Document, close, connect
 from tmsp_common.testing import Infra
-from tmsp_correlator.adapters.mongo import MongoIncidents, create_indexes
+from tmsp_correlator.adapters.mongo import MongoIncidents, MongoNonconforming, create_indexes
+from tmsp_correlator.domain.nonconforming import MitigationFact, apply_result
 
 pytestmark = [pytest.mark.integration, pytest.mark.mongo]
 
@@ -91,3 +92,32 @@ async def test_counts_per_account_for_the_daily_update(db: AsyncDatabase[Documen
     await db["incidents"].update_one({"_id": "a2"}, {"$set": {"status": "resolved"}})
     assert await repo.all_counts() == {"acc1": (1, 2), "acc2": (1, 1)}
     assert await repo.counts("acc1") == (1, 2)
+
+
+async def test_threat_names_with_dots_and_dollars_round_trip(
+    db: AsyncDatabase[Document],
+) -> None:
+    repo = MongoNonconforming(db)
+    endpoint = ("hr-lt-03", "10.0.0.3", "")
+    state, _ = apply_result(
+        None, MitigationFact("acc1", "tmi-1", endpoint, "TROJ_EMOTET.SM", "failed", 10.0)
+    )
+    state, _ = apply_result(
+        state, MitigationFact("acc1", "tmi-1", endpoint, "$weird.name", "unresolved", 11.0)
+    )
+    state["version"] = 1
+    assert await repo.put("acc1/hr-lt-03", state, 0)
+    stored = await repo.get("acc1/hr-lt-03")
+    assert stored is not None
+    assert set(stored["threats"]) == {"TROJ_EMOTET.SM", "$weird.name"}
+    assert stored["threats"]["TROJ_EMOTET.SM"]["outcome"] == "failed"
+    assert stored["seen"]["$weird.name"] == 11.0
+
+    cleaned, changed = apply_result(
+        stored, MitigationFact("acc1", "tmi-1", endpoint, "TROJ_EMOTET.SM", "cleaned", 12.0)
+    )
+    assert changed
+    cleaned["version"] = 2
+    assert await repo.put("acc1/hr-lt-03", cleaned, 1)
+    again = await repo.get("acc1/hr-lt-03")
+    assert again is not None and set(again["threats"]) == {"$weird.name"}

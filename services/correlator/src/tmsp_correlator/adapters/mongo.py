@@ -144,15 +144,37 @@ class MongoIncidents:
         return {a: (opens.get(a, 0), t) for a, t in totals.items()}
 
 
+#: State fields keyed by threat name. Threat names are outside input (``TROJ_EMOTET.SM``,
+#: ``$x``): MongoDB and FerretDB refuse such field names, so they are stored as a list of
+#: ``{"threat", "value"}`` documents (FerretDB 1.24 refuses nested arrays).
+_THREAT_MAPS = ("threats", "seen")
+
+
+def _nonconforming_doc(state: dict[str, Any]) -> dict[str, Any]:
+    doc = {k: v for k, v in state.items() if k != "_id"}
+    for name in _THREAT_MAPS:
+        if isinstance(doc.get(name), dict):
+            doc[name] = [{"threat": t, "value": v} for t, v in doc[name].items()]
+    return doc
+
+
+def _nonconforming_state(doc: dict[str, Any]) -> dict[str, Any]:
+    for name in _THREAT_MAPS:
+        if isinstance(doc.get(name), list):
+            doc[name] = {pair["threat"]: pair["value"] for pair in doc[name]}
+    return doc
+
+
 class MongoNonconforming:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self.coll = db[NONCONFORMING]
 
     async def get(self, key: str) -> dict[str, Any] | None:
-        return await self.coll.find_one({"_id": key})
+        doc = await self.coll.find_one({"_id": key})
+        return None if doc is None else _nonconforming_state(doc)
 
     async def put(self, key: str, state: dict[str, Any], expected_version: int) -> bool:
-        doc = {k: v for k, v in state.items() if k != "_id"}
+        doc = _nonconforming_doc(state)
         if expected_version == 0:
             try:
                 await self.coll.insert_one({"_id": key, **doc})
