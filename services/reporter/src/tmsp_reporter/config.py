@@ -32,9 +32,10 @@ class ReporterSettings(ServiceSettings):
 
     portal_url: str = "https://localhost:8443"
     max_report_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
-    max_attachment_bytes: int = Field(700 * 1024, ge=0)
-    """PDFs up to this size are attached to the report-ready mail (the Kafka record must stay
-    under the broker's 1 MB message limit); larger ones are linked."""
+    max_attachment_bytes: int = Field(700 * 1024, ge=0, le=900 * 1024)
+    """PDFs up to this size are attached to the report-ready mail, larger ones are linked.
+    At most 900 KiB: the Kafka record carrying it must stay under the producer's and the
+    broker's 1 MB message limit (1.1 MB measured: MessageSizeTooLargeError)."""
     schedule_interval_s: float = Field(60.0, gt=0)
     schedule_delay_hours: float = Field(3.0, ge=0, le=24)
     """Periodic reports are generated this long after their period ended (after the 02:00
