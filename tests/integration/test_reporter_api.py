@@ -43,6 +43,7 @@ from tmsp_common.kafka.topics import (
 )
 from tmsp_common.testing import Infra, ServiceProcess, TopicReader, free_port, wait_until
 from tmsp_common.tokens import TokenSigner, public_pem
+from tmsp_reporter.entrypoints.scoping import POLICY
 from tmsp_reporter.testing import reporter_env
 
 pytestmark = [
@@ -613,3 +614,99 @@ async def test_report_generated_stored_downloaded_and_notified(
     assert lines[0].startswith("incident_id,title,severity")
     assert len(lines) == 1 + 3 * 3
     assert any(",'=cmd" in line for line in lines)
+
+
+def _every_rpc(account_id: str) -> dict[str, Any]:
+    """One request per ReporterService method, naming ``account_id`` where it takes one."""
+    since, until = to_timestamp(NOW - timedelta(days=3)), to_timestamp(NOW - timedelta(hours=1))
+    pb = reporter_pb2
+    return {
+        "ListCustomerAccounts": pb.ListCustomerAccountsRequest(account_id=account_id),
+        "GetCustomerAccount": pb.GetCustomerAccountRequest(account_id=account_id),
+        "ListIncidents": pb.ListIncidentsRequest(account_id=account_id),
+        "GetIncident": pb.GetIncidentRequest(account_id=account_id, incident_id="inc-a1"),
+        "ListNonconformingEndpoints": pb.ListNonconformingEndpointsRequest(account_id=account_id),
+        "ListProducts": pb.ListProductsRequest(account_id=account_id),
+        "GenerateReport": pb.GenerateReportRequest(
+            account_id=account_id,
+            kind=pb.REPORT_KIND_ON_DEMAND,
+            period_start=since,
+            period_end=until,
+        ),
+        "ListReports": pb.ListReportsRequest(account_id=account_id),
+        "DownloadReport": pb.DownloadReportRequest(account_id=account_id, report_id="r"),
+        "ListReportRecipients": pb.ListReportRecipientsRequest(account_id=account_id),
+        "AddReportRecipient": pb.AddReportRecipientRequest(
+            account_id=account_id, email="x@acme.example"
+        ),
+        "RemoveReportRecipient": pb.RemoveReportRecipientRequest(
+            account_id=account_id, email="x@acme.example"
+        ),
+        "GetReportSchedule": pb.GetReportScheduleRequest(account_id=account_id),
+        "SetReportSchedule": pb.SetReportScheduleRequest(
+            schedule=pb.ReportSchedule(account_id=account_id)
+        ),
+        "DownloadConsolidatedLogs": pb.DownloadConsolidatedLogsRequest(
+            account_id=account_id, since=since, until=until
+        ),
+        "CreateMitigationTask": pb.CreateMitigationTaskRequest(
+            account_id=account_id,
+            product_id="tmi-a1",
+            kind=status_pb2.MITIGATION_TASK_KIND_FORENSIC_DATA_REQUEST,
+        ),
+        "GetLogMaintenance": pb.GetLogMaintenanceRequest(),
+        "SetLogMaintenance": pb.SetLogMaintenanceRequest(
+            log_maintenance=pb.LogMaintenance(report_retention_days=9, log_retention_days=9)
+        ),
+    }
+
+
+async def _status(stub: Stub, method: str, request: Any, metadata: Any) -> grpc.StatusCode:
+    call = getattr(stub, method)(request, metadata=metadata)
+    try:
+        if hasattr(call, "__aiter__"):
+            async for _ in call:
+                pass
+        else:
+            await call
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+async def test_every_rpc_scoped_for_another_tenant_and_for_analysts(
+    reporter: tuple[ServiceProcess, Stub], producer: EventProducer, signer: TokenSigner
+) -> None:
+    """Every method: another tenant's account is NOT_FOUND (before any role check, so nothing
+    is revealed), an analyst's write is PERMISSION_DENIED, and nothing was changed."""
+    _, stub = reporter
+    await publish_fixture(producer)
+    admin_b = token(signer, "acct-b", Role.ACCOUNT_ADMINISTRATOR)
+    analyst_a = token(signer, "acct-a", Role.ANALYST)
+    operator = token(signer, "provider", Role.PROVIDER_OPERATOR)
+
+    async def loaded() -> bool:
+        r = await stub.ListIncidents(reporter_pb2.ListIncidentsRequest(), metadata=operator)
+        return len(r.incidents) == 4
+
+    await wait_until(loaded, timeout=60)
+    requests = _every_rpc("acct-a")
+    assert set(requests) == set(POLICY)
+    for method, request in requests.items():
+        access = POLICY[method]
+        got = await _status(stub, method, request, admin_b)
+        if access.account_field is not None:
+            assert got == grpc.StatusCode.NOT_FOUND, method
+        elif access.operator_only:
+            assert got == grpc.StatusCode.PERMISSION_DENIED, method
+        if access.write:
+            own = _every_rpc("")[method]
+            assert await _status(stub, method, own, analyst_a) == grpc.StatusCode.PERMISSION_DENIED
+    recipients = await stub.ListReportRecipients(
+        reporter_pb2.ListReportRecipientsRequest(account_id="acct-a"), metadata=operator
+    )
+    assert list(recipients.recipients) == []
+    reports = await stub.ListReports(
+        reporter_pb2.ListReportsRequest(account_id="acct-a"), metadata=operator
+    )
+    assert list(reports.reports) == []
