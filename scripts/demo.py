@@ -303,7 +303,7 @@ HQ_DETECTIONS = [
      f"shost={BURST_HOST} src=10.10.4.7 dst=203.0.113.50 dpt=443 cat=Malware execution"),
     (TDA, "1003", "Credential dumping tool", 9, 90,
      f"shost={BURST_HOST} src=10.10.4.7 cat=Hacktool"),
-    (TDA, "1004", "TROJ_EMOTET", 5, 20,
+    (TDA, "1004", "TROJ_EMOTET.SM", 5, 20,
      f"shost={FAILED_HOST} src=10.10.9.3 dst=198.51.100.23 dpt=8080 cat=Trojan"),
 ]
 """TDA-HQ over SFTP: three high-severity detections on one workstation within two minutes,
@@ -320,7 +320,7 @@ BRANCH_DETECTIONS = [
 internal host from the same endpoint (-> "C2 callback followed by lateral movement")."""
 
 MITIGATION_RESULTS = [
-    (TMI, "3001", "TROJ_EMOTET", 6, 240,
+    (TMI, "3001", "TROJ_EMOTET.SM", 6, 240,
      f"shost={FAILED_HOST} src=10.10.9.3 act=clean outcome=failed reason=file locked"),
     (TMI, "3002", "TROJ_AGENTTESLA", 6, 250,
      f"shost={BURST_HOST} src=10.10.4.7 act=clean outcome=cleaned"),
@@ -901,7 +901,7 @@ async def step_respond(
     pattern = {
         "pattern_name": "emotet-cleanup-2026-12",
         "endpoint": FAILED_HOST,
-        "threat_name": "TROJ_EMOTET",
+        "threat_name": "TROJ_EMOTET.SM",
     }
     cleanup = status_pb2.MITIGATION_TASK_KIND_CUSTOM_CLEANUP_PATTERN
     request = reporter_pb2.CreateMitigationTaskRequest(
@@ -967,7 +967,7 @@ async def step_respond(
             (
                 TMI,
                 "3003",
-                "TROJ_EMOTET",
+                "TROJ_EMOTET.SM",
                 3,
                 0,
                 f"shost={FAILED_HOST} src=10.10.9.3 act=clean outcome=cleaned "
@@ -979,7 +979,7 @@ async def step_respond(
         run.accepted[tmi.name] += int(result["accepted"])
         await tmi.heartbeat(acknowledged=[task_id])
         ok(
-            f"TMI-HQ: cleaned TROJ_EMOTET on {FAILED_HOST}, result uploaded ({file_name}); "
+            f"TMI-HQ: cleaned TROJ_EMOTET.SM on {FAILED_HOST}, result uploaded ({file_name}); "
             "task acknowledged in the next heartbeat"
         )
     with stage("reporter: ListNonconformingEndpoints"):

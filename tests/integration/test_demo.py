@@ -197,7 +197,7 @@ def test_demo_shows_the_main_job_end_to_end_and_runs_again(stack: Stack) -> None
     assert any("(rule tmsp_c2_then_lateral, eng-ws-12)" in row for row in incidents)
     assert any("(rule tmsp_high_severity_burst, fin-ws-07)" in row for row in incidents)
     assert summary_rows(out, "nonconforming") == [
-        "hr-lt-03: TROJ_EMOTET; cleaned by the custom cleanup pattern, conforms again"
+        "hr-lt-03: TROJ_EMOTET.SM; cleaned by the custom cleanup pattern, conforms again"
     ]
     (events,) = summary_rows(out, "events")
     assert events.startswith("9 accepted, 1 rejected")
