@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import shutil
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tmsp.events.v1 import detections_pb2, incidents_pb2
@@ -48,6 +49,7 @@ from tmsp_correlator.testing import detection
 
 PACK = Path(__file__).resolve().parents[1] / "services" / "correlator" / "rules"
 T0 = 1_790_000_000.0
+PARTITIONS = 6
 BURST_TITLE = "Several high-severity detections on one endpoint"
 
 
@@ -173,7 +175,8 @@ async def decode_only(bootstrap: str, topic: str, n: int) -> float:
         await consumer.stop()
 
 
-async def group_done(bootstrap: str, group: str, topic: str, ends: dict[int, int]) -> bool:
+async def group_behind(bootstrap: str, group: str, topic: str, ends: dict[int, int]) -> int:
+    """How many records of ``topic`` the group has not committed yet."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -181,7 +184,7 @@ async def group_done(bootstrap: str, group: str, topic: str, ends: dict[int, int
     finally:
         await admin.close()
     got = {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
-    return all(got.get(p, -1) >= end for p, end in ends.items())
+    return sum(max(0, end - max(got.get(p, 0), 0)) for p, end in ends.items())
 
 
 async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, Any]:
@@ -211,7 +214,7 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
         "TMSP_CORRELATOR_APP_ID": app_id,
         "TMSP_CORRELATOR_MONGO_DATABASE": prefix.strip(".") + "_corr",
         "TMSP_CORRELATOR_RULES_DIR": str(rules_root),
-        "TMSP_CORRELATOR_PARTITIONS": "6",
+        "TMSP_CORRELATOR_PARTITIONS": str(PARTITIONS),
         "TMSP_LOG_LEVEL": "INFO",  # as deployed; "service ready" is an info line
     }
     worker = ServiceProcess("tmsp_correlator", env).start()
@@ -222,13 +225,44 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
                 raise RuntimeError(worker.logs[-3000:])
             await asyncio.sleep(0.1)
         started = time.perf_counter()
-        while not await group_done(infra.kafka_bootstrap, app_id, topic, ends):
-            if time.perf_counter() - started > args.timeout:
-                raise RuntimeError("worker did not finish in time")
-            await asyncio.sleep(0.25)
+        # done = every detection committed by the match stage AND every hit it produced
+        # committed by the correlate stage (its window states and incidents written)
+        hits_topic = f"{app_id}-hits"
+        ends_reader = AIOKafkaConsumer(
+            bootstrap_servers=infra.kafka_bootstrap, group_id=None, enable_auto_commit=False
+        )
+        await ends_reader.start()
+        behind = args.events
+        try:
+            while True:
+                behind = await group_behind(infra.kafka_bootstrap, app_id, topic, ends)
+                if not behind:
+                    tps = [TopicPartition(hits_topic, p) for p in range(PARTITIONS)]
+                    hit_ends = {
+                        tp.partition: o for tp, o in (await ends_reader.end_offsets(tps)).items()
+                    }
+                    behind = await group_behind(infra.kafka_bootstrap, app_id, hits_topic, hit_ends)
+                    if not behind:
+                        break
+                if time.perf_counter() - started > args.timeout:
+                    raise RuntimeError(
+                        f"worker did not finish in time: {behind} records not committed"
+                        f"\n{worker.logs[-2000:]}"
+                    )
+                await asyncio.sleep(0.25)
+        finally:
+            with contextlib.suppress(asyncio.CancelledError):
+                await ends_reader.stop()
         worker_rate = args.events / (time.perf_counter() - started)
+        hits = sum(hit_ends.values())
 
-        latencies = await latency_run(args, infra.kafka_bootstrap, producer, prefix)
+        # first at a rate the worker sustains, then at the target rate
+        paced = await latency_run(
+            args.paced_rate, args.paced_seconds, args, infra.kafka_bootstrap, producer, prefix, "p"
+        )
+        latencies = await latency_run(
+            args.rate, args.seconds, args, infra.kafka_bootstrap, producer, prefix, "l"
+        )
     finally:
         worker.terminate(timeout=30)
         await producer.stop()
@@ -237,16 +271,24 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
         "rules": args.rules,
         "decode_only_events_per_s": round(decode_rate),
         "worker_events_per_s": round(worker_rate),
+        "hits_per_event": round(hits / args.events, 2),
         "ratio_worker_to_decode": round(worker_rate / decode_rate, 3),
-        "worker_rate_note": "includes up to ~1s of commit interval in the finish detection",
-        **latencies,
+        "worker_rate_note": "both stages drained (detections and hits committed); includes up to ~1s commit interval",
+        "paced": paced,
+        "at_target_rate": latencies,
     }
 
 
 async def latency_run(
-    args: argparse.Namespace, bootstrap: str, producer: EventProducer, prefix: str
+    rate: int,
+    seconds: float,
+    args: argparse.Namespace,
+    bootstrap: str,
+    producer: EventProducer,
+    prefix: str,
+    tag: str,
 ) -> dict[str, Any]:
-    """Publish at ``rate`` for ``seconds``; every 50th host gets a 3-event burst."""
+    """Publish at ``rate`` for ``seconds``; every 50th event starts a 3-event burst."""
     sent_at: dict[str, float] = {}
     received: dict[str, float] = {}
     reader = AIOKafkaConsumer(
@@ -276,17 +318,17 @@ async def latency_run(
                         received[inc.incident_id] = now - max(sent)
 
     task = asyncio.create_task(consume())
-    total = int(args.rate * args.seconds)
-    base = T0 + 10_000_000
-    batch = max(1, args.rate // 100)
+    total = int(rate * seconds)
+    base = T0 + (10_000_000 if tag == "l" else 5_000_000)
+    batch = max(1, rate // 100)
     t_start = time.perf_counter()
     futs = []
     for i in range(total):
         burst = i % 50 < 3
-        host = f"lat-host-{i // 50}" if burst else f"quiet-{i % 997}"
+        host = f"{tag}-lat-host-{i // 50}" if burst else f"{tag}-quiet-{i % 997}"
         d = detection(
-            f"l{i}",
-            base + i / args.rate,
+            f"{tag}{i}",
+            base + i / rate,
             product_id=f"tda-{i % 12}",
             host=host,
             severity="high" if burst else "low",
@@ -299,7 +341,7 @@ async def latency_run(
             )
         )
         if i % batch == batch - 1:
-            target = t_start + (i + 1) / args.rate
+            target = t_start + (i + 1) / rate
             delay = target - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -314,7 +356,7 @@ async def latency_run(
     await reader.stop()
     lat_ms = [v * 1000 for v in received.values()]
     return {
-        "latency_target_rate_per_s": args.rate,
+        "latency_target_rate_per_s": rate,
         "latency_achieved_publish_rate_per_s": round(achieved),
         "latency_incidents_expected": expected,
         "latency_incidents_received": len(received),
@@ -353,7 +395,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--rate", type=int, default=10_000, help="events/s for the latency run")
     p.add_argument("--seconds", type=float, default=3.0, help="duration of the latency run")
-    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--paced-rate", type=int, default=200, help="events/s of the paced run")
+    p.add_argument("--paced-seconds", type=float, default=10.0)
+    p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--engine-only", action="store_true")
     return p.parse_args(argv)
 

@@ -43,6 +43,8 @@ class CorrelatorSettings(ServiceSettings):
     """Hits per correlation batch: incidents changed in a batch are written once."""
     correlate_batch_s: float = Field(0.05, gt=0)
     """How long a batch waits to fill (the added latency bound)."""
+    producer_linger_s: float = Field(0.005, ge=0)
+    """How long the producer waits to batch records into one request."""
     time_zone: str = "UTC"
     """IANA time zone of the daily incident count (02:00)."""
     daily_count_cron: str = "0 2 * * *"

@@ -41,7 +41,7 @@ from tmsp_common.logging import get_logger
 from tmsp_correlator.adapters.faust_bus import FaustBus
 from tmsp_correlator.bootstrap import Container
 from tmsp_correlator.config import CorrelatorSettings
-from tmsp_correlator.domain.correlation import Hit, apply_hit, hits_for_event
+from tmsp_correlator.domain.correlation import GroupState, Hit, apply_hit, hits_for_event
 from tmsp_correlator.domain.nonconforming import MitigationFact
 from tmsp_correlator.service_layer.events import detection_event, mitigation_event
 
@@ -121,6 +121,10 @@ def make_app(settings: CorrelatorSettings) -> faust.App:
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # without a linger every hit, changelog entry and incident is its own produce
+        # request (acks=all): batching them is most of the worker's throughput
+        producer_linger=settings.producer_linger_s,
+        producer_max_batch_size=1 << 20,
         timezone=ZoneInfo(settings.time_zone),
         broker_commit_interval=1.0,
         stream_wait_empty=False,
@@ -242,24 +246,28 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     @app.agent(hits_topic, name="correlate")
     async def correlate(stream: Any) -> None:
         # Hits are taken in batches; faust acknowledges a batch's records only after the
-        # loop body returned, i.e. after the batch's incidents were stored and published.
-        # Each changed incident is written once per batch, in its newest version.
+        # loop body returned, i.e. after the batch's window states were written to the table
+        # (changelog) and its incidents stored and published. A hot group (an outbreak
+        # touches one group per threat) changes many times in a batch: its state is written
+        # once, and each changed incident once, in its newest version.
         async for batch in stream.take_events(s.correlate_batch_max, within=s.correlate_batch_s):
             changed: dict[str, tuple[dict[str, Any], bool]] = {}
+            states: dict[str, tuple[GroupState, Any]] = {}
             for event in batch:
-                # table writes find their changelog partition through faust's current-event
-                # context variable, which take_events() leaves unset (only this task's
-                # context is changed; the stream's own current_event stays faust's)
-                token = faust_current_event.set(weakref.ref(event))
 
-                async def handle(event: Any = event, changed: dict[str, Any] = changed) -> None:
+                async def handle(
+                    event: Any = event,
+                    changed: dict[str, Any] = changed,
+                    states: dict[str, Any] = states,
+                ) -> None:
                     started = time.perf_counter()
                     try:
                         hit = json.loads(event.value)
                         key = hit["k"]
                     except (ValueError, KeyError, TypeError) as exc:
                         raise EnvelopeError(f"undecodable hit: {exc}") from exc
-                    state, out = apply_hit(c.rules, windows.get(key), hit, c.limits)
+                    prior = states[key][0] if key in states else windows.get(key)
+                    state, out = apply_hit(c.rules, prior, hit, c.limits)
                     if out.late_reason:
                         LATE.inc()
                         o = hit.get("o") or {}
@@ -274,7 +282,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                         )
                         return
                     if not out.duplicate:
-                        windows[key] = state
+                        states[key] = (state, event)
                     if out.incident is not None:
                         inc = out.incident
                         opened = out.new_incident or changed.get(inc["id"], (inc, False))[1]
@@ -284,8 +292,14 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                         await send_hits(out.chained)
                     HANDLE_SECONDS.labels("correlate").observe(time.perf_counter() - started)
 
+                await guarded(HIT_SOURCE, event, handle)
+            for key, (state, last_event) in states.items():
+                # a table write finds its changelog partition through faust's current-event
+                # context variable, which take_events() leaves unset; only this task's
+                # context changes (the stream's own current_event stays faust's)
+                token = faust_current_event.set(weakref.ref(last_event))
                 try:
-                    await guarded(HIT_SOURCE, event, handle)
+                    windows[key] = state
                 finally:
                     faust_current_event.reset(token)
             await record_until_stored(list(changed.values()))
