@@ -102,6 +102,32 @@ def token(signer: TokenSigner, account: str, *roles: Role) -> tuple[tuple[str, s
     )
 
 
+async def status_of(call: Any, request: Any, metadata: Any) -> grpc.StatusCode:
+    """The status of a unary or server-streaming call (OK when it succeeded)."""
+    result = call(request, metadata=metadata)
+    try:
+        if hasattr(result, "__aiter__"):
+            async for _ in result:
+                pass
+        else:
+            await result
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+async def incidents_projected(stub: Stub, metadata: Any, count: int) -> None:
+    """Wait until the read model shows ``count`` incidents to the caller."""
+
+    async def projected() -> bool:
+        r = await stub.ListIncidents(
+            reporter_pb2.ListIncidentsRequest(page_size=100), metadata=metadata
+        )
+        return len(r.incidents) == count
+
+    await wait_until(projected, timeout=60)
+
+
 def account(account_id: str, name: str, *, deleted: bool = False, version: int = 1) -> Any:
     snap = accounts_pb2.AccountSnapshot(
         account_id=account_id,
@@ -317,13 +343,7 @@ async def test_incident_filters_and_keyset_pages(
         )
     admin = token(signer, "acct-a", Role.ACCOUNT_ADMINISTRATOR)
 
-    async def all_there() -> bool:
-        r = await stub.ListIncidents(
-            reporter_pb2.ListIncidentsRequest(page_size=100), metadata=admin
-        )
-        return len(r.incidents) == 7
-
-    await wait_until(all_there, timeout=60)
+    await incidents_projected(stub, admin, 7)
     seen: list[str] = []
     page = ""
     while True:
@@ -365,11 +385,7 @@ async def test_tenant_isolation_and_roles_over_grpc(
     admin_b = token(signer, "acct-b", Role.ACCOUNT_ADMINISTRATOR)
     operator = token(signer, "provider", Role.PROVIDER_OPERATOR)
 
-    async def loaded() -> bool:
-        r = await stub.ListIncidents(reporter_pb2.ListIncidentsRequest(), metadata=operator)
-        return len(r.incidents) == 4
-
-    await wait_until(loaded, timeout=60)
+    await incidents_projected(stub, operator, 4)
     # customers see their own account only, whatever they ask for
     rows = (
         await stub.ListCustomerAccounts(
@@ -382,23 +398,15 @@ async def test_tenant_isolation_and_roles_over_grpc(
     ).incidents
     assert {i.account_id for i in mine} == {"acct-a"} and len(mine) == 3
 
-    async def code(call: Any, request: Any, metadata: Any) -> grpc.StatusCode:
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            result = call(request, metadata=metadata)
-            if hasattr(result, "__aiter__"):
-                async for _ in result:
-                    pass
-            else:
-                await result
-        return err.value.code()
-
     nf = grpc.StatusCode.NOT_FOUND
     assert (
-        await code(stub.GetIncident, reporter_pb2.GetIncidentRequest(incident_id="inc-a1"), admin_b)
+        await status_of(
+            stub.GetIncident, reporter_pb2.GetIncidentRequest(incident_id="inc-a1"), admin_b
+        )
         == nf
     )
     assert (
-        await code(
+        await status_of(
             stub.GetIncident,
             reporter_pb2.GetIncidentRequest(account_id="acct-a", incident_id="inc-a1"),
             admin_b,
@@ -406,7 +414,7 @@ async def test_tenant_isolation_and_roles_over_grpc(
         == nf
     )
     assert (
-        await code(
+        await status_of(
             stub.GetCustomerAccount,
             reporter_pb2.GetCustomerAccountRequest(account_id="acct-a"),
             admin_b,
@@ -414,13 +422,13 @@ async def test_tenant_isolation_and_roles_over_grpc(
         == nf
     )
     assert (
-        await code(
+        await status_of(
             stub.ListProducts, reporter_pb2.ListProductsRequest(account_id="acct-a"), admin_b
         )
         == nf
     )
     assert (
-        await code(
+        await status_of(
             stub.ListNonconformingEndpoints,
             reporter_pb2.ListNonconformingEndpointsRequest(account_id="acct-a"),
             admin_b,
@@ -428,7 +436,7 @@ async def test_tenant_isolation_and_roles_over_grpc(
         == nf
     )
     assert (
-        await code(
+        await status_of(
             stub.ListReportRecipients,
             reporter_pb2.ListReportRecipientsRequest(account_id="acct-a"),
             admin_b,
@@ -438,7 +446,7 @@ async def test_tenant_isolation_and_roles_over_grpc(
     since = to_timestamp(NOW - timedelta(days=3))
     until = to_timestamp(NOW)
     assert (
-        await code(
+        await status_of(
             stub.DownloadConsolidatedLogs,
             reporter_pb2.DownloadConsolidatedLogsRequest(
                 account_id="acct-a", since=since, until=until
@@ -451,11 +459,12 @@ async def test_tenant_isolation_and_roles_over_grpc(
     # analysts read, never write
     pd = grpc.StatusCode.PERMISSION_DENIED
     add = reporter_pb2.AddReportRecipientRequest(email="soc@acme.example")
-    assert await code(stub.AddReportRecipient, add, analyst_a) == pd
+    assert await status_of(stub.AddReportRecipient, add, analyst_a) == pd
     gen = reporter_pb2.GenerateReportRequest(kind=reporter_pb2.REPORT_KIND_DAILY_ADMINISTRATIVE)
-    assert await code(stub.GenerateReport, gen, analyst_a) == pd
+    assert await status_of(stub.GenerateReport, gen, analyst_a) == pd
     assert (
-        await code(stub.SetReportSchedule, reporter_pb2.SetReportScheduleRequest(), analyst_a) == pd
+        await status_of(stub.SetReportSchedule, reporter_pb2.SetReportScheduleRequest(), analyst_a)
+        == pd
     )
     assert list((await stub.AddReportRecipient(add, metadata=admin_a)).recipients) == [
         "soc@acme.example"
@@ -468,7 +477,9 @@ async def test_tenant_isolation_and_roles_over_grpc(
         ).recipients
     ) == ["soc@acme.example"]
     bad = reporter_pb2.AddReportRecipientRequest(email="soc@acme.example\r\nBcc: x@evil.example")
-    assert await code(stub.AddReportRecipient, bad, admin_a) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        await status_of(stub.AddReportRecipient, bad, admin_a) == grpc.StatusCode.INVALID_ARGUMENT
+    )
 
     # the report schedule: validated time zone, defaults until changed
     schedule = (
@@ -477,7 +488,10 @@ async def test_tenant_isolation_and_roles_over_grpc(
     assert schedule.daily_administrative and schedule.account_id == "acct-a"
     wanted = reporter_pb2.ReportSchedule(weekly_executive=True, time_zone="Mars/Olympus")
     set_bad = reporter_pb2.SetReportScheduleRequest(schedule=wanted)
-    assert await code(stub.SetReportSchedule, set_bad, admin_a) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        await status_of(stub.SetReportSchedule, set_bad, admin_a)
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     wanted.time_zone = "Asia/Tokyo"
     await stub.SetReportSchedule(
         reporter_pb2.SetReportScheduleRequest(schedule=wanted), metadata=admin_a
@@ -490,11 +504,11 @@ async def test_tenant_isolation_and_roles_over_grpc(
 
     # no token, a bad token
     assert (
-        await code(stub.ListIncidents, reporter_pb2.ListIncidentsRequest(), ())
+        await status_of(stub.ListIncidents, reporter_pb2.ListIncidentsRequest(), ())
         == grpc.StatusCode.UNAUTHENTICATED
     )
     assert (
-        await code(
+        await status_of(
             stub.DownloadReport, reporter_pb2.DownloadReportRequest(report_id="x"), bearer("nope")
         )
         == grpc.StatusCode.UNAUTHENTICATED
@@ -507,18 +521,18 @@ async def test_tenant_isolation_and_roles_over_grpc(
         kind=status_pb2.MITIGATION_TASK_KIND_CUSTOM_CLEANUP_PATTERN,
         parameters={"pattern_name": "worm-x-cleanup"},
     )
-    assert await code(stub.CreateMitigationTask, task, admin_a) == pd
+    assert await status_of(stub.CreateMitigationTask, task, admin_a) == pd
     no_pattern = reporter_pb2.CreateMitigationTaskRequest()
     no_pattern.CopyFrom(task)
     del no_pattern.parameters["pattern_name"]
     assert (
-        await code(stub.CreateMitigationTask, no_pattern, operator)
+        await status_of(stub.CreateMitigationTask, no_pattern, operator)
         == grpc.StatusCode.INVALID_ARGUMENT
     )
     foreign = reporter_pb2.CreateMitigationTaskRequest()
     foreign.CopyFrom(task)
     foreign.account_id = "acct-b"
-    assert await code(stub.CreateMitigationTask, foreign, operator) == nf
+    assert await status_of(stub.CreateMitigationTask, foreign, operator) == nf
     created = (await stub.CreateMitigationTask(task, metadata=operator)).task
     async with TopicReader(infra.kafka_bootstrap, MITIGATION_TASKS, names.prefix) as reader:
         records = await reader.read_until(lambda rs: len(rs) >= 1, timeout=10)
@@ -531,7 +545,7 @@ async def test_tenant_isolation_and_roles_over_grpc(
     lm = reporter_pb2.SetLogMaintenanceRequest(
         log_maintenance=reporter_pb2.LogMaintenance(report_retention_days=30, log_retention_days=7)
     )
-    assert await code(stub.SetLogMaintenance, lm, admin_a) == pd
+    assert await status_of(stub.SetLogMaintenance, lm, admin_a) == pd
     stored = (await stub.SetLogMaintenance(lm, metadata=operator)).log_maintenance
     assert stored.report_retention_days == 30
     read = (
@@ -552,11 +566,7 @@ async def test_report_generated_stored_downloaded_and_notified(
     admin_a = token(signer, "acct-a", Role.ACCOUNT_ADMINISTRATOR)
     admin_b = token(signer, "acct-b", Role.ACCOUNT_ADMINISTRATOR)
 
-    async def loaded() -> bool:
-        r = await stub.ListIncidents(reporter_pb2.ListIncidentsRequest(), metadata=admin_a)
-        return len(r.incidents) == 3
-
-    await wait_until(loaded, timeout=60)
+    await incidents_projected(stub, admin_a, 3)
     await stub.AddReportRecipient(
         reporter_pb2.AddReportRecipientRequest(email="CISO@Acme.example"), metadata=admin_a
     )
@@ -661,19 +671,6 @@ def _every_rpc(account_id: str) -> dict[str, Any]:
     }
 
 
-async def _status(stub: Stub, method: str, request: Any, metadata: Any) -> grpc.StatusCode:
-    call = getattr(stub, method)(request, metadata=metadata)
-    try:
-        if hasattr(call, "__aiter__"):
-            async for _ in call:
-                pass
-        else:
-            await call
-    except grpc.aio.AioRpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
-
-
 async def test_every_rpc_scoped_for_another_tenant_and_for_analysts(
     reporter: tuple[ServiceProcess, Stub], producer: EventProducer, signer: TokenSigner
 ) -> None:
@@ -685,23 +682,22 @@ async def test_every_rpc_scoped_for_another_tenant_and_for_analysts(
     analyst_a = token(signer, "acct-a", Role.ANALYST)
     operator = token(signer, "provider", Role.PROVIDER_OPERATOR)
 
-    async def loaded() -> bool:
-        r = await stub.ListIncidents(reporter_pb2.ListIncidentsRequest(), metadata=operator)
-        return len(r.incidents) == 4
-
-    await wait_until(loaded, timeout=60)
+    await incidents_projected(stub, operator, 4)
     requests = _every_rpc("acct-a")
     assert set(requests) == set(POLICY)
     for method, request in requests.items():
         access = POLICY[method]
-        got = await _status(stub, method, request, admin_b)
+        got = await status_of(getattr(stub, method), request, admin_b)
         if access.account_field is not None:
             assert got == grpc.StatusCode.NOT_FOUND, method
         elif access.operator_only:
             assert got == grpc.StatusCode.PERMISSION_DENIED, method
         if access.write:
             own = _every_rpc("")[method]
-            assert await _status(stub, method, own, analyst_a) == grpc.StatusCode.PERMISSION_DENIED
+            assert (
+                await status_of(getattr(stub, method), own, analyst_a)
+                == grpc.StatusCode.PERMISSION_DENIED
+            )
     recipients = await stub.ListReportRecipients(
         reporter_pb2.ListReportRecipientsRequest(account_id="acct-a"), metadata=operator
     )
