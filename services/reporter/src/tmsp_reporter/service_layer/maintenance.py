@@ -11,6 +11,7 @@ from tmsp_common.clock import Clock
 from tmsp_common.logging import get_logger
 from tmsp_reporter.adapters.mongo import ReadModel, ReportStore
 from tmsp_reporter.domain.retention import LogMaintenance
+from tmsp_reporter.service_layer.metrics import PURGED
 
 log = get_logger(__name__)
 
@@ -43,6 +44,9 @@ class Maintenance:
         reports = await self.store.purge(settings.report_cutoff(now))
         incidents, endpoints = await self.read.purge_logs(settings.log_cutoff(now))
         result = PurgeResult(reports, incidents, endpoints)
+        PURGED.labels("reports").inc(reports)
+        PURGED.labels("incidents").inc(incidents)
+        PURGED.labels("endpoints").inc(endpoints)
         if reports or incidents or endpoints:
             log.info(
                 "log maintenance purged",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from tmsp_reporter.domain.periods import (
     zone,
 )
 from tmsp_reporter.domain.validation import MAX_RECIPIENTS, normalise_email
+from tmsp_reporter.service_layer.metrics import REPORT_BYTES, REPORT_SECONDS, REPORTS_GENERATED
 from tmsp_reporter.service_layer.ports import Publisher
 
 log = get_logger(__name__)
@@ -235,6 +237,7 @@ class ReportService:
         self, doc: Document, kind: ReportKind, period: Period, progress: Progress
     ) -> Document:
         rid = doc["_id"]
+        started = time.perf_counter()
         progress(f"collecting data for {period.label()} ({period.time_zone})")
         content = await self.content(doc["account_id"], kind, period)
         progress(
@@ -263,6 +266,9 @@ class ReportService:
         )
         if stored is None:
             raise FailedPrecondition("report removed while it was generated")
+        REPORTS_GENERATED.labels(kind.value).inc()
+        REPORT_SECONDS.observe(time.perf_counter() - started)
+        REPORT_BYTES.observe(len(pdf.data))
         log.info(
             "report generated",
             report_id=rid,
