@@ -1,0 +1,57 @@
+"""Outside input (page tokens, recipient addresses) either parses or is refused with
+InvalidArgument naming the field: never another exception, never a header injection."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tmsp_common.errors import InvalidArgument
+from tmsp_reporter.domain.validation import normalise_email
+from tmsp_reporter.entrypoints.grpc_api import _time_token, decode_token, encode_token
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+
+
+@given(st.text(max_size=200))
+def test_any_text_token_is_parsed_or_refused(token: str) -> None:
+    try:
+        _time_token(token)
+    except InvalidArgument as exc:
+        assert exc.field == "page_token"
+
+
+@given(json_values)
+def test_any_json_token_is_parsed_or_refused(value: object) -> None:
+    token = base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+    try:
+        decode_token(token, 2)
+        _time_token(token)
+    except InvalidArgument as exc:
+        assert exc.field == "page_token"
+
+
+def test_tokens_round_trip() -> None:
+    token = encode_token("2026-01-01T00:00:00+00:00", "inc-1")
+    at, key = _time_token(token) or (None, None)
+    assert key == "inc-1" and at is not None and at.year == 2026
+    with pytest.raises(InvalidArgument):
+        _time_token(encode_token("2026-01-01T00:00:00", "naive"))
+
+
+@given(st.text(max_size=80))
+def test_addresses_are_bare_or_refused(raw: str) -> None:
+    try:
+        address = normalise_email(raw)
+    except InvalidArgument as exc:
+        assert exc.field == "email"
+        return
+    assert not any(c in address for c in "\r\n<>,; ") and address == address.lower()
