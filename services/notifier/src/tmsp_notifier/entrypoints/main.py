@@ -8,11 +8,10 @@ commit, periodic tasks stop, producer flushed, clients closed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from tmsp.notifier.v1 import notifier_pb2_grpc
-from tmsp_common.auth_keys import grpc_key_source
+from tmsp_common.auth_keys import token_verifier
 from tmsp_common.grpc_server import GrpcConfig, GrpcServer
 from tmsp_common.kafka.admin import ensure_topics
 from tmsp_common.kafka.consumer import BatchHandler, ConsumerRunner
@@ -25,11 +24,10 @@ from tmsp_common.kafka.topics import (
     PRODUCT_LIVENESS,
     Topic,
 )
-from tmsp_common.lifecycle import run_service
+from tmsp_common.lifecycle import every, run_service
 from tmsp_common.logging import get_logger
 from tmsp_common.metrics import start_metrics_server
 from tmsp_common.mongo import close, connect
-from tmsp_common.tokens import JwtVerifier, static_keys
 from tmsp_notifier import bootstrap
 from tmsp_notifier.adapters.mongo import create_indexes
 from tmsp_notifier.adapters.smtp import SmtpSender
@@ -44,29 +42,6 @@ from tmsp_notifier.entrypoints.grpc_api import SERVICE_NAME, NotificationSetting
 log = get_logger(__name__)
 
 CONSUMED = (NOTIFICATION_REQUESTS, INCIDENTS, PRODUCT_LIVENESS, NONCONFORMING_ENDPOINTS, ACCOUNTS)
-
-
-async def _every(
-    interval_s: float, task: Callable[[], Awaitable[object]], stop: asyncio.Event, name: str
-) -> None:
-    """Run ``task`` now and then every ``interval_s`` until stop; errors are logged, retried."""
-    while not stop.is_set():
-        try:
-            await task()
-        except Exception as exc:  # noqa: BLE001 - a periodic task retries at its next run
-            log.warning("periodic task failed", task=name, error=f"{type(exc).__name__}: {exc}")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
-
-
-def _verifier(settings: NotifierSettings) -> JwtVerifier:
-    """Pinned keys when configured, otherwise auth's GetSigningKeys (fetched on first use)."""
-    keys = settings.public_keys()
-    if keys:
-        return JwtVerifier(static_keys(keys))
-    return JwtVerifier(
-        grpc_key_source(settings.auth_target, tls=settings.auth_tls, tls_dir=settings.tls_dir)
-    )
 
 
 async def serve(settings: NotifierSettings, stop: asyncio.Event) -> None:
@@ -90,7 +65,12 @@ async def serve(settings: NotifierSettings, stop: asyncio.Event) -> None:
                 )
             ],
             service_names=[SERVICE_NAME],
-            verifier=_verifier(settings),
+            verifier=token_verifier(
+                settings.public_keys(),
+                settings.auth_target,
+                tls=settings.auth_tls,
+                tls_dir=settings.tls_dir,
+            ),
         )
 
         def runner(
@@ -130,7 +110,7 @@ async def serve(settings: NotifierSettings, stop: asyncio.Event) -> None:
         tasks = [asyncio.create_task(c.run(stop), name=c.group_id) for c in consumers]
         tasks.append(
             asyncio.create_task(
-                _every(
+                every(
                     settings.digest_interval_s,
                     lambda: app.deliverer.flush_digests(stop),
                     stop,
@@ -140,7 +120,7 @@ async def serve(settings: NotifierSettings, stop: asyncio.Event) -> None:
         )
         tasks.append(
             asyncio.create_task(
-                _every(
+                every(
                     settings.subscription_check_interval_s,
                     app.events.check_subscriptions,
                     stop,
