@@ -84,6 +84,42 @@ async def test_a_duplicate_key_inside_a_batch_falls_back_to_single_writes(
     assert doc is not None and doc["version"] == 2 and doc["event_count"] == 4
 
 
+async def test_new_incidents_are_inserted_as_an_upsert_would_store_them(
+    db: AsyncDatabase[Document],
+) -> None:
+    repo = MongoIncidents(db)
+    assert await repo.upsert_many([incident("ins", 1)]) == {"ins"}
+    assert await MongoIncidents(db).upsert(incident("ups", 1))  # the single guarded upsert
+    inserted, upserted = await repo.get("ins"), await repo.get("ups")
+    assert inserted is not None and upserted is not None
+    volatile = {"_id", "created_at", "updated_at"}
+    assert {k: v for k, v in inserted.items() if k not in volatile} == {
+        k: v for k, v in upserted.items() if k not in volatile
+    }
+    assert inserted["status"] == "new" and inserted["created_at"] == inserted["updated_at"]
+
+
+async def test_a_worker_that_remembers_nothing_skips_what_is_stored_and_keeps_the_status(
+    db: AsyncDatabase[Document],
+) -> None:
+    """After a restart every id is unknown: the inserts meet duplicate keys (FerretDB reports
+    them per document in an unordered bulk insert) and only newer versions are written."""
+    await MongoIncidents(db).upsert_many([incident("a", 1), incident("b", 3)])
+    await db["incidents"].update_one({"_id": "a"}, {"$set": {"status": "investigating"}})
+    restarted = MongoIncidents(db)
+    stored = await restarted.upsert_many(
+        [incident("a", 1), incident("b", 2, count=9), incident("c", 1)]
+    )
+    assert stored == {"c"}
+    b = await restarted.get("b")
+    assert b is not None and b["version"] == 3 and b["event_count"] == 3
+    assert await MongoIncidents(db).upsert_many([incident("a", 2, count=5)]) == {"a"}
+    a = await restarted.get("a")
+    assert a is not None and a["version"] == 2 and a["event_count"] == 5
+    assert a["status"] == "investigating"
+    assert await db["incidents"].count_documents({}) == 3
+
+
 async def test_counts_per_account_for_the_daily_update(db: AsyncDatabase[Document]) -> None:
     repo = MongoIncidents(db)
     await repo.upsert_many(
@@ -92,6 +128,11 @@ async def test_counts_per_account_for_the_daily_update(db: AsyncDatabase[Documen
     await db["incidents"].update_one({"_id": "a2"}, {"$set": {"status": "resolved"}})
     assert await repo.all_counts() == {"acc1": (1, 2), "acc2": (1, 1)}
     assert await repo.counts("acc1") == (1, 2)
+    await repo.upsert_many([incident("a3", 1)])
+    await db["incidents"].update_one({"_id": "a3"}, {"$set": {"status": "investigating"}})
+    assert await repo.counts("acc1") == (2, 3)
+    assert await repo.counts("acc2") == (1, 1)
+    assert await repo.counts("nobody") == (0, 0)
 
 
 async def test_threat_names_with_dots_and_dollars_round_trip(

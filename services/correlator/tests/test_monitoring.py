@@ -1,8 +1,9 @@
 # ruff: noqa: E501  (tables and fakes read best one per line)
-"""Nonconforming endpoints and product liveness: domain transitions and use cases with fakes."""
+"""Nonconforming endpoints, product liveness and live incident counts: use cases with fakes."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -10,9 +11,16 @@ import pytest
 from google.protobuf.message import Message
 
 from tmsp.events.v1 import incidents_pb2
-from tmsp_common.kafka.topics import NONCONFORMING_ENDPOINTS, PRODUCT_LIVENESS, Topic
+from tmsp_common.kafka.topics import (
+    INCIDENT_COUNTS,
+    INCIDENTS,
+    NONCONFORMING_ENDPOINTS,
+    PRODUCT_LIVENESS,
+    Topic,
+)
 from tmsp_correlator.domain.liveness import LivenessPolicy, due_transitions
 from tmsp_correlator.domain.nonconforming import MitigationFact, apply_result, endpoint_key
+from tmsp_correlator.service_layer.incidents import OPEN_STATUSES, IncidentRecorder
 from tmsp_correlator.service_layer.monitoring import NonconformingEndpoints, ProductLiveness
 
 
@@ -195,3 +203,113 @@ async def test_liveness_offline_then_online_then_logs() -> None:
         S.PRODUCT_LIVENESS_STATE_LOGS_NOT_RECEIVED,
         S.PRODUCT_LIVENESS_STATE_LOGS_RESUMED,
     ]
+
+
+class FakeIncidents:
+    """Stores the newest version of each incident; counts what is stored, can be held."""
+
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+        self.count_calls = 0
+        self.fail_counts = 0
+        self.hold_counts: asyncio.Event | None = None
+
+    async def upsert_many(self, incidents: list[dict[str, Any]]) -> set[str]:
+        stored = set()
+        for inc in incidents:
+            if self.docs.get(inc["id"], {}).get("version", 0) < inc["version"]:
+                self.docs[inc["id"]] = {"status": "new", **inc}
+                stored.add(inc["id"])
+        return stored
+
+    async def counts(self, account_id: str) -> tuple[int, int]:
+        self.count_calls += 1
+        if self.fail_counts:
+            self.fail_counts -= 1
+            raise ConnectionError("store down")
+        mine = [d for d in self.docs.values() if d["account_id"] == account_id]
+        if self.hold_counts is not None:
+            await self.hold_counts.wait()
+        return sum(d["status"] in OPEN_STATUSES for d in mine), len(mine)
+
+    async def all_counts(self) -> dict[str, tuple[int, int]]:
+        return {a: await self.counts(a) for a in {d["account_id"] for d in self.docs.values()}}
+
+
+def incident(iid: str, account: str = "acc1", version: int = 1) -> dict[str, Any]:
+    return {
+        "id": iid,
+        "account_id": account,
+        "rule_ids": ["r"],
+        "title": "t",
+        "severity": "high",
+        "endpoints": [],
+        "first": 1_790_000_000.0,
+        "last": 1_790_000_001.0,
+        "count": version,
+        "event_ids": [],
+        "timeline": [],
+        "tags": [],
+        "actions": [],
+        "version": version,
+    }
+
+
+def live_counts(pub: FakePublisher) -> list[tuple[str, int, int]]:
+    return [
+        (m.account_id, m.open_incidents, m.total_incidents)  # type: ignore[attr-defined]
+        for t, m, _ in pub.sent
+        if t is INCIDENT_COUNTS and not m.daily  # type: ignore[attr-defined]
+    ]
+
+
+async def test_throttled_live_counts_wait_for_the_tick_and_count_each_account_once() -> None:
+    pub, repo = FakePublisher(), FakeIncidents()
+    rec = IncidentRecorder(repo, pub, live_count_interval_s=1.0)
+    await rec.record_many([(incident("a1"), True), (incident("b1", "acc2"), True)])
+    await rec.record_many([(incident("a2"), True)])
+    await rec.record_many([(incident("a1", version=2), False)])
+    # the incidents are published at once, the counts not yet and not scanned for
+    assert sum(t is INCIDENTS for t, _, _ in pub.sent) == 4
+    assert live_counts(pub) == [] and repo.count_calls == 0
+    assert await rec.publish_due_counts() == 2
+    assert live_counts(pub) == [("acc1", 2, 2), ("acc2", 1, 1)]  # the last change counted
+    assert await rec.publish_due_counts() == 0  # nothing new: no scan, no count
+    await rec.record_many([(incident("a1", version=3), False)])  # an update adds no incident
+    assert await rec.publish_due_counts() == 0
+    assert repo.count_calls == 2
+
+
+async def test_without_an_interval_every_batch_publishes_its_accounts_counts() -> None:
+    pub, repo = FakePublisher(), FakeIncidents()
+    rec = IncidentRecorder(repo, pub)
+    await rec.record_many([(incident("a1"), True)])
+    await rec.record_many([(incident("a2"), True), (incident("b1", "acc2"), True)])
+    assert live_counts(pub) == [("acc1", 1, 1), ("acc1", 2, 2), ("acc2", 1, 1)]
+
+
+async def test_a_live_count_that_fails_stays_due_for_the_next_tick() -> None:
+    pub, repo = FakePublisher(), FakeIncidents()
+    rec = IncidentRecorder(repo, pub, live_count_interval_s=1.0)
+    await rec.record_many([(incident("a1"), True), (incident("b1", "acc2"), True)])
+    repo.fail_counts = 1
+    with pytest.raises(ConnectionError):
+        await rec.publish_due_counts()
+    assert live_counts(pub) == []
+    assert await rec.publish_due_counts() == 2
+    assert live_counts(pub) == [("acc1", 1, 1), ("acc2", 1, 1)]
+
+
+async def test_an_incident_stored_while_its_account_is_counted_is_counted_next_tick() -> None:
+    pub, repo = FakePublisher(), FakeIncidents()
+    rec = IncidentRecorder(repo, pub, live_count_interval_s=1.0)
+    await rec.record_many([(incident("a1"), True)])
+    repo.hold_counts = asyncio.Event()
+    counting = asyncio.create_task(rec.publish_due_counts())
+    await asyncio.sleep(0)  # the count has read the store and waits
+    await rec.record_many([(incident("a2"), True)])
+    repo.hold_counts.set()
+    assert await counting == 1
+    assert live_counts(pub) == [("acc1", 1, 1)]
+    assert await rec.publish_due_counts() == 1
+    assert live_counts(pub) == [("acc1", 1, 1), ("acc1", 2, 2)]

@@ -91,7 +91,9 @@ def build(
             max_incident_event_ids=settings.max_incident_event_ids,
             max_incident_endpoints=settings.max_incident_endpoints,
         ),
-        recorder=IncidentRecorder(incidents, publisher),
+        recorder=IncidentRecorder(
+            incidents, publisher, live_count_interval_s=settings.live_count_interval_s
+        ),
         nonconforming=NonconformingEndpoints(nonconforming, publisher),
         liveness=ProductLiveness(
             liveness,

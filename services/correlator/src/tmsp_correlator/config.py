@@ -45,6 +45,8 @@ class CorrelatorSettings(ServiceSettings):
     """How long a batch waits to fill (the added latency bound)."""
     producer_linger_s: float = Field(0.005, ge=0)
     """How long the producer waits to batch records into one request."""
+    live_count_interval_s: float = Field(1.0, ge=0)
+    """At most one live incident count per account this often (0 = after every batch)."""
     time_zone: str = "UTC"
     """IANA time zone of the daily incident count (02:00)."""
     daily_count_cron: str = "0 2 * * *"

@@ -392,6 +392,16 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
             except Exception:  # noqa: BLE001 - keep the running rules
                 log.exception("rule reload failed; keeping the running rules")
 
+    if s.live_count_interval_s > 0:
+
+        @app.timer(interval=s.live_count_interval_s)  # type: ignore[untyped-decorator]  # faust is untyped
+        async def live_counts() -> None:
+            # every worker: each counts the accounts whose incidents it stored
+            try:
+                await c.recorder.publish_due_counts()
+            except Exception:  # noqa: BLE001 - still due: the next tick tries again
+                log.exception("live incident counts failed")
+
     @app.crontab(s.daily_count_cron, timezone=ZoneInfo(s.time_zone), on_leader=True)
     async def daily_counts() -> None:
         try:

@@ -56,11 +56,22 @@ def incident_message(inc: dict[str, Any], now: datetime) -> incidents_pb2.Incide
 
 
 class IncidentRecorder:
-    """Stores an incident (idempotent upsert, version guard), then publishes it and counts."""
+    """Stores an incident (idempotent upsert, version guard), then publishes it and counts.
 
-    def __init__(self, repo: IncidentRepository, publisher: Publisher) -> None:
+    Live counts are recomputed from the store, which costs a collection scan on FerretDB:
+    with ``live_count_interval_s`` > 0 a batch only marks its accounts as due, and
+    ``publish_due_counts`` (a timer of that interval) publishes one count per due account,
+    so an account gets at most one live count per interval and its last change is always
+    counted. With 0 each batch publishes its accounts' counts itself.
+    """
+
+    def __init__(
+        self, repo: IncidentRepository, publisher: Publisher, *, live_count_interval_s: float = 0
+    ) -> None:
         self.repo = repo
         self.publisher = publisher
+        self.live_count_interval_s = live_count_interval_s
+        self._counts_due: set[str] = set()
 
     async def record(self, inc: dict[str, Any], *, new: bool) -> None:
         await self.record_many([(inc, new)])
@@ -69,7 +80,7 @@ class IncidentRecorder:
         """Store a batch of incident changes in one write, publish each, then the live counts.
 
         ``changes`` holds (incident, opened in this batch); an incident appears once, in its
-        newest version. Counts are published once per account that gained an incident.
+        newest version. Each account that gained an incident is due for a live count.
         """
         if not changes:
             return
@@ -92,8 +103,22 @@ class IncidentRecorder:
                 version=inc["version"],
                 new=new,
             )
-        for account_id in sorted({inc["account_id"] for inc, new in changes if new}):
-            await self.publish_count(account_id, daily=False)
+        self._counts_due.update(inc["account_id"] for inc, new in changes if new)
+        if not self.live_count_interval_s:
+            await self.publish_due_counts()
+
+    async def publish_due_counts(self) -> int:
+        """A live count for each account that gained incidents since its last one."""
+        # taken off before counting: a batch stored meanwhile marks its account due again
+        due = sorted(self._counts_due)
+        self._counts_due.difference_update(due)
+        for n, account_id in enumerate(due):
+            try:
+                await self.publish_count(account_id, daily=False)
+            except BaseException:
+                self._counts_due.update(due[n:])
+                raise
+        return len(due)
 
     async def publish_count(self, account_id: str, *, daily: bool) -> None:
         open_, total = await self.repo.counts(account_id)

@@ -26,7 +26,7 @@ class Publisher(Protocol):
 
 class IncidentRepository(Protocol):
     async def upsert_many(self, incidents: list[dict[str, Any]]) -> set[str]:
-        """Store each incident unless the same or a newer version is stored (one round trip).
+        """Store each incident unless the same or a newer version is stored (bulk writes).
 
         Returns the ids of the incidents this call stored.
         """
