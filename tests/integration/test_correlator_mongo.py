@@ -162,3 +162,17 @@ async def test_threat_names_with_dots_and_dollars_round_trip(
     assert await repo.put("acc1/hr-lt-03", cleaned, 1)
     again = await repo.get("acc1/hr-lt-03")
     assert again is not None and set(again["threats"]) == {"$weird.name"}
+
+
+async def test_a_worker_forgets_remembered_versions_when_its_partitions_are_revoked(
+    db: AsyncDatabase[Document],
+) -> None:
+    first, second = MongoIncidents(db), MongoIncidents(db)
+    assert await first.upsert_many([incident("rebalanced", 2)]) == {"rebalanced"}
+    # the partition moved: the other worker stores a newer version
+    assert await second.upsert_many([incident("rebalanced", 5, count=5)]) == {"rebalanced"}
+    first.forget()  # what the faust app does on on_partitions_revoked
+    # a replay of an older version on the first worker must not overwrite the newer one
+    assert await first.upsert_many([incident("rebalanced", 4, count=4)]) == set()
+    stored = await db["incidents"].find_one({"_id": "rebalanced"})
+    assert stored is not None and stored["version"] == 5 and stored["event_count"] == 5

@@ -214,6 +214,9 @@ class FakeIncidents:
         self.fail_counts = 0
         self.hold_counts: asyncio.Event | None = None
 
+    def forget(self) -> None:
+        pass
+
     async def upsert_many(self, incidents: list[dict[str, Any]]) -> set[str]:
         stored = set()
         for inc in incidents:

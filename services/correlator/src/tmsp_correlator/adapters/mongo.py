@@ -104,6 +104,9 @@ class MongoIncidents:
         self.coll = db[INCIDENTS]
         self._versions: OrderedDict[str, int] = OrderedDict()
 
+    def forget(self) -> None:
+        self._versions.clear()
+
     def _remember(self, incident_id: str, version: int) -> None:
         self._versions[incident_id] = version
         self._versions.move_to_end(incident_id)

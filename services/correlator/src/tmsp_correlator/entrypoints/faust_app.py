@@ -138,6 +138,14 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     """Declare the topics, table, agents, timers and crontab on ``app``."""
     s = c.settings
     prefix = s.topic_prefix
+
+    def forget_stored_versions(sender: Any, *args: Any, **kwargs: Any) -> None:
+        # another worker now owns these incidents and may store newer versions
+        c.recorder.repo.forget()
+
+    # mode types receivers as a union of callables that no plain function matches
+    app.on_partitions_revoked.connect(forget_stored_versions)  # type: ignore[arg-type]
+
     detections_topic = bus.topic(DETECTIONS.qualified(prefix))
     mitigations_topic = bus.topic(MITIGATION_RESULTS.qualified(prefix))
     heartbeats_topic = bus.topic(HEARTBEATS.qualified(prefix))

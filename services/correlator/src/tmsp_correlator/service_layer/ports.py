@@ -40,6 +40,11 @@ class IncidentRepository(Protocol):
         """(open, total) per account."""
         ...
 
+    def forget(self) -> None:
+        """Drop what this worker remembers of stored versions (its partitions were revoked:
+        another worker may store newer versions meanwhile)."""
+        ...
+
 
 class NonconformingRepository(Protocol):
     async def get(self, key: str) -> dict[str, Any] | None: ...
