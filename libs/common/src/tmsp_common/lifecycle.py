@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from tmsp_common.logging import configure_logging, get_logger
@@ -75,3 +75,28 @@ async def every(
             log.warning("periodic task failed", task=name, error=f"{type(exc).__name__}: {exc}")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
+
+
+async def supervise(
+    tasks: Sequence[asyncio.Task[object]],
+    stop: asyncio.Event,
+    drain: Callable[[], Awaitable[None]],
+) -> None:
+    """Run ``tasks`` (consumers, periodic jobs) until ``stop`` is set or one of them fails;
+    then set ``stop``, ``drain`` (e.g. the gRPC server), wait for every task and log the
+    errors. Raises ``SystemExit(1)`` if a task ended the service by failing."""
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    failed = [t for t in done if t is not stopper and t.exception() is not None]
+    stop.set()
+    await drain()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for task, result in zip(tasks, results, strict=True):
+        if isinstance(result, BaseException):
+            log.error(
+                "task ended with an error",
+                task=task.get_name(),
+                error=f"{type(result).__name__}: {result}",
+            )
+    if failed:
+        raise SystemExit(1)

@@ -24,7 +24,7 @@ from tmsp_common.kafka.topics import (
     PRODUCT_LIVENESS,
     Topic,
 )
-from tmsp_common.lifecycle import every, run_service
+from tmsp_common.lifecycle import every, run_service, supervise
 from tmsp_common.logging import get_logger
 from tmsp_common.metrics import start_metrics_server
 from tmsp_common.mongo import close, connect
@@ -129,21 +129,11 @@ async def serve(settings: NotifierSettings, stop: asyncio.Event) -> None:
             )
         )
         log.info("service ready", grpc_port=port, smtp=f"{settings.smtp_host}:{settings.smtp_port}")
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        failed = [t for t in done if t is not stopper and t.exception() is not None]
-        stop.set()
-        await server.drain()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        for t, r in zip(tasks, results, strict=True):
-            if isinstance(r, BaseException):
-                log.error(
-                    "task ended with an error", task=t.get_name(), error=f"{type(r).__name__}: {r}"
-                )
-        if isinstance(app.sender, SmtpSender):
-            await app.sender.close()
-        if failed:
-            raise SystemExit(1)
+        try:
+            await supervise(tasks, stop, server.drain)
+        finally:
+            if isinstance(app.sender, SmtpSender):
+                await app.sender.close()
     finally:
         await producer.stop()
         await close(db)

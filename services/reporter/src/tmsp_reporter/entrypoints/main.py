@@ -33,7 +33,7 @@ from tmsp_common.kafka.topics import (
     UPLOADS,
     Topic,
 )
-from tmsp_common.lifecycle import DependencyUnavailable, every, run_service
+from tmsp_common.lifecycle import DependencyUnavailable, every, run_service, supervise
 from tmsp_common.logging import configure_logging, get_logger
 from tmsp_common.metrics import start_metrics_server
 from tmsp_common.mongo import close, connect
@@ -118,19 +118,7 @@ async def serve(settings: ReporterSettings, stop: asyncio.Event) -> None:
                 )
             )
         log.info("service ready", grpc_port=port)
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        failed = [t for t in done if t is not stopper and t.exception() is not None]
-        stop.set()
-        await server.drain()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        for t, r in zip(tasks, results, strict=True):
-            if isinstance(r, BaseException):
-                log.error(
-                    "task ended with an error", task=t.get_name(), error=f"{type(r).__name__}: {r}"
-                )
-        if failed:
-            raise SystemExit(1)
+        await supervise(tasks, stop, server.drain)
     finally:
         await producer.stop()
         await close(db)
