@@ -10,7 +10,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from tmsp_common.mongo import Document, close, connect
 from tmsp_common.testing import Infra
-from tmsp_correlator.adapters.mongo import MongoIncidents, MongoNonconforming, create_indexes
+from tmsp_correlator.adapters.mongo import (
+    MongoIncidents,
+    MongoNonconforming,
+    create_indexes,
+    incident_update,
+)
 from tmsp_correlator.domain.nonconforming import MitigationFact, apply_result
 
 pytestmark = [pytest.mark.integration, pytest.mark.mongo]
@@ -73,10 +78,10 @@ async def test_analyst_status_survives_later_updates(db: AsyncDatabase[Document]
     assert await repo.counts("acc1") == (1, 1)
 
 
-async def test_a_duplicate_key_inside_a_batch_falls_back_to_single_writes(
+async def test_a_repeated_incident_in_one_batch_is_stored_in_its_newest_version(
     db: AsyncDatabase[Document],
 ) -> None:
-    """FerretDB 1.x answers such a bulk without nModified (pymongo KeyError): still stored."""
+    """The second copy meets a duplicate key on the insert and is then updated by _id."""
     repo = MongoIncidents(db)
     stored = await repo.upsert_many([incident("x", 1), incident("x", 2, count=4)])
     assert "x" in stored
@@ -89,7 +94,10 @@ async def test_new_incidents_are_inserted_as_an_upsert_would_store_them(
 ) -> None:
     repo = MongoIncidents(db)
     assert await repo.upsert_many([incident("ins", 1)]) == {"ins"}
-    assert await MongoIncidents(db).upsert(incident("ups", 1))  # the single guarded upsert
+    # the update form, as an upsert would store it
+    await db["incidents"].update_one(
+        {"_id": "ups"}, incident_update(incident("ups", 1)), upsert=True
+    )
     inserted, upserted = await repo.get("ins"), await repo.get("ups")
     assert inserted is not None and upserted is not None
     volatile = {"_id", "created_at", "updated_at"}

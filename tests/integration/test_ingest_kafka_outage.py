@@ -72,6 +72,38 @@ async def gateway(infra, names, tmp_path: Path, kafka: PrivateKafka) -> AsyncIte
     gw.stop()
 
 
+async def put_until_accepted(
+    gateway: Gateway, user: str, password: str, name: str, data: bytes, *, within_s: float
+) -> None:
+    """What an appliance does: retry the upload until the close succeeds."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            await gateway.sftp_put(user, name, data, password=password)
+            return
+        except asyncssh.SFTPFailure:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def assert_landed_once(
+    kafka: PrivateKafka, gateway: Gateway, records: int, *, timeout: float
+) -> None:
+    """Every record of the upload is on the bus exactly once, with one "upload received"."""
+    async with TopicReader(kafka.bootstrap, topics.DETECTIONS, gateway.prefix) as r:
+        landed = await r.read_until(lambda rs: len(rs) >= records, timeout=timeout)
+        with pytest.raises(TimeoutError):
+            await r.read_until(lambda rs: len(rs) > records, timeout=3)
+    ids = Counter(unwrap(rec.value, detections_pb2.Detection)[1].event_id for rec in landed)
+    assert len(ids) == records and set(ids.values()) == {1}
+    async with TopicReader(kafka.bootstrap, topics.UPLOADS, gateway.prefix) as r:
+        (done,) = await r.read_events(status_pb2.UploadReceived, 1, timeout=20)
+        with pytest.raises(TimeoutError):
+            await r.read_until(lambda rs: len(rs) > 1, timeout=2)
+    assert done.records_accepted == records
+
+
 async def test_upload_fails_while_kafka_is_down_and_the_retry_lands_once(
     gateway: Gateway, kafka: PrivateKafka, tmp_path: Path
 ) -> None:
@@ -94,28 +126,11 @@ async def test_upload_fails_while_kafka_is_down_and_the_retry_lands_once(
 
     kafka.start()
     await kafka.wait_ready()
-    deadline = time.monotonic() + 60
-    while True:  # an appliance retries until the close succeeds
-        try:
-            await gateway.sftp_put(user, "outage.log", CEF, password=password)
-            break
-        except asyncssh.SFTPFailure:
-            if time.monotonic() > deadline:
-                raise
+    await put_until_accepted(gateway, user, password, "outage.log", CEF, within_s=60)
     # And a retry after success is recognised.
     await gateway.sftp_put(user, "outage.log", CEF, password=password)
 
-    async with TopicReader(kafka.bootstrap, topics.DETECTIONS, gateway.prefix) as r:
-        records = await r.read_until(lambda rs: len(rs) >= RECORDS, timeout=30)
-        with pytest.raises(TimeoutError):
-            await r.read_until(lambda rs: len(rs) > RECORDS, timeout=3)
-    ids = Counter(unwrap(rec.value, detections_pb2.Detection)[1].event_id for rec in records)
-    assert len(ids) == RECORDS and set(ids.values()) == {1}
-    async with TopicReader(kafka.bootstrap, topics.UPLOADS, gateway.prefix) as r:
-        (done,) = await r.read_events(status_pb2.UploadReceived, 1, timeout=20)
-        with pytest.raises(TimeoutError):
-            await r.read_until(lambda rs: len(rs) > 1, timeout=2)
-    assert done.records_accepted == RECORDS
+    await assert_landed_once(kafka, gateway, RECORDS, timeout=30)
 
 
 async def test_kafka_killed_while_the_records_are_published_then_the_retry_lands_once(
@@ -136,23 +151,6 @@ async def test_kafka_killed_while_the_records_are_published_then_the_retry_lands
 
     kafka.start()
     await kafka.wait_ready()
-    deadline = time.monotonic() + 90
-    while True:  # the appliance retries until the close succeeds
-        try:
-            await gateway.sftp_put(user, "mid.log", data, password=password)
-            break
-        except asyncssh.SFTPFailure:
-            if time.monotonic() > deadline:
-                raise
+    await put_until_accepted(gateway, user, password, "mid.log", data, within_s=90)
 
-    async with TopicReader(kafka.bootstrap, topics.DETECTIONS, gateway.prefix) as r:
-        landed = await r.read_until(lambda rs: len(rs) >= records, timeout=60)
-        with pytest.raises(TimeoutError):
-            await r.read_until(lambda rs: len(rs) > records, timeout=3)
-    ids = Counter(unwrap(rec.value, detections_pb2.Detection)[1].event_id for rec in landed)
-    assert len(ids) == records and set(ids.values()) == {1}
-    async with TopicReader(kafka.bootstrap, topics.UPLOADS, gateway.prefix) as r:
-        (done,) = await r.read_events(status_pb2.UploadReceived, 1, timeout=20)
-        with pytest.raises(TimeoutError):
-            await r.read_until(lambda rs: len(rs) > 1, timeout=2)
-    assert done.records_accepted == records
+    await assert_landed_once(kafka, gateway, records, timeout=60)

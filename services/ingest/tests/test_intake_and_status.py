@@ -102,6 +102,28 @@ async def test_a_retry_joins_the_unacknowledged_attempt_instead_of_publishing_ag
     assert len(world.publisher.events) == 2 and world.intake.in_flight == 0
 
 
+async def test_a_reservation_made_by_the_intake_is_released_when_a_twin_publishes(
+    world: World,
+) -> None:
+    """Two uploads of the same content meet while reserving room: one publishes, and the
+    other's reservation (made by the intake, no hold given) must not stay counted."""
+    product, _ = await world.registry.register(OPERATOR, REG)
+    acquire = world.intake.buffer.acquire
+
+    async def yielding_acquire(nbytes: int, timeout: float) -> int:
+        await asyncio.sleep(0)  # as when room is short: the other upload runs meanwhile
+        return await acquire(nbytes, timeout)
+
+    world.intake.buffer.acquire = yielding_acquire  # type: ignore[method-assign]
+    first, second = await asyncio.gather(
+        world.intake.ingest(product, "a.log", DATA, protocol=1),
+        world.intake.ingest(product, "a.log", DATA, protocol=1),
+    )
+    assert first.accepted == second.accepted == 2
+    assert len(world.publisher.events) == 2
+    assert world.intake.buffer.held == 0
+
+
 async def test_uploads_in_memory_are_bounded_while_kafka_does_not_acknowledge(
     world: World,
 ) -> None:

@@ -43,20 +43,23 @@ def looks_like_code(code: str) -> bool:
     return len(code) == DIGITS and code.isascii() and code.isdigit()
 
 
-def matching_step(secret: str, code: str, now: datetime, window: int = WINDOW) -> int | None:
-    """The time step within +-``window`` whose code equals ``code``, else None.
-
-    Every candidate is compared in constant time, and all are compared (no early exit).
-    """
+def _step_matching(secret: str, code: str, steps: range) -> int | None:
+    """The first of ``steps`` whose code equals ``code``, else None. Every candidate is
+    compared in constant time, and all are compared (no early exit)."""
     code = code.strip().replace(" ", "")
     if not looks_like_code(code):
         return None
-    current = time_step(now)
     found: int | None = None
-    for step in range(current - window, current + window + 1):
+    for step in steps:
         if hmac.compare_digest(code_at_step(secret, step), code) and found is None:
             found = step
     return found
+
+
+def matching_step(secret: str, code: str, now: datetime, window: int = WINDOW) -> int | None:
+    """The time step within +-``window`` whose code equals ``code``, else None."""
+    current = time_step(now)
+    return _step_matching(secret, code, range(current - window, current + window + 1))
 
 
 def is_stale(secret: str, code: str, now: datetime, window: int = WINDOW) -> bool:
@@ -64,14 +67,9 @@ def is_stale(secret: str, code: str, now: datetime, window: int = WINDOW) -> boo
 
     Only told to a caller who passed the password step; compared in constant time.
     """
-    code = code.strip().replace(" ", "")
-    if not looks_like_code(code):
-        return False
     current = time_step(now)
-    stale = False
-    for step in range(current - window - STALE_STEPS, current - window):
-        stale |= hmac.compare_digest(code_at_step(secret, step), code)
-    return stale
+    steps = range(current - window - STALE_STEPS, current - window)
+    return _step_matching(secret, code, steps) is not None
 
 
 def provisioning_uri(secret: str, *, issuer: str, account_label: str) -> str:

@@ -69,13 +69,13 @@ def incident_document(inc: dict[str, Any]) -> Document:
     }
 
 
-def _incident_update(inc: dict[str, Any]) -> Document:
+def incident_update(inc: dict[str, Any]) -> Document:
     doc = incident_document(inc)
     return {"$set": doc, "$setOnInsert": {"status": "new", "created_at": doc["updated_at"]}}
 
 
 def _incident_insert(inc: dict[str, Any]) -> Document:
-    """The document an upsert of ``_incident_update(inc)`` creates."""
+    """The document an upsert of ``incident_update(inc)`` creates."""
     doc = incident_document(inc)
     return {"_id": inc["id"], **doc, "status": "new", "created_at": doc["updated_at"]}
 
@@ -147,34 +147,13 @@ class MongoIncidents:
         todo = [inc for inc in rest if versions.get(inc["id"], 0) < inc["version"]]
         if not todo:
             return stored_ids
-        ops = [
-            UpdateOne({"_id": inc["id"]}, _incident_update(inc), upsert=inc["id"] not in versions)
-            for inc in todo
-        ]
-        try:
-            await self.coll.bulk_write(ops, ordered=False)
-        except (BulkWriteError, KeyError):
-            # Someone stored one of them meanwhile (a duplicate key). FerretDB 1.x answers a
-            # bulk with a failed operation without "nModified", which pymongo reports as a
-            # KeyError: redo the batch one document at a time (each guarded, idempotent).
-            for inc in todo:
-                self._versions.pop(inc["id"], None)
-            return stored_ids | {inc["id"] for inc in todo if await self.upsert(inc)}
+        # by _id only and never an upsert (every id here is stored): no duplicate key possible
+        await self.coll.bulk_write(
+            [UpdateOne({"_id": inc["id"]}, incident_update(inc)) for inc in todo], ordered=False
+        )
         for inc in todo:
             self._remember(inc["id"], inc["version"])
         return stored_ids | {inc["id"] for inc in todo}
-
-    async def upsert(self, incident: dict[str, Any]) -> bool:
-        """One incident, unless the same or a newer version is stored; True if stored."""
-        try:
-            result = await self.coll.update_one(
-                {"_id": incident["id"], "version": {"$lt": incident["version"]}},
-                _incident_update(incident),
-                upsert=True,
-            )
-        except DuplicateKeyError:
-            return False  # the same or a newer version is stored already
-        return bool(result.upserted_id is not None or result.modified_count)
 
     async def get(self, incident_id: str) -> Document | None:
         return await self.coll.find_one({"_id": incident_id})

@@ -16,11 +16,12 @@ headers, and the agent carries on with the next record.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import faust
@@ -61,16 +62,8 @@ HIT_SOURCE = Topic(
     key="group key",
     description="Internal: rule hits repartitioned by correlation group key",
 )
-HIT_DEAD_LETTERS = Topic(
-    "correlator.hits.dlq",
-    None,
-    key="group key",
-    partitions=1,
-    retention_ms=30 * 24 * 3600 * 1000,
-    description="Hits the correlate stage could not handle (reason in headers)",
-    has_dead_letter=False,
-)
-"""``HIT_SOURCE.dead_letter`` spelled out, so that start-up creates it (under the prefix)."""
+HIT_DEAD_LETTERS = cast(Topic, HIT_SOURCE.dead_letter)  # HIT_SOURCE has a dead-letter topic
+"""Created at start-up (under the prefix): hits the correlate stage could not handle."""
 RETRIES = 3
 WINDOWS_TABLE = "correlation-windows"
 
@@ -87,12 +80,10 @@ def internal_topics(settings: CorrelatorSettings) -> tuple[Topic, ...]:
     until some later rebalance (seen in the kill test). Creating them first avoids that.
     """
     return (
-        Topic(
-            hits_topic_name(settings),
-            None,
-            key="group key",
+        dataclasses.replace(
+            HIT_SOURCE,
+            name=hits_topic_name(settings),
             partitions=settings.partitions,
-            description="Internal: rule hits repartitioned by correlation group key",
             has_dead_letter=False,
         ),
         Topic(
@@ -295,7 +286,6 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                         inc = out.incident
                         opened = out.new_incident or changed.get(inc["id"], (inc, False))[1]
                         changed[inc["id"]] = (inc, opened)
-                        INCIDENT_WRITES.labels("new" if out.new_incident else "update").inc()
                     if out.chained:
                         await send_hits(out.chained)
                     HANDLE_SECONDS.labels("correlate").observe(time.perf_counter() - started)
@@ -311,6 +301,8 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                 finally:
                     faust_current_event.reset(token)
             await record_until_stored(list(changed.values()))
+            for _inc, opened in changed.values():
+                INCIDENT_WRITES.labels("new" if opened else "update").inc()
 
     async def record_until_stored(changes: list[tuple[dict[str, Any], bool]]) -> None:
         """Store and publish a batch's incidents; retried (never dropped) while Mongo is down."""

@@ -73,9 +73,6 @@ class IncidentRecorder:
         self.live_count_interval_s = live_count_interval_s
         self._counts_due: set[str] = set()
 
-    async def record(self, inc: dict[str, Any], *, new: bool) -> None:
-        await self.record_many([(inc, new)])
-
     async def record_many(self, changes: list[tuple[dict[str, Any], bool]]) -> None:
         """Store a batch of incident changes in one write, publish each, then the live counts.
 

@@ -148,8 +148,21 @@ class Intake:
     ) -> UploadOutcome:
         """Raises UploadTooLarge, InvalidArgument (bad gzip) or Unavailable (bus down, or
         the upload buffer full). ``hold`` is the caller's reservation for ``data``; the
-        publication takes it over, otherwise the caller releases it."""
-        hold = hold or self.hold()
+        publication takes it over, otherwise the caller releases it (a hold made here is
+        released here)."""
+        if hold is None:
+            own = self.hold()
+            try:
+                return await self.ingest(
+                    product,
+                    file_name,
+                    data,
+                    protocol=protocol,
+                    forced_format=forced_format,
+                    hold=own,
+                )
+            finally:
+                own.release()  # a no-op once the publication took it over
         sha = hashlib.sha256(data).hexdigest()
         seen = await self.ledger.find(product.product_id, sha)
         if seen is not None:

@@ -7,7 +7,8 @@ filter turns the write into a collection scan (measured: 15 ms by ``_id``, 300-6
 a guard condition on 3000 documents), which made the projection quadratic. Each document
 has one writer (one consumer group, partition order; FerretDB writes whole documents back,
 so two writers of different fields of one document could undo each other): products,
-their status (heartbeats, uploads) and their liveness are three collections for that reason.
+their heartbeats, their uploads and their liveness are four collections for that reason
+(heartbeats and uploads are two topics of one group, so two replicas may handle them).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     "accounts": [IndexModel([("name_key", ASCENDING), ("_id", ASCENDING)], name="by_name")],
     "products": [IndexModel([("account_id", ASCENDING)], name="by_account")],
     "product_status": [IndexModel([("account_id", ASCENDING)], name="by_account")],
+    "product_uploads": [IndexModel([("account_id", ASCENDING)], name="by_account")],
     "product_liveness": [IndexModel([("account_id", ASCENDING)], name="by_account")],
     "incidents": [
         IndexModel(
@@ -94,6 +96,7 @@ class ReadModel:
         self.accounts = db["accounts"]
         self.products = db["products"]
         self.status = db["product_status"]
+        self.uploads = db["product_uploads"]
         self.liveness = db["product_liveness"]
         self.incidents = db["incidents"]
         self.counts = db["incident_counts"]
@@ -117,7 +120,7 @@ class ReadModel:
 
     async def apply_upload(self, u: status_pb2.UploadReceived, at: datetime) -> None:
         finished = ts(u.finished_at) or at
-        await self.status.update_one(
+        await self.uploads.update_one(
             {"_id": u.product_id},
             {"$max": {"last_received": finished}, "$set": {"account_id": u.account_id}},
             upsert=True,
@@ -209,7 +212,7 @@ class ReadModel:
 
     async def _products(self, filt: Document) -> list[ProductRow]:
         parts: dict[str, Document] = {}
-        for coll in (self.products, self.status, self.liveness):
+        for coll in (self.products, self.status, self.uploads, self.liveness):
             async for d in coll.find(filt):
                 parts.setdefault(d["_id"], {"_id": d["_id"]}).update(d)
         rows = [convert.product_row(d) for d in parts.values()]

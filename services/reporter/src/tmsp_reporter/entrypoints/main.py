@@ -146,7 +146,11 @@ async def generate_cli(settings: ReporterSettings, args: argparse.Namespace) -> 
     def progress(message: str) -> None:
         print(f"tmsp-reporter: {message}", flush=True)
 
-    progress(f"connecting to MongoDB and Kafka ({settings.kafka_bootstrap})")
+    progress(
+        f"connecting to MongoDB and Kafka ({settings.kafka_bootstrap})"
+        if args.notify
+        else "connecting to MongoDB"
+    )
     db = await connect(settings.mongo_url.get_secret_value(), settings.mongo_database)
     producer = EventProducer(
         settings.kafka_bootstrap, service="reporter", topic_prefix=settings.topic_prefix

@@ -209,8 +209,9 @@ class ReportService:
             account_id, previous.start, previous.end
         )
         endpoints = await self.read.list_nonconforming(
-            account_id, include_cleared=False, limit=MAX_LISTED_ENDPOINTS + 1
+            account_id, include_cleared=False, limit=MAX_LISTED_ENDPOINTS
         )
+        open_endpoints = await self.read.nonconforming_counts([account_id])
         counts = await self.read.counts_of([account_id])
         ordered = most_severe_first(incidents)
         return ReportContent(
@@ -225,10 +226,8 @@ class ReportService:
             ),
             incidents=tuple(ordered[:MAX_LISTED_INCIDENTS]),
             incidents_total=len(ordered),
-            nonconforming=tuple(
-                convert.nonconforming_row(n) for n in endpoints[:MAX_LISTED_ENDPOINTS]
-            ),
-            nonconforming_total=len(endpoints),
+            nonconforming=tuple(convert.nonconforming_row(n) for n in endpoints),
+            nonconforming_total=max(open_endpoints.get(account_id, 0), len(endpoints)),
             summary=summarise(incidents, period, previous_total=previous_total),
             daily_count=counts.get((account_id, True)),
         )
