@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ahocorasick_rs import AhoCorasick
 from sigma.correlations import SigmaCorrelationRule
 from sigma.rule import SigmaRule
 
@@ -32,9 +33,12 @@ from tmsp_correlator.domain.fields import (
 )
 from tmsp_correlator.domain.sigma_compiler import (
     CompiledDetection,
+    IPAddress,
+    IPNetwork,
     UnsupportedRule,
     compile_rule,
     lowered,
+    parse_ip,
 )
 
 CORRELATION_TYPES = (
@@ -139,6 +143,93 @@ class CorrelationRule:
         return self.aliases.get(group, {}).get(rule_id, group)
 
 
+class _PatternIndex:
+    """One field's required substrings in one Aho-Corasick automaton: substring -> rules."""
+
+    def __init__(self, by_substring: dict[str, list[DetectionRule]]) -> None:
+        substrings = sorted(by_substring)
+        self._automaton = AhoCorasick(substrings)
+        self._rules = [tuple(by_substring[sub]) for sub in substrings]
+
+    def rules_in(self, text: str) -> Iterator[DetectionRule]:
+        """The rules one of whose substrings occurs in ``text`` (lowered)."""
+        found = self._automaton.find_matches_as_indexes(text, overlapping=True)
+        if len(found) == 1:
+            yield from self._rules[found[0][0]]
+            return
+        for index in {i for i, _start, _end in found}:
+            yield from self._rules[index]
+
+
+class _NetworkIndex:
+    """One field's required networks: per IP version, the prefix lengths present, each a
+    dict from the network's leading bits to its rules; an address probes each length once."""
+
+    def __init__(self, by_network: dict[IPNetwork, list[DetectionRule]]) -> None:
+        tables: dict[tuple[int, int], dict[int, list[DetectionRule]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        for net, rules in by_network.items():
+            shift = net.max_prefixlen - net.prefixlen
+            tables[net.version, shift][int(net.network_address) >> shift].extend(rules)
+        self._by_version: dict[int, list[tuple[int, dict[int, list[DetectionRule]]]]] = {}
+        for (version, shift), table in sorted(tables.items()):
+            self._by_version.setdefault(version, []).append((shift, dict(table)))
+
+    def rules_containing(self, ip: IPAddress) -> Iterator[DetectionRule]:
+        """The rules one of whose networks contains ``ip``."""
+        number = int(ip)
+        for shift, table in self._by_version.get(ip.version, ()):
+            hits = table.get(number >> shift)
+            if hits:
+                yield from hits
+
+
+@dataclass
+class _SourceIndex:
+    """The rules of one log source, each under the cheapest key it has."""
+
+    literals: dict[str, dict[str, list[DetectionRule]]] = field(default_factory=dict)
+    """field -> lowered value -> rules (required literal: a dict lookup)."""
+    networks: dict[str, _NetworkIndex] = field(default_factory=dict)
+    patterns: dict[str, _PatternIndex] = field(default_factory=dict)
+    by_field: dict[str, list[DetectionRule]] = field(default_factory=dict)
+    """field -> rules that need it present (each evaluated whenever it is)."""
+    unindexed: list[DetectionRule] = field(default_factory=list)
+
+
+def _source_index(rules: Iterable[DetectionRule]) -> _SourceIndex:
+    literals: dict[str, dict[str, list[DetectionRule]]] = defaultdict(lambda: defaultdict(list))
+    networks: dict[str, dict[IPNetwork, list[DetectionRule]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    patterns: dict[str, dict[str, list[DetectionRule]]] = defaultdict(lambda: defaultdict(list))
+    by_field: dict[str, list[DetectionRule]] = defaultdict(list)
+    unindexed: list[DetectionRule] = []
+    for rule in rules:
+        c = rule.compiled
+        if c.literal is not None:
+            for value in c.literal.values:
+                literals[c.literal.field][value].append(rule)
+        elif c.network is not None:
+            for net in c.network.networks:
+                networks[c.network.field][net].append(rule)
+        elif c.pattern is not None:
+            for sub in c.pattern.substrings:
+                patterns[c.pattern.field][sub].append(rule)
+        elif c.field is not None:
+            by_field[c.field].append(rule)
+        else:
+            unindexed.append(rule)
+    return _SourceIndex(
+        literals={f: dict(v) for f, v in literals.items()},
+        networks={f: _NetworkIndex(n) for f, n in networks.items()},
+        patterns={f: _PatternIndex(p) for f, p in patterns.items()},
+        by_field=dict(by_field),
+        unindexed=unindexed,
+    )
+
+
 @dataclass
 class RuleSet:
     """Every loaded rule plus the indexes the engine uses."""
@@ -148,34 +239,18 @@ class RuleSet:
     rejected: list[RuleRejection] = field(default_factory=list)
     consumers: dict[str, list[str]] = field(default_factory=dict)
     """rule id -> ids of the correlations that reference it."""
-    _unindexed: dict[tuple[str, str], list[DetectionRule]] = field(default_factory=dict)
-    _by_field: dict[tuple[str, str], dict[str, list[DetectionRule]]] = field(default_factory=dict)
-    _indexed: dict[tuple[str, str], dict[str, dict[str, list[DetectionRule]]]] = field(
-        default_factory=dict
-    )
+    _index: dict[tuple[str, str], _SourceIndex] = field(default_factory=dict)
 
     def build_index(self) -> None:
-        """(Re)build the logsource and literal-value indexes."""
-        unindexed: dict[tuple[str, str], list[DetectionRule]] = defaultdict(list)
-        indexed: dict[tuple[str, str], dict[str, dict[str, list[DetectionRule]]]] = defaultdict(
-            lambda: defaultdict(lambda: defaultdict(list))
-        )
-        by_field: dict[tuple[str, str], dict[str, list[DetectionRule]]] = defaultdict(
-            lambda: defaultdict(list)
-        )
+        """(Re)build the rule index: by log source, then by each rule's cheapest key.
+
+        Keys in order of preference: required literal, required network, required pattern,
+        required field, none (see :class:`CompiledDetection`).
+        """
+        by_source: dict[tuple[str, str], list[DetectionRule]] = defaultdict(list)
         for rule in self.detections.values():
-            source = (rule.event_type, rule.product_kind)
-            lit = rule.compiled.literal
-            if lit is None and rule.compiled.field is not None:
-                by_field[source][rule.compiled.field].append(rule)
-            elif lit is None:
-                unindexed[source].append(rule)
-            else:
-                for value in lit.values:
-                    indexed[source][lit.field][value].append(rule)
-        self._unindexed = dict(unindexed)
-        self._by_field = {src: dict(d) for src, d in by_field.items()}
-        self._indexed = {s: {f: dict(v) for f, v in d.items()} for s, d in indexed.items()}
+            by_source[rule.event_type, rule.product_kind].append(rule)
+        self._index = {src: _source_index(rules) for src, rules in by_source.items()}
         consumers: dict[str, list[str]] = defaultdict(list)
         for corr in self.correlations.values():
             for ref in corr.rules:
@@ -183,36 +258,45 @@ class RuleSet:
         self.consumers = dict(consumers)
 
     def candidates(self, event: Event, low: Event) -> Iterator[DetectionRule]:
-        """The rules that can match ``event``: by log source, then by literal field values."""
+        """The rules that can match ``event`` (a superset; a rule may come more than once)."""
         etype = str(event.get("event_type", ""))
         kind = str(event.get("product_kind", ""))
         for source in ((etype, kind), (etype, ""), ("", kind), ("", "")):
-            yield from self._unindexed.get(source, ())
-            needing = self._by_field.get(source)
-            if needing:
-                for fname, rules in needing.items():
-                    if event.get(fname) not in (None, ""):
-                        yield from rules
-            by_field = self._indexed.get(source)
-            if not by_field:
+            idx = self._index.get(source)
+            if idx is None:
                 continue
-            for fname, by_value in by_field.items():
+            yield from idx.unindexed
+            for fname, rules in idx.by_field.items():
+                if event.get(fname) not in (None, ""):
+                    yield from rules
+            for fname, by_value in idx.literals.items():
                 v = low.get(fname)
                 if v is None:
                     continue
                 hits = by_value.get(v if isinstance(v, str) else str(v).lower())
                 if hits:
                     yield from hits
+            for fname, nets in idx.networks.items():
+                raw = event.get(fname)
+                ip = parse_ip(str(raw)) if raw else None
+                if ip is not None:
+                    yield from nets.rules_containing(ip)
+            for fname, pats in idx.patterns.items():
+                v = low.get(fname)
+                if v is not None:
+                    yield from pats.rules_in(v if isinstance(v, str) else str(v).lower())
 
     def match(self, event: Event) -> list[DetectionRule]:
         """The detection rules ``event`` matches (each at most once)."""
         low = lowered(event)
         out: list[DetectionRule] = []
-        seen: set[str] = set()
+        tried: set[str] = set()
         for rule in self.candidates(event, low):
             rid = rule.meta.rule_id
-            if rid not in seen and rule.compiled.predicate(event, low):
-                seen.add(rid)
+            if rid in tried:
+                continue
+            tried.add(rid)
+            if rule.compiled.predicate(event, low):
                 out.append(rule)
         return out
 

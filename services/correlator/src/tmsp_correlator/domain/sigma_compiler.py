@@ -5,9 +5,11 @@ expressions); this module walks that tree once and returns closures, so matching
 costs a few dict lookups and string operations. String comparison is case-insensitive as
 the Sigma specification says; regular expressions are case-sensitive unless flagged ``i``.
 
-It also extracts, per rule, one *required literal* (a field whose value must equal one of a
-few plain strings for the rule to match); the rule index uses it so that an event is checked
-only against rules that can match it.
+It also extracts, per rule, the necessary conditions the rule index keys on, so that an
+event is checked only against rules that can match it: a *required literal* (a field whose
+value must equal one of a few plain strings), a *required network* (a field whose address
+must lie in one of a few ``|cidr`` networks), a *required pattern* (a field whose value must
+contain one of a few substrings) and a *required field* (a field that must be present).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sigma.conditions import (
     ConditionAND,
@@ -50,6 +52,10 @@ Predicate = Callable[[Event, Event], bool]
 """``predicate(event, lowered)``: ``lowered`` has every str value lower-cased."""
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 class UnsupportedRule(ValueError):
     """The rule uses a construct this engine cannot evaluate (the reason says which)."""
 
@@ -60,6 +66,26 @@ class RequiredLiteral:
 
     field: str
     values: frozenset[str]
+
+
+@dataclass(frozen=True)
+class RequiredPattern:
+    """The rule matches only events whose ``field`` (lowered) contains one of ``substrings``.
+
+    From ``contains``/``startswith``/``endswith`` and wildcard values (the longest literal
+    fragment of each) and plain equalities; ``substrings`` are lowered and never empty.
+    """
+
+    field: str
+    substrings: frozenset[str]
+
+
+@dataclass(frozen=True)
+class RequiredNetwork:
+    """The rule matches only events whose ``field`` is an IP address in one of ``networks``."""
+
+    field: str
+    networks: frozenset[IPNetwork]
 
 
 def _always_false(_e: Event, _l: Event) -> bool:
@@ -112,12 +138,14 @@ def _string_predicate(field: str, s: SigmaString, cased: bool) -> Predicate:
         if p is SpecialChars.WILDCARD_MULTI
         else "."
         if p is SpecialChars.WILDCARD_SINGLE
-        else re.escape(p)
+        else re.escape(p if cased else p.lower())
         if isinstance(p, str)
         else ""
         for p in parts
     )
-    rx = re.compile(pattern, re.DOTALL if cased else re.DOTALL | re.IGNORECASE)
+    # lowered pattern against the lowered value, not re.IGNORECASE: the same equality as
+    # the fast paths above and as the rule index's substrings (IGNORECASE also folds ı, ſ)
+    rx = re.compile(pattern, re.DOTALL)
     if cased:
 
         def rx_cased(e: Event, _l: Event) -> bool:
@@ -139,7 +167,8 @@ def _text_test(field: str, test: Callable[[str], bool]) -> Predicate:
 
 
 @functools.lru_cache(maxsize=65536)
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def parse_ip(text: str) -> IPAddress | None:
+    """The address ``text`` spells, or None; what ``|cidr`` tests and the rule index use."""
     try:
         return ipaddress.ip_address(text)
     except ValueError:
@@ -223,7 +252,7 @@ def _value_predicate(field: str, value: Any) -> Predicate:
             v = e.get(field)
             if not v:
                 return False
-            ip = _ip(str(v))
+            ip = parse_ip(str(v))
             return ip is not None and ip in net
 
         return in_net
@@ -367,42 +396,109 @@ def required_field(node: Any) -> str | None:
     return None
 
 
+_T = TypeVar("_T")
+
+
+def _requirement(
+    node: Any,
+    leaf: Callable[[Any], frozenset[_T] | None],
+    selectivity: Callable[[frozenset[_T]], tuple[float, float]],
+) -> tuple[str, frozenset[_T]] | None:
+    """A field and a set one member of which every event matching ``node`` meets, or None.
+
+    ``leaf(value)`` gives the set of one field's value (an expansion: the union of its
+    values'); an OR of such sets on one field unites them; an AND takes its most selective
+    child (smallest ``selectivity``); a NOT, a keyword or anything else gives none.
+    """
+    if isinstance(node, ConditionFieldEqualsValueExpression):
+        value = node.value
+        if isinstance(value, SigmaExpansion):
+            sets = [leaf(v) for v in value.values]
+            known_sets = [m for m in sets if m is not None]
+            found = frozenset().union(*known_sets) if len(known_sets) == len(sets) else None
+        else:
+            found = leaf(value)
+        return (str(node.field), found) if found else None
+    if isinstance(node, ConditionOR):
+        parts = [_requirement(a, leaf, selectivity) for a in node.args]
+        known = [p for p in parts if p is not None]
+        if not known or len(known) < len(parts) or len({f for f, _ in known}) != 1:
+            return None
+        return known[0][0], frozenset().union(*(members for _, members in known))
+    if isinstance(node, ConditionAND):
+        found_in = (_requirement(a, leaf, selectivity) for a in node.args)
+        return min(
+            (r for r in found_in if r is not None),
+            key=lambda r: selectivity(r[1]),
+            default=None,
+        )
+    return None
+
+
+def _literal_values(value: Any) -> frozenset[str] | None:
+    if isinstance(value, SigmaNumber):
+        return None  # compared as a float: "0443" and 443.0 equal 443, no one string does
+    lit = _plain_literal(value)
+    return frozenset({lit}) if lit is not None else None
+
+
+def _substrings(value: Any) -> frozenset[str] | None:
+    """The longest literal fragment of a case-insensitive string value, lowered, if any."""
+    if not isinstance(value, SigmaString) or isinstance(value, SigmaCasedString):
+        return None
+    fragments = [""]
+    for part in value.s:
+        if isinstance(part, str):
+            fragments[-1] += part
+        else:
+            fragments.append("")
+    longest = max(fragments, key=len).lower()
+    return frozenset({longest}) if longest else None
+
+
+def _networks(value: Any) -> frozenset[IPNetwork] | None:
+    return frozenset({value.network}) if isinstance(value, SigmaCIDRExpression) else None
+
+
 def required_literal(node: Any) -> RequiredLiteral | None:
     """A field/values pair every matching event must satisfy, or None if there is none."""
-    if isinstance(node, ConditionFieldEqualsValueExpression):
-        lit = _plain_literal(node.value)
-        return RequiredLiteral(node.field, frozenset({lit})) if lit is not None else None
-    if isinstance(node, ConditionOR):
-        same = _same_field_literals(node)
-        if same is not None:
-            return same
-        subs = [required_literal(a) for a in node.args]
-        if not subs or any(s is None for s in subs):
-            return None
-        fields = {s.field for s in subs if s is not None}
-        if len(fields) != 1:
-            return None
-        return RequiredLiteral(
-            fields.pop(), frozenset().union(*(s.values for s in subs if s is not None))
-        )
-    if isinstance(node, ConditionAND):
-        best: RequiredLiteral | None = None
-        for arg in node.args:
-            cand = required_literal(arg)
-            if cand is not None and (best is None or len(cand.values) < len(best.values)):
-                best = cand
-        return best
-    return None
+    found = _requirement(node, _literal_values, lambda values: (len(values), 0.0))
+    return RequiredLiteral(*found) if found else None
+
+
+def required_pattern(node: Any) -> RequiredPattern | None:
+    """A field/substrings pair every matching event satisfies, or None if there is none.
+
+    Fewer substrings are more selective, then a longer shortest one.
+    """
+    found = _requirement(node, _substrings, lambda subs: (len(subs), -min(map(len, subs))))
+    return RequiredPattern(*found) if found else None
+
+
+def required_network(node: Any) -> RequiredNetwork | None:
+    """A field/networks pair every matching event satisfies, or None if there is none.
+
+    Fewer networks are more selective, then a longer (relative) shortest prefix.
+    """
+    found = _requirement(
+        node, _networks, lambda nets: (len(nets), -min(n.prefixlen / n.max_prefixlen for n in nets))
+    )
+    return RequiredNetwork(*found) if found else None
 
 
 @dataclass(frozen=True)
 class CompiledDetection:
-    """A detection rule ready to match: its predicate and its index key."""
+    """A detection rule ready to match: its predicate and its index keys (None: no such key).
+
+    Each key is a necessary condition of the predicate, never a sufficient one.
+    """
 
     predicate: Predicate
     literal: RequiredLiteral | None
     field: str | None = None
-    """A field the event must carry for the rule to match (None: no such field)."""
+    """A field the event must carry for the rule to match."""
+    network: RequiredNetwork | None = None
+    pattern: RequiredPattern | None = None
 
 
 def compile_rule(rule: SigmaRule) -> CompiledDetection:
@@ -417,10 +513,15 @@ def compile_rule(rule: SigmaRule) -> CompiledDetection:
     if not trees:
         raise UnsupportedRule("rule has no condition")
     preds = [compile_node(t) for t in trees]
-    literal = required_literal(trees[0]) if len(trees) == 1 else None
-    needed = required_field(trees[0]) if len(trees) == 1 else None
     if len(preds) == 1:
-        return CompiledDetection(preds[0], literal, needed)
+        tree = trees[0]
+        return CompiledDetection(
+            preds[0],
+            required_literal(tree),
+            required_field(tree),
+            network=required_network(tree),
+            pattern=required_pattern(tree),
+        )
     return CompiledDetection(lambda e, lo: any(p(e, lo) for p in preds), None)
 
 
@@ -431,11 +532,18 @@ def lowered(event: Event) -> Event:
 
 __all__ = [
     "CompiledDetection",
+    "IPAddress",
+    "IPNetwork",
     "Predicate",
     "RequiredLiteral",
+    "RequiredNetwork",
+    "RequiredPattern",
     "UnsupportedRule",
     "_always_false",
     "compile_rule",
     "lowered",
+    "parse_ip",
     "required_literal",
+    "required_network",
+    "required_pattern",
 ]
