@@ -42,7 +42,7 @@ from tmsp_common.kafka.envelope import unwrap, wrap
 from tmsp_common.kafka.producer import EventProducer
 from tmsp_common.kafka.topics import DETECTIONS, INCIDENTS
 from tmsp_common.testing import ServiceProcess, kafka_reachable, local_infra, unique
-from tmsp_correlator.domain.correlation import MemoryCorrelator
+from tmsp_correlator.domain.correlation import MemoryCorrelator, hits_for_event
 from tmsp_correlator.domain.rules import load_rule_directory
 from tmsp_correlator.service_layer.events import detection_event
 from tmsp_correlator.testing import detection
@@ -145,6 +145,16 @@ def bench_engine(rules_root: Path, payloads: list[bytes]) -> dict[str, Any]:
         "ratio_engine_to_decode": round(decode_s / engine_s, 3),
         "incidents": len(mc.incidents),
     }
+
+
+def hits_in(rules_root: Path, dets: list[detections_pb2.Detection]) -> int:
+    """How many hits the match stage makes of ``dets`` (hits travel in batched records)."""
+    rules = load_rule_directory(rules_root)
+    n = 0
+    for d in dets:
+        env = wrap(d, producer="bench", account_id="acc1", event_id=d.event_id)
+        n += len(hits_for_event(rules, detection_event(env, d)))
+    return n
 
 
 async def decode_only(bootstrap: str, topic: str, n: int) -> float:
@@ -250,11 +260,25 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
                         f"\n{worker.logs[-2000:]}"
                     )
                 await asyncio.sleep(0.25)
-        finally:
+        except BaseException:
             with contextlib.suppress(asyncio.CancelledError):
                 await ends_reader.stop()
+            raise
         worker_rate = args.events / (time.perf_counter() - started)
-        hits = sum(hit_ends.values())
+        hit_records = sum(hit_ends.values())
+        # and the store stage: every published incident written to Mongo (committed)
+        incidents_topic = INCIDENTS.qualified(prefix)
+        while True:
+            tps = [TopicPartition(incidents_topic, p) for p in range(INCIDENTS.partitions)]
+            inc_ends = {tp.partition: o for tp, o in (await ends_reader.end_offsets(tps)).items()}
+            if not await group_behind(infra.kafka_bootstrap, app_id, incidents_topic, inc_ends):
+                break
+            if time.perf_counter() - started > args.timeout:
+                raise RuntimeError("the store stage did not finish in time")
+            await asyncio.sleep(0.25)
+        stored_rate = args.events / (time.perf_counter() - started)
+        with contextlib.suppress(asyncio.CancelledError):
+            await ends_reader.stop()
 
         # first at a rate the worker sustains, then at the target rate
         paced = await latency_run(
@@ -271,9 +295,13 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
         "rules": args.rules,
         "decode_only_events_per_s": round(decode_rate),
         "worker_events_per_s": round(worker_rate),
-        "hits_per_event": round(hits / args.events, 2),
+        "hits_per_event": round(hits_in(rules_root, dets) / args.events, 2),
+        "hit_records": hit_records,
+        "incident_versions_published": sum(inc_ends.values()),
         "ratio_worker_to_decode": round(worker_rate / decode_rate, 3),
         "worker_rate_note": "both stages drained (detections and hits committed); includes up to ~1s commit interval",
+        "stored_events_per_s": round(stored_rate),
+        "stored_rate_note": "until the store stage had also written every published incident to Mongo",
         "paced": paced,
         "at_target_rate": latencies,
     }

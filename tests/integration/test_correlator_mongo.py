@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -19,6 +20,15 @@ from tmsp_correlator.adapters.mongo import (
 from tmsp_correlator.domain.nonconforming import MitigationFact, apply_result
 
 pytestmark = [pytest.mark.integration, pytest.mark.mongo]
+
+
+Repo = Callable[[AsyncDatabase[Document]], MongoIncidents]
+
+
+@pytest.fixture(params=["update by id", "batch replace"])
+def repo_of(request: pytest.FixtureRequest) -> Repo:
+    """Both ways of changing stored incidents: MongoDB's updates, FerretDB's batch replace."""
+    return functools.partial(MongoIncidents, replace_in_bulk=request.param == "batch replace")
 
 
 @pytest.fixture
@@ -56,8 +66,9 @@ def incident(iid: str, version: int, count: int = 3, account: str = "acc1") -> d
 
 async def test_batch_upsert_stores_new_and_newer_versions_and_skips_stale_ones(
     db: AsyncDatabase[Document],
+    repo_of: Repo,
 ) -> None:
-    repo = MongoIncidents(db)
+    repo = repo_of(db)
     assert await repo.upsert_many([incident("a", 1), incident("b", 2)]) == {"a", "b"}
     # a replay (same version), a stale one and a newer one in one batch
     stored = await repo.upsert_many([incident("a", 1), incident("b", 1), incident("a", 2, count=4)])
@@ -68,8 +79,10 @@ async def test_batch_upsert_stores_new_and_newer_versions_and_skips_stale_ones(
     assert b is not None and b["version"] == 2 and b["event_count"] == 3
 
 
-async def test_analyst_status_survives_later_updates(db: AsyncDatabase[Document]) -> None:
-    repo = MongoIncidents(db)
+async def test_analyst_status_survives_later_updates(
+    db: AsyncDatabase[Document], repo_of: Repo
+) -> None:
+    repo = repo_of(db)
     await repo.upsert_many([incident("a", 1)])
     await db["incidents"].update_one({"_id": "a"}, {"$set": {"status": "investigating"}})
     await repo.upsert_many([incident("a", 2, count=5)])
@@ -80,9 +93,10 @@ async def test_analyst_status_survives_later_updates(db: AsyncDatabase[Document]
 
 async def test_a_repeated_incident_in_one_batch_is_stored_in_its_newest_version(
     db: AsyncDatabase[Document],
+    repo_of: Repo,
 ) -> None:
     """The second copy meets a duplicate key on the insert and is then updated by _id."""
-    repo = MongoIncidents(db)
+    repo = repo_of(db)
     stored = await repo.upsert_many([incident("x", 1), incident("x", 2, count=4)])
     assert "x" in stored
     doc = await repo.get("x")
@@ -91,8 +105,9 @@ async def test_a_repeated_incident_in_one_batch_is_stored_in_its_newest_version(
 
 async def test_new_incidents_are_inserted_as_an_upsert_would_store_them(
     db: AsyncDatabase[Document],
+    repo_of: Repo,
 ) -> None:
-    repo = MongoIncidents(db)
+    repo = repo_of(db)
     assert await repo.upsert_many([incident("ins", 1)]) == {"ins"}
     # the update form, as an upsert would store it
     await db["incidents"].update_one(
@@ -109,27 +124,30 @@ async def test_new_incidents_are_inserted_as_an_upsert_would_store_them(
 
 async def test_a_worker_that_remembers_nothing_skips_what_is_stored_and_keeps_the_status(
     db: AsyncDatabase[Document],
+    repo_of: Repo,
 ) -> None:
     """After a restart every id is unknown: the inserts meet duplicate keys (FerretDB reports
     them per document in an unordered bulk insert) and only newer versions are written."""
-    await MongoIncidents(db).upsert_many([incident("a", 1), incident("b", 3)])
+    await repo_of(db).upsert_many([incident("a", 1), incident("b", 3)])
     await db["incidents"].update_one({"_id": "a"}, {"$set": {"status": "investigating"}})
-    restarted = MongoIncidents(db)
+    restarted = repo_of(db)
     stored = await restarted.upsert_many(
         [incident("a", 1), incident("b", 2, count=9), incident("c", 1)]
     )
     assert stored == {"c"}
     b = await restarted.get("b")
     assert b is not None and b["version"] == 3 and b["event_count"] == 3
-    assert await MongoIncidents(db).upsert_many([incident("a", 2, count=5)]) == {"a"}
+    assert await repo_of(db).upsert_many([incident("a", 2, count=5)]) == {"a"}
     a = await restarted.get("a")
     assert a is not None and a["version"] == 2 and a["event_count"] == 5
     assert a["status"] == "investigating"
     assert await db["incidents"].count_documents({}) == 3
 
 
-async def test_counts_per_account_for_the_daily_update(db: AsyncDatabase[Document]) -> None:
-    repo = MongoIncidents(db)
+async def test_counts_per_account_for_the_daily_update(
+    db: AsyncDatabase[Document], repo_of: Repo
+) -> None:
+    repo = repo_of(db)
     await repo.upsert_many(
         [incident("a1", 1), incident("a2", 1), incident("b1", 1, account="acc2")]
     )
@@ -174,8 +192,9 @@ async def test_threat_names_with_dots_and_dollars_round_trip(
 
 async def test_a_worker_forgets_remembered_versions_when_its_partitions_are_revoked(
     db: AsyncDatabase[Document],
+    repo_of: Repo,
 ) -> None:
-    first, second = MongoIncidents(db), MongoIncidents(db)
+    first, second = repo_of(db), repo_of(db)
     assert await first.upsert_many([incident("rebalanced", 2)]) == {"rebalanced"}
     # the partition moved: the other worker stores a newer version
     assert await second.upsert_many([incident("rebalanced", 5, count=5)]) == {"rebalanced"}
@@ -184,3 +203,22 @@ async def test_a_worker_forgets_remembered_versions_when_its_partitions_are_revo
     assert await first.upsert_many([incident("rebalanced", 4, count=4)]) == set()
     stored = await db["incidents"].find_one({"_id": "rebalanced"})
     assert stored is not None and stored["version"] == 5 and stored["event_count"] == 5
+
+
+async def test_a_batch_replace_keeps_status_and_creation_time_and_writes_each_newer_version(
+    db: AsyncDatabase[Document],
+) -> None:
+    repo = MongoIncidents(db, replace_in_bulk=True)
+    await repo.upsert_many([incident(f"r{n}", 1) for n in range(30)])
+    before = {d["_id"]: d async for d in db["incidents"].find({})}
+    await db["incidents"].update_one({"_id": "r7"}, {"$set": {"status": "false_positive"}})
+    batch = [incident(f"r{n}", 2, count=9) for n in range(20)] + [incident("r25", 1)]
+    assert await repo.upsert_many(batch) == {f"r{n}" for n in range(20)}
+    after = {d["_id"]: d async for d in db["incidents"].find({})}
+    assert len(after) == 30
+    assert {i: d["version"] for i, d in after.items()} == {
+        f"r{n}": 2 if n < 20 else 1 for n in range(30)
+    }
+    assert all(after[i]["created_at"] == before[i]["created_at"] for i in after)
+    assert after["r7"]["status"] == "false_positive" and after["r8"]["status"] == "new"
+    assert after["r3"]["event_count"] == 9 and after["r25"]["event_count"] == 3

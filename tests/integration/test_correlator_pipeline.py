@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +32,7 @@ from tmsp_common.kafka.topics import (
 from tmsp_common.testing import Infra, ServiceProcess, TopicReader, wait_until
 from tmsp_correlator.domain.correlation import MemoryCorrelator
 from tmsp_correlator.domain.rules import load_rule_directory
+from tmsp_correlator.entrypoints.faust_app import HIT_DEAD_LETTERS
 from tmsp_correlator.service_layer.events import detection_event
 from tmsp_correlator.testing import detection, mitigation
 
@@ -119,9 +121,16 @@ async def test_detections_become_a_stored_and_published_incident_and_bad_records
         DETECTIONS.qualified(names.prefix), b"\x00not an envelope", key=b"tda1", headers=[]
     )
     await fut
+    # and on the internal hits topic and on INCIDENTS (which the store stage consumes)
+    hits_topic = f"{names.group('correlator')}-hits"
+    for topic in (hits_topic, INCIDENTS.qualified(names.prefix)):
+        await (await producer.send_raw(topic, b"\x00garbage", key=b"k", headers=[]))
     await publish(producer, [detection(f"e{i}", T0 + i * 30, host="pc7") for i in range(3)])
     async with TopicReader(infra.kafka_bootstrap, INCIDENTS, names.prefix) as reader:
-        (inc,) = await reader.read_events(incidents_pb2.Incident, 1, timeout=60)
+        records = await reader.read_until(lambda rs: len(rs) >= 2, timeout=60)
+    inc = next(
+        unwrap(r.value, incidents_pb2.Incident)[1] for r in records if r.value != b"\x00garbage"
+    )
     assert inc.title == "Several high-severity detections on one endpoint"
     assert sorted(inc.event_ids) == ["e0", "e1", "e2"]
     assert inc.event_count == 3
@@ -142,12 +151,19 @@ async def test_detections_become_a_stored_and_published_incident_and_bad_records
     assert b"not an envelope" in reasons[0]
     late = [r for r in records if b"late event" in dict(r.headers)[DLQ_REASON]]
     assert all(b"allowed lateness 3600s" in dict(r.headers)[DLQ_REASON] for r in late)
-    assert all(b'"e": "too-late"' in r.value for r in late)
+    assert all(json.loads(r.value)["e"] == "too-late" for r in late)
     assert all(
         dict(r.headers)[DLQ_TOPIC] == DETECTIONS.qualified(names.prefix).encode() for r in late
     )
     (stored,) = await incidents_in_db(infra, correlators.db_name)
     assert stored["event_count"] == 3  # the late event counted nowhere
+    for dlq_topic, reason in (
+        (HIT_DEAD_LETTERS, b"undecodable hits record"),
+        (INCIDENTS.dead_letter, b"not an envelope"),
+    ):
+        async with TopicReader(infra.kafka_bootstrap, dlq_topic, names.prefix) as dlq:  # type: ignore[arg-type]
+            (bad,) = await dlq.read_until(lambda rs: len(rs) >= 1, timeout=30)
+        assert reason in dict(bad.headers)[DLQ_REASON] and bad.value == b"\x00garbage"
     async with TopicReader(infra.kafka_bootstrap, INCIDENT_COUNTS, names.prefix) as counts:
         (count,) = await counts.read_events(incidents_pb2.IncidentCount, 1, timeout=30)
     assert count.account_id == "acc1" and count.total_incidents == 1 and not count.daily

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from google.protobuf.message import Message
 
 from tmsp.events.v1 import incidents_pb2
+from tmsp_common.kafka.envelope import wrap
 from tmsp_common.kafka.topics import (
     INCIDENT_COUNTS,
     INCIDENTS,
@@ -18,10 +20,21 @@ from tmsp_common.kafka.topics import (
     PRODUCT_LIVENESS,
     Topic,
 )
+from tmsp_correlator.domain.correlation import MemoryCorrelator
 from tmsp_correlator.domain.liveness import LivenessPolicy, due_transitions
 from tmsp_correlator.domain.nonconforming import MitigationFact, apply_result, endpoint_key
-from tmsp_correlator.service_layer.incidents import OPEN_STATUSES, IncidentRecorder
+from tmsp_correlator.domain.rules import load_rule_directory
+from tmsp_correlator.service_layer.events import detection_event
+from tmsp_correlator.service_layer.incidents import (
+    OPEN_STATUSES,
+    IncidentRecorder,
+    incident_from_message,
+    incident_message,
+)
 from tmsp_correlator.service_layer.monitoring import NonconformingEndpoints, ProductLiveness
+from tmsp_correlator.testing import detection
+
+PACK = Path(__file__).resolve().parents[1] / "rules"
 
 
 class FakePublisher:
@@ -258,6 +271,10 @@ def incident(iid: str, account: str = "acc1", version: int = 1) -> dict[str, Any
     }
 
 
+def message(iid: str, account: str = "acc1", version: int = 1) -> incidents_pb2.Incident:
+    return incident_message(incident(iid, account, version), datetime.now(UTC))
+
+
 def live_counts(pub: FakePublisher) -> list[tuple[str, int, int]]:
     return [
         (m.account_id, m.open_incidents, m.total_incidents)  # type: ignore[attr-defined]
@@ -269,16 +286,16 @@ def live_counts(pub: FakePublisher) -> list[tuple[str, int, int]]:
 async def test_throttled_live_counts_wait_for_the_tick_and_count_each_account_once() -> None:
     pub, repo = FakePublisher(), FakeIncidents()
     rec = IncidentRecorder(repo, pub, live_count_interval_s=1.0)
-    await rec.record_many([(incident("a1"), True), (incident("b1", "acc2"), True)])
-    await rec.record_many([(incident("a2"), True)])
-    await rec.record_many([(incident("a1", version=2), False)])
-    # the incidents are published at once, the counts not yet and not scanned for
-    assert sum(t is INCIDENTS for t, _, _ in pub.sent) == 4
+    await rec.store_many([message("a1"), message("b1", "acc2")])
+    await rec.store_many([message("a2")])
+    await rec.store_many([message("a1", version=2)])
+    # the incidents are stored at once, the counts not yet and not scanned for
+    assert sorted(repo.docs) == ["a1", "a2", "b1"] and repo.docs["a1"]["version"] == 2
     assert live_counts(pub) == [] and repo.count_calls == 0
     assert await rec.publish_due_counts() == 2
     assert live_counts(pub) == [("acc1", 2, 2), ("acc2", 1, 1)]  # the last change counted
     assert await rec.publish_due_counts() == 0  # nothing new: no scan, no count
-    await rec.record_many([(incident("a1", version=3), False)])  # an update adds no incident
+    await rec.store_many([message("a1", version=3)])  # an update adds no incident
     assert await rec.publish_due_counts() == 0
     assert repo.count_calls == 2
 
@@ -286,15 +303,15 @@ async def test_throttled_live_counts_wait_for_the_tick_and_count_each_account_on
 async def test_without_an_interval_every_batch_publishes_its_accounts_counts() -> None:
     pub, repo = FakePublisher(), FakeIncidents()
     rec = IncidentRecorder(repo, pub)
-    await rec.record_many([(incident("a1"), True)])
-    await rec.record_many([(incident("a2"), True), (incident("b1", "acc2"), True)])
+    await rec.store_many([message("a1")])
+    await rec.store_many([message("a2"), message("b1", "acc2")])
     assert live_counts(pub) == [("acc1", 1, 1), ("acc1", 2, 2), ("acc2", 1, 1)]
 
 
 async def test_a_live_count_that_fails_stays_due_for_the_next_tick() -> None:
     pub, repo = FakePublisher(), FakeIncidents()
     rec = IncidentRecorder(repo, pub, live_count_interval_s=1.0)
-    await rec.record_many([(incident("a1"), True), (incident("b1", "acc2"), True)])
+    await rec.store_many([message("a1"), message("b1", "acc2")])
     repo.fail_counts = 1
     with pytest.raises(ConnectionError):
         await rec.publish_due_counts()
@@ -306,13 +323,60 @@ async def test_a_live_count_that_fails_stays_due_for_the_next_tick() -> None:
 async def test_an_incident_stored_while_its_account_is_counted_is_counted_next_tick() -> None:
     pub, repo = FakePublisher(), FakeIncidents()
     rec = IncidentRecorder(repo, pub, live_count_interval_s=1.0)
-    await rec.record_many([(incident("a1"), True)])
+    await rec.store_many([message("a1")])
     repo.hold_counts = asyncio.Event()
     counting = asyncio.create_task(rec.publish_due_counts())
     await asyncio.sleep(0)  # the count has read the store and waits
-    await rec.record_many([(incident("a2"), True)])
+    await rec.store_many([message("a2")])
     repo.hold_counts.set()
     assert await counting == 1
     assert live_counts(pub) == [("acc1", 1, 1)]
     assert await rec.publish_due_counts() == 1
     assert live_counts(pub) == [("acc1", 1, 1), ("acc1", 2, 2)]
+
+
+class CountingIncidents(FakeIncidents):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[tuple[str, int]]] = []
+
+    async def upsert_many(self, incidents: list[dict[str, Any]]) -> set[str]:
+        self.batches.append([(i["id"], i["version"]) for i in incidents])
+        return await super().upsert_many(incidents)
+
+
+async def test_publishing_a_batch_publishes_each_change_and_stores_nothing() -> None:
+    pub, repo = FakePublisher(), CountingIncidents()
+    rec = IncidentRecorder(repo, pub)
+    await rec.publish_many([(incident("a1"), True), (incident("b1", "acc2", version=4), False)])
+    sent = [(m.incident_id, m.version) for t, m, _ in pub.sent if t is INCIDENTS]  # type: ignore[attr-defined]
+    assert sent == [("a1", 1), ("b1", 4)]
+    assert [k for t, _, k in pub.sent] == ["a1", "b1"]  # keyed by incident id
+    assert repo.batches == [] and live_counts(pub) == []
+
+
+async def test_a_store_batch_writes_each_incident_once_in_its_newest_version() -> None:
+    pub, repo = FakePublisher(), CountingIncidents()
+    rec = IncidentRecorder(repo, pub, live_count_interval_s=1.0)
+    batch = [message("a1"), message("a1", version=3), message("b1", "acc2", version=2)]
+    batch.append(message("a1", version=2))  # out of order: the newest still wins
+    assert await rec.store_many(batch) == {"a1", "b1"}
+    assert sorted(repo.batches[0]) == [("a1", 3), ("b1", 2)]
+    # a1's version 1 was in the batch: its account gained an incident; b1 started elsewhere
+    assert await rec.publish_due_counts() == 1
+    assert live_counts(pub) == [("acc1", 1, 1)]
+    # a replay of what is stored writes nothing
+    assert await rec.store_many([message("a1", version=2)]) == set()
+
+
+async def test_an_incident_comes_back_from_the_bus_as_it_was_published() -> None:
+    mc = MemoryCorrelator(load_rule_directory(PACK))
+    for i in range(4):
+        det = detection(f"e{i}", 1_790_000_000.0 + i * 10.25, host="pc1", severity="high")
+        env = wrap(det, producer="test", account_id="acc1", event_id=det.event_id)
+        mc.process(detection_event(env, det))
+    assert mc.incidents
+    for inc in mc.incidents.values():
+        back = incident_from_message(incident_message(inc, datetime.now(UTC)))
+        assert back == {k: v for k, v in inc.items() if k != "until"}
+        assert back["timeline"] and back["endpoints"] == [["pc1", "", ""]] and back["group"]

@@ -39,10 +39,18 @@ class CorrelatorSettings(ServiceSettings):
     max_window_events: int = Field(1000, ge=10)
     max_incident_event_ids: int = Field(200, ge=1)
     max_incident_endpoints: int = Field(100, ge=1)
-    correlate_batch_max: int = Field(500, ge=1)
-    """Hits per correlation batch: incidents changed in a batch are written once."""
+    match_batch_max: int = Field(1000, ge=1)
+    """Detections per match batch: their hits leave as one record per hits partition."""
+    match_batch_s: float = Field(0.02, gt=0)
+    """How long a match batch waits to fill."""
+    correlate_batch_max: int = Field(50, ge=1)
+    """Hits records per correlation batch: incidents changed in a batch are written once."""
     correlate_batch_s: float = Field(0.05, gt=0)
     """How long a batch waits to fill (the added latency bound)."""
+    store_batch_max: int = Field(2000, ge=1)
+    """Published incidents per store batch: each incident is written once per batch."""
+    store_batch_s: float = Field(0.5, gt=0)
+    """How long a store batch waits to fill (how far the stored copy may trail the bus)."""
     producer_linger_s: float = Field(0.005, ge=0)
     """How long the producer waits to batch records into one request."""
     live_count_interval_s: float = Field(1.0, ge=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -28,6 +29,20 @@ def to_timestamp(when: datetime) -> Timestamp:
 
 def from_timestamp(ts: Timestamp) -> datetime:
     return ts.ToDatetime(tzinfo=UTC)
+
+
+def epoch_timestamp(seconds: float) -> Timestamp:
+    """A Timestamp from seconds since the epoch (no datetime in between: hot paths)."""
+    whole = math.floor(seconds)
+    nanos = round((seconds - whole) * 1e9)
+    if nanos >= 1_000_000_000:
+        whole, nanos = whole + 1, nanos - 1_000_000_000
+    return Timestamp(seconds=whole, nanos=nanos)
+
+
+def epoch_seconds(ts: Timestamp) -> float:
+    """Seconds since the epoch of a Timestamp (0.0 when unset)."""
+    return ts.seconds + ts.nanos / 1e9
 
 
 def wrap(

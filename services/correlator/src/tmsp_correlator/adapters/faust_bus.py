@@ -60,10 +60,16 @@ class FaustBus:
         occurred_at: datetime | None = None,
     ) -> None:
         env = wrap(payload, producer=SERVICE, account_id=account_id, occurred_at=occurred_at)
-        await self.topic(topic.qualified(self.prefix)).send(
-            key=key.encode(), value=env.SerializeToString()
-        )
+        await self.send_raw(topic.qualified(self.prefix), key.encode(), env.SerializeToString())
         KAFKA_MESSAGES_PRODUCED.labels(topic.name).inc()
+
+    async def send_raw(
+        self, topic: str, key: bytes, value: bytes, partition: int | None = None
+    ) -> None:
+        """Hand a record to faust's producer (partitioned by key); it is on the broker
+        before any offset is committed, since faust flushes its producer first. Cheaper
+        than ``topic.send``, which builds several objects per record."""
+        await self.app.producer.send(topic, key, value, partition, None, None)
 
     async def dead_letter(
         self,

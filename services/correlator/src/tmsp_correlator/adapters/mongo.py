@@ -22,6 +22,12 @@ LIVENESS = "product_liveness"
 OPEN_STATUSES = ["new", "investigating"]
 
 
+async def is_ferretdb(db: AsyncDatabase[Document]) -> bool:
+    """Whether the server is FerretDB (it says so in buildInfo)."""
+    info = await db.client.admin.command("buildInfo")
+    return "ferretdbVersion" in info
+
+
 async def create_indexes(db: AsyncDatabase[Document]) -> None:
     await ensure_indexes(
         db,
@@ -100,9 +106,12 @@ class MongoIncidents:
     #: How many incident versions are remembered; older ones are read again when needed.
     KNOWN_VERSIONS = 100_000
 
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
+    def __init__(self, db: AsyncDatabase[Document], *, replace_in_bulk: bool = False) -> None:
         self.coll = db[INCIDENTS]
         self._versions: OrderedDict[str, int] = OrderedDict()
+        self.replace_in_bulk = replace_in_bulk
+        """Change stored incidents by deleting and re-inserting a batch (FerretDB), not by
+        one update each (MongoDB): see :meth:`_replace`."""
 
     def forget(self) -> None:
         self._versions.clear()
@@ -147,13 +156,42 @@ class MongoIncidents:
         todo = [inc for inc in rest if versions.get(inc["id"], 0) < inc["version"]]
         if not todo:
             return stored_ids
-        # by _id only and never an upsert (every id here is stored): no duplicate key possible
-        await self.coll.bulk_write(
-            [UpdateOne({"_id": inc["id"]}, incident_update(inc)) for inc in todo], ordered=False
-        )
+        if self.replace_in_bulk:
+            await self._replace(todo)
+        else:
+            # by _id only and never an upsert (every id here is stored): no duplicate key
+            await self.coll.bulk_write(
+                [UpdateOne({"_id": i["id"]}, incident_update(i)) for i in todo], ordered=False
+            )
         for inc in todo:
             self._remember(inc["id"], inc["version"])
         return stored_ids | {inc["id"] for inc in todo}
+
+    async def _replace(self, incidents: list[dict[str, Any]]) -> None:
+        """Newer versions of stored incidents: read what they keep (status, created_at), delete
+        them and insert the new documents, three statements for the whole batch.
+
+        On FerretDB 1.24 (SQLite) every update or delete statement scans the collection, even
+        by ``_id`` (measured: 0.1 s each with 100 incidents of 200 timeline entries, growing
+        with the collection), while an insert uses the ``_id`` index: one update per
+        incident made storing a busy minute take hours. The price: between the delete and
+        the insert a reader misses these incidents, and a crash there leaves them missing
+        until the store stage replays its uncommitted batch (its offsets are committed
+        after this returns), which re-inserts them.
+        """
+        ids = [inc["id"] for inc in incidents]
+        kept: dict[str, Document] = {}
+        async for d in self.coll.find({"_id": {"$in": ids}}, {"status": 1, "created_at": 1}):
+            kept[d["_id"]] = d
+        await self.coll.delete_many({"_id": {"$in": ids}})
+        docs = []
+        for inc in incidents:
+            doc = _incident_insert(inc)
+            old = kept.get(inc["id"], {})
+            doc["status"] = old.get("status", doc["status"])
+            doc["created_at"] = old.get("created_at", doc["created_at"])
+            docs.append(doc)
+        await self.coll.insert_many(docs, ordered=False)
 
     async def get(self, incident_id: str) -> Document | None:
         return await self.coll.find_one({"_id": incident_id})

@@ -36,6 +36,7 @@ from tmsp_correlator.adapters.mongo import (
     MongoLiveness,
     MongoNonconforming,
     create_indexes,
+    is_ferretdb,
 )
 from tmsp_correlator.bootstrap import build, mongo_database
 from tmsp_correlator.config import CorrelatorSettings
@@ -62,11 +63,14 @@ TOPICS = (
 )
 
 
-async def preflight(settings: CorrelatorSettings) -> None:
-    """Ping MongoDB (and create indexes), reach Kafka and create the registry topics."""
+async def preflight(settings: CorrelatorSettings) -> bool:
+    """Ping MongoDB (and create indexes), reach Kafka and create the registry topics.
+
+    Returns whether the database is FerretDB (whose updates scan: see MongoIncidents)."""
     db = await connect(settings.mongo_url.get_secret_value(), settings.mongo_database)
     try:
         await create_indexes(db)
+        ferretdb = await is_ferretdb(db)
     finally:
         await close(db)
     await ensure_topics(
@@ -80,6 +84,7 @@ async def preflight(settings: CorrelatorSettings) -> None:
         internal_topics(settings),
         replication_factor=settings.replication_factor,
     )
+    return ferretdb
 
 
 class CorrelatorWorker(faust.Worker):
@@ -90,14 +95,14 @@ class CorrelatorWorker(faust.Worker):
         log.info("service ready", app_id=self.app.conf.id)
 
 
-def create(settings: CorrelatorSettings) -> faust.App:
+def create(settings: CorrelatorSettings, *, replace_in_bulk: bool = False) -> faust.App:
     app = make_app(settings)
     bus = FaustBus(app, settings.topic_prefix)
     db = mongo_database(settings)
     container = build(
         settings,
         publisher=bus,
-        incidents=MongoIncidents(db),
+        incidents=MongoIncidents(db, replace_in_bulk=replace_in_bulk),
         nonconforming=MongoNonconforming(db),
         liveness=MongoLiveness(db),
     )
@@ -110,13 +115,14 @@ def main() -> None:
     settings = load_settings(CorrelatorSettings)
     configure_logging(CorrelatorSettings.service_name, settings.log_level, settings.log_format)
     try:
-        asyncio.run(preflight(settings))
+        ferretdb = asyncio.run(preflight(settings))
     except DependencyUnavailable as exc:
         print(f"tmsp-correlator: {exc}", file=sys.stderr)
         raise SystemExit(3) from None
     if settings.metrics_port:
         start_metrics_server(settings.metrics_port)
-    app = create(settings)
+    log.info("incident store", changes="batch replace" if ferretdb else "update by id")
+    app = create(settings, replace_in_bulk=ferretdb)
     worker_kw: dict[str, Any] = {
         "loglevel": settings.log_level,
         "override_logging": False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tmsp.events.v1 import detections_pb2, products_pb2
 from tmsp.events.v1.envelope_pb2 import Envelope
+from tmsp_common.kafka.envelope import epoch_seconds
 from tmsp_correlator.domain.fields import SEVERITY_NAMES, Event
 
 _KIND = {
@@ -20,7 +21,7 @@ _OUTCOME = {
 def _ts(env: Envelope, occurred: float) -> float:
     if occurred > 0:
         return occurred
-    return env.occurred_at.seconds + env.occurred_at.nanos / 1e9
+    return epoch_seconds(env.occurred_at)
 
 
 def _put(out: Event, key: str, value: str | int) -> None:
@@ -36,7 +37,7 @@ def detection_event(env: Envelope, d: detections_pb2.Detection) -> Event:
         "account_id": d.account_id or env.account_id,
         "product_id": d.product_id,
         "product_kind": _KIND.get(d.product_kind, "threat_discovery_appliance"),
-        "ts": _ts(env, d.occurred_at.seconds + d.occurred_at.nanos / 1e9),
+        "ts": _ts(env, epoch_seconds(d.occurred_at)),
         "severity": SEVERITY_NAMES[d.severity] if d.severity < len(SEVERITY_NAMES) else "",
     }
     _put(out, "source_ip", d.source.address)
@@ -70,7 +71,7 @@ def mitigation_event(env: Envelope, m: detections_pb2.MitigationResult) -> Event
         "account_id": m.account_id or env.account_id,
         "product_id": m.product_id,
         "product_kind": "threat_mitigator",
-        "ts": _ts(env, m.occurred_at.seconds + m.occurred_at.nanos / 1e9),
+        "ts": _ts(env, epoch_seconds(m.occurred_at)),
         "outcome": _OUTCOME.get(m.outcome, ""),
     }
     _put(out, "endpoint_host", m.endpoint.host)

@@ -1,4 +1,11 @@
-"""Use cases around incidents: store and publish, live and daily counts."""
+"""Use cases around incidents: publish, store from the bus, live and daily counts.
+
+The correlate stage publishes each new or changed incident on INCIDENTS (durable in Kafka
+before its hits are acknowledged); the store stage consumes INCIDENTS and writes the newest
+version of each incident of a batch to the correlator's database (committing after the
+write). So a slow database delays the stored copy, never the correlation itself, and an
+incident that changes many times while a write is under way is written once.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tmsp.events.v1 import detections_pb2, incidents_pb2
-from tmsp_common.kafka.envelope import to_timestamp
+from tmsp_common.kafka.envelope import epoch_seconds, epoch_timestamp, to_timestamp
 from tmsp_common.kafka.topics import INCIDENT_COUNTS, INCIDENTS
 from tmsp_common.logging import get_logger
-from tmsp_correlator.domain.fields import SEVERITY_RANK
+from tmsp_correlator.domain.fields import SEVERITY_NAMES, SEVERITY_RANK
 from tmsp_correlator.service_layer.ports import IncidentRepository, Publisher
 
 log = get_logger(__name__)
@@ -21,6 +28,7 @@ STATUS = {
     "false_positive": incidents_pb2.INCIDENT_STATUS_FALSE_POSITIVE,
 }
 OPEN_STATUSES = ("new", "investigating")
+STATUS_NAMES = {v: k for k, v in STATUS.items()}
 
 
 def _dt(ts: float) -> datetime:
@@ -42,27 +50,65 @@ def incident_message(inc: dict[str, Any], now: datetime) -> incidents_pb2.Incide
         recommended_actions=inc["actions"],
         status=STATUS.get(inc.get("status", "new"), incidents_pb2.INCIDENT_STATUS_NEW),
         version=inc["version"],
+        group=inc.get("group", {}),
     )
-    for host, ip, mac in inc["endpoints"]:
-        msg.endpoints.append(detections_pb2.Endpoint(host=host, ip=ip, mac=mac))
-    msg.first_seen.CopyFrom(to_timestamp(_dt(inc["first"])))
-    msg.last_seen.CopyFrom(to_timestamp(_dt(inc["last"])))
+    endpoint = detections_pb2.Endpoint
+    msg.endpoints.extend(endpoint(host=h, ip=i, mac=m) for h, i, m in inc["endpoints"])
+    msg.first_seen.CopyFrom(epoch_timestamp(inc["first"]))
+    msg.last_seen.CopyFrom(epoch_timestamp(inc["last"]))
     msg.updated_at.CopyFrom(to_timestamp(now))
-    for at, eid, rule_id, summary, host, ip, mac in inc["timeline"]:
-        entry = msg.timeline.add(event_id=eid, rule_id=rule_id, summary=summary)
-        entry.at.CopyFrom(to_timestamp(_dt(at)))
-        entry.endpoint.CopyFrom(detections_pb2.Endpoint(host=host, ip=ip, mac=mac))
+    entry = incidents_pb2.TimelineEntry
+    msg.timeline.extend(
+        entry(
+            at=epoch_timestamp(at),
+            event_id=eid,
+            rule_id=rule_id,
+            summary=summary,
+            endpoint=endpoint(host=host, ip=ip, mac=mac),
+        )
+        for at, eid, rule_id, summary, host, ip, mac in inc["timeline"]
+    )
     return msg
 
 
+def _endpoint(e: detections_pb2.Endpoint) -> list[str]:
+    return [e.host, e.ip, e.mac]
+
+
+def incident_from_message(msg: incidents_pb2.Incident) -> dict[str, Any]:
+    """The incident state dict of a bus message (the inverse of :func:`incident_message`)."""
+    return {
+        "id": msg.incident_id,
+        "account_id": msg.account_id,
+        "rule_ids": list(msg.rule_ids),
+        "title": msg.title,
+        "description": msg.description,
+        "severity": SEVERITY_NAMES[msg.severity] if msg.severity < len(SEVERITY_NAMES) else "",
+        "group": dict(msg.group),
+        "endpoints": [_endpoint(e) for e in msg.endpoints],
+        "first": epoch_seconds(msg.first_seen),
+        "last": epoch_seconds(msg.last_seen),
+        "count": msg.event_count,
+        "event_ids": list(msg.event_ids),
+        "timeline": [
+            [epoch_seconds(t.at), t.event_id, t.rule_id, t.summary, *_endpoint(t.endpoint)]
+            for t in msg.timeline
+        ],
+        "tags": list(msg.attack_tags),
+        "actions": list(msg.recommended_actions),
+        "status": STATUS_NAMES.get(msg.status, "new"),
+        "version": msg.version,
+    }
+
+
 class IncidentRecorder:
-    """Stores an incident (idempotent upsert, version guard), then publishes it and counts.
+    """Publishes incidents, stores them from the bus, and publishes the incident counts.
 
     Live counts are recomputed from the store, which costs a collection scan on FerretDB:
-    with ``live_count_interval_s`` > 0 a batch only marks its accounts as due, and
+    with ``live_count_interval_s`` > 0 a stored batch only marks its accounts as due, and
     ``publish_due_counts`` (a timer of that interval) publishes one count per due account,
     so an account gets at most one live count per interval and its last change is always
-    counted. With 0 each batch publishes its accounts' counts itself.
+    counted. With 0 each stored batch publishes its accounts' counts itself.
     """
 
     def __init__(
@@ -73,18 +119,11 @@ class IncidentRecorder:
         self.live_count_interval_s = live_count_interval_s
         self._counts_due: set[str] = set()
 
-    async def record_many(self, changes: list[tuple[dict[str, Any], bool]]) -> None:
-        """Store a batch of incident changes in one write, publish each, then the live counts.
-
-        ``changes`` holds (incident, opened in this batch); an incident appears once, in its
-        newest version. Each account that gained an incident is due for a live count.
-        """
-        if not changes:
-            return
+    async def publish_many(self, changes: list[tuple[dict[str, Any], bool]]) -> None:
+        """Publish a correlate batch's incidents: (incident, opened in this batch) each once,
+        in its newest version. Also when the incident was published before: a replay after
+        a crash must still publish (same key and version: an idempotent upsert)."""
         now = datetime.now(UTC)
-        stored = await self.repo.upsert_many([inc for inc, _ in changes])
-        # published even when already stored: a replay after a crash between the write and
-        # the publish must still publish (same key and version: an idempotent upsert)
         for inc, new in changes:
             await self.publisher.publish(
                 INCIDENTS,
@@ -93,16 +132,37 @@ class IncidentRecorder:
                 account_id=inc["account_id"],
                 occurred_at=_dt(inc["last"]),
             )
-            log.info(
-                "incident recorded" if inc["id"] in stored else "incident re-published",
-                incident_id=inc["id"],
-                account_id=inc["account_id"],
-                version=inc["version"],
-                new=new,
-            )
-        self._counts_due.update(inc["account_id"] for inc, new in changes if new)
+            if new:
+                log.info(
+                    "incident opened",
+                    incident_id=inc["id"],
+                    account_id=inc["account_id"],
+                    title=inc["title"],
+                )
+
+    async def store_many(self, messages: list[incidents_pb2.Incident]) -> set[str]:
+        """Store a batch of published incidents, each once in its newest version; returns
+        the ids written (older or already stored versions write nothing).
+
+        Each account that gained an incident (a version 1 in the batch) is due for a live
+        count; a replayed version 1 only costs an extra count.
+        """
+        newest: dict[str, incidents_pb2.Incident] = {}
+        opened: set[str] = set()
+        for msg in messages:
+            if msg.version == 1:
+                opened.add(msg.account_id)
+            have = newest.get(msg.incident_id)
+            if have is None or have.version < msg.version:
+                newest[msg.incident_id] = msg
+        if not newest:
+            return set()
+        written = await self.repo.upsert_many([incident_from_message(m) for m in newest.values()])
+        log.debug("incidents stored", received=len(messages), written=len(written))
+        self._counts_due.update(opened)
         if not self.live_count_interval_s:
             await self.publish_due_counts()
+        return written
 
     async def publish_due_counts(self) -> int:
         """A live count for each account that gained incidents since its last one."""
