@@ -69,9 +69,11 @@ class Correlators:
         return proc
 
     def stop_all(self) -> None:
-        for p in self.procs:
+        for n, p in enumerate(self.procs):
             if p.alive():
                 p.terminate(timeout=20)
+            # shown by pytest only when the test failed
+            print(f"--- correlator {n} (last lines) ---\n{p.logs[-6000:]}")
 
 
 @pytest.fixture
