@@ -99,6 +99,39 @@ def hit_partition(group_key: str, partitions: int) -> int:
     return int(murmur2(group_key.encode()) & 0x7FFFFFFF) % partitions
 
 
+#: Upper bound of one hits record (Kafka refuses records over 1 MiB by default).
+MAX_HITS_RECORD_BYTES = 256 * 1024
+
+
+def hit_records(
+    hits: list[Hit], partitions: int, max_bytes: int = MAX_HITS_RECORD_BYTES
+) -> list[tuple[int, bytes, bytes]]:
+    """(partition, key, value) records carrying ``hits``: per partition, JSON lists of the
+    hits whose group keys hash to it (so a table write finds its group's changelog
+    partition through the record, as a per-key record would), split so that no record
+    exceeds ``max_bytes`` (a hot group can take most hits of a batch); one hit per record at
+    least, whatever its size."""
+    parts: dict[int, list[tuple[str, bytes]]] = {}
+    for hit in hits:
+        parts.setdefault(hit_partition(hit["k"], partitions), []).append(
+            (hit["k"], orjson.dumps(hit))
+        )
+    records: list[tuple[int, bytes, bytes]] = []
+    for partition, encoded in sorted(parts.items()):
+        chunks: list[list[tuple[str, bytes]]] = [[]]
+        size = 2
+        for key, value in encoded:
+            if chunks[-1] and size + len(value) + 1 > max_bytes:
+                chunks.append([])
+                size = 2
+            chunks[-1].append((key, value))
+            size += len(value) + 1
+        for chunk in chunks:
+            value = b"[" + b",".join(v for _, v in chunk) + b"]"
+            records.append((partition, chunk[0][0].encode(), value))
+    return records
+
+
 def decode_hits(value: bytes | None) -> list[Hit]:
     """The hits of one record (a list; a single hit object from older workers too)."""
     try:
@@ -264,16 +297,11 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     hits_name = hits_topic_name(s)
 
     async def send_hits(hits: list[Hit]) -> None:
-        """One hits record per partition: the hits of a batch of events, all of whose group
-        keys hash to that partition (so a table write finds the changelog partition of its
-        group through the record, as a per-key record would). Straight to faust's producer,
-        which faust flushes before committing offsets; records rather than a record per hit
-        spare the per-record cost of producing and consuming (2-3 hits per event)."""
-        by_partition: dict[int, list[Hit]] = {}
-        for hit in hits:
-            by_partition.setdefault(hit_partition(hit["k"], s.partitions), []).append(hit)
-        for partition, part in sorted(by_partition.items()):
-            await bus.send_raw(hits_name, part[0]["k"].encode(), orjson.dumps(part), partition)
+        """Hits records (see :func:`hit_records`) straight to faust's producer, which faust
+        flushes before committing offsets; records rather than a record per hit spare the
+        per-record cost of producing and consuming (2-3 hits per event)."""
+        for partition, key, value in hit_records(hits, s.partitions):
+            await bus.send_raw(hits_name, key, value, partition)
         HITS.inc(len(hits))
 
     def origin(event: Any) -> dict[str, Any]:
