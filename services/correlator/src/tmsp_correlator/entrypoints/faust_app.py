@@ -257,12 +257,10 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
         partitions=s.partitions,
         internal=True,
     )
-    windows = app.Table(
-        WINDOWS_TABLE,
-        default=None,
-        schema=faust.Schema(key_serializer="json", value_serializer=STATE_CODEC),
-        partitions=s.partitions,
-    )
+    windows = app.Table(WINDOWS_TABLE, default=None, partitions=s.partitions)
+    # a Table takes its serializers from key_type/value_type (json unless a model says
+    # otherwise), not from a schema; set before its changelog topic is first built
+    windows.value_serializer = STATE_CODEC  # type: ignore[attr-defined]  # on Collection, not TableT
 
     async def guarded(source: Topic, rec: Record, handle: Callable[[], Awaitable[None]]) -> None:
         """Run ``handle`` (which may wait on Mongo): retried, then dead-lettered."""
