@@ -7,7 +7,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from tmsp_common.kafka.envelope import EnvelopeError
-from tmsp_correlator.entrypoints.faust_app import decode_hits, hit_partition, hit_records
+from tmsp_correlator.adapters.hit_records import decode_hits, hit_partition, hit_records
 
 
 @pytest.mark.parametrize("partitions", [1, 6, 31])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -26,7 +25,6 @@ from zoneinfo import ZoneInfo
 
 import faust
 import orjson
-from aiokafka.partitioner import murmur2
 from faust.serializers import codecs
 from faust.streams import _current_event as faust_current_event
 from prometheus_client import Counter, Histogram
@@ -44,6 +42,7 @@ from tmsp_common.kafka.topics import (
 )
 from tmsp_common.logging import get_logger
 from tmsp_correlator.adapters.faust_bus import FaustBus
+from tmsp_correlator.adapters.hit_records import decode_hits, hit_records
 from tmsp_correlator.bootstrap import Container
 from tmsp_correlator.config import CorrelatorSettings
 from tmsp_correlator.domain.correlation import GroupState, Hit, apply_hit, hits_for_event
@@ -89,61 +88,6 @@ class StateCodec(codecs.Codec):
 
 
 codecs.register(STATE_CODEC, StateCodec())
-
-
-@functools.lru_cache(maxsize=100_000)
-def hit_partition(group_key: str, partitions: int) -> int:
-    """The hits-topic partition of a group: Kafka's default (murmur2) partition of the key,
-    as a per-key record had, so window states stay where earlier workers put them. Cached:
-    groups repeat, and the pure-Python hash costs about 7 us."""
-    return int(murmur2(group_key.encode()) & 0x7FFFFFFF) % partitions
-
-
-#: Upper bound of one hits record (Kafka refuses records over 1 MiB by default).
-MAX_HITS_RECORD_BYTES = 256 * 1024
-
-
-def hit_records(
-    hits: list[Hit], partitions: int, max_bytes: int = MAX_HITS_RECORD_BYTES
-) -> list[tuple[int, bytes, bytes]]:
-    """(partition, key, value) records carrying ``hits``: per partition, JSON lists of the
-    hits whose group keys hash to it (so a table write finds its group's changelog
-    partition through the record, as a per-key record would), split so that no record
-    exceeds ``max_bytes`` (a hot group can take most hits of a batch); one hit per record at
-    least, whatever its size."""
-    parts: dict[int, list[tuple[str, bytes]]] = {}
-    for hit in hits:
-        parts.setdefault(hit_partition(hit["k"], partitions), []).append(
-            (hit["k"], orjson.dumps(hit))
-        )
-    records: list[tuple[int, bytes, bytes]] = []
-    for partition, encoded in sorted(parts.items()):
-        chunks: list[list[tuple[str, bytes]]] = [[]]
-        size = 2
-        for key, value in encoded:
-            if chunks[-1] and size + len(value) + 1 > max_bytes:
-                chunks.append([])
-                size = 2
-            chunks[-1].append((key, value))
-            size += len(value) + 1
-        for chunk in chunks:
-            value = b"[" + b",".join(v for _, v in chunk) + b"]"
-            records.append((partition, chunk[0][0].encode(), value))
-    return records
-
-
-def decode_hits(value: bytes | None) -> list[Hit]:
-    """The hits of one record (a list; a single hit object from older workers too)."""
-    try:
-        decoded = orjson.loads(value or b"")
-    except orjson.JSONDecodeError as exc:
-        raise EnvelopeError(f"undecodable hits record: {exc}") from exc
-    hits = [decoded] if isinstance(decoded, dict) else decoded
-    if not isinstance(hits, list) or not all(
-        isinstance(h, dict) and isinstance(h.get("k"), str) for h in hits
-    ):
-        raise EnvelopeError("undecodable hits record: not a list of hits with a group key")
-    return hits
 
 
 @dataclasses.dataclass(frozen=True)
