@@ -185,14 +185,11 @@ async def decode_only(bootstrap: str, topic: str, n: int) -> float:
         await consumer.stop()
 
 
-async def group_behind(bootstrap: str, group: str, topic: str, ends: dict[int, int]) -> int:
+async def group_behind(
+    admin: AIOKafkaAdminClient, group: str, topic: str, ends: dict[int, int]
+) -> int:
     """How many records of ``topic`` the group has not committed yet."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
+    offsets = await admin.list_consumer_group_offsets(group)
     got = {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
     return sum(max(0, end - max(got.get(p, 0), 0)) for p, end in ends.items())
 
@@ -241,17 +238,21 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
         ends_reader = AIOKafkaConsumer(
             bootstrap_servers=infra.kafka_bootstrap, group_id=None, enable_auto_commit=False
         )
+        admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+
+        async def ends_of(name: str, partitions: int) -> dict[int, int]:
+            tps = [TopicPartition(name, p) for p in range(partitions)]
+            return {tp.partition: o for tp, o in (await ends_reader.end_offsets(tps)).items()}
+
         await ends_reader.start()
-        behind = args.events
+        await admin.start()
         try:
+            behind = args.events
             while True:
-                behind = await group_behind(infra.kafka_bootstrap, app_id, topic, ends)
+                behind = await group_behind(admin, app_id, topic, ends)
                 if not behind:
-                    tps = [TopicPartition(hits_topic, p) for p in range(PARTITIONS)]
-                    hit_ends = {
-                        tp.partition: o for tp, o in (await ends_reader.end_offsets(tps)).items()
-                    }
-                    behind = await group_behind(infra.kafka_bootstrap, app_id, hits_topic, hit_ends)
+                    hit_ends = await ends_of(hits_topic, PARTITIONS)
+                    behind = await group_behind(admin, app_id, hits_topic, hit_ends)
                     if not behind:
                         break
                 if time.perf_counter() - started > args.timeout:
@@ -260,25 +261,22 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
                         f"\n{worker.logs[-2000:]}"
                     )
                 await asyncio.sleep(0.25)
-        except BaseException:
+            worker_rate = args.events / (time.perf_counter() - started)
+            hit_records = sum(hit_ends.values())
+            # and the store stage: every published incident written to Mongo (committed)
+            incidents_topic = INCIDENTS.qualified(prefix)
+            while True:
+                inc_ends = await ends_of(incidents_topic, INCIDENTS.partitions)
+                if not await group_behind(admin, app_id, incidents_topic, inc_ends):
+                    break
+                if time.perf_counter() - started > args.timeout:
+                    raise RuntimeError("the store stage did not finish in time")
+                await asyncio.sleep(0.25)
+            stored_rate = args.events / (time.perf_counter() - started)
+        finally:
+            await admin.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await ends_reader.stop()
-            raise
-        worker_rate = args.events / (time.perf_counter() - started)
-        hit_records = sum(hit_ends.values())
-        # and the store stage: every published incident written to Mongo (committed)
-        incidents_topic = INCIDENTS.qualified(prefix)
-        while True:
-            tps = [TopicPartition(incidents_topic, p) for p in range(INCIDENTS.partitions)]
-            inc_ends = {tp.partition: o for tp, o in (await ends_reader.end_offsets(tps)).items()}
-            if not await group_behind(infra.kafka_bootstrap, app_id, incidents_topic, inc_ends):
-                break
-            if time.perf_counter() - started > args.timeout:
-                raise RuntimeError("the store stage did not finish in time")
-            await asyncio.sleep(0.25)
-        stored_rate = args.events / (time.perf_counter() - started)
-        with contextlib.suppress(asyncio.CancelledError):
-            await ends_reader.stop()
 
         # first at a rate the worker sustains, then at the target rate
         paced = await latency_run(
