@@ -94,8 +94,9 @@ class MongoIncidents:
     """Incidents, written by ``_id`` only.
 
     On FerretDB 1.24 an update whose filter holds more than ``_id`` scans the collection
-    (measured: 0.8 s per guarded update against 0.14 s by ``_id`` with 3,000 incidents), and
-    so does an ``$in`` read of the stored versions, so the version guard is applied here:
+    (measured: 0.8 s per guarded update against 0.14 s by ``_id`` with 3,000 incidents; an
+    update by ``_id`` scans too, hence the batch replace), and so does an ``$in`` read of
+    the stored versions, so the version guard is applied here:
     the versions this worker wrote are remembered (it owns the partitions of its incidents)
     and only newer versions are written. An incident it does not remember is inserted: if
     that succeeds nothing was stored; a duplicate key means some version is stored, which is
@@ -149,15 +150,20 @@ class MongoIncidents:
         # remembered ones and those stored before: their versions, read once when unknown
         rest = known + present
         versions = {i["id"]: self._versions[i["id"]] for i in rest if i["id"] in self._versions}
-        missing = [i["id"] for i in present if i["id"] not in versions]
-        if missing:
-            async for d in self.coll.find({"_id": {"$in": missing}}, {"version": 1}):
-                versions[d["_id"]] = int(d.get("version", 0))
+        # a batch replace needs what the stored documents keep, so it reads them all (one
+        # find that also brings the versions); otherwise only the unknown versions are read
+        read = rest if self.replace_in_bulk else [i for i in present if i["id"] not in versions]
+        kept: dict[str, Document] = {}
+        if read:
+            fields = {"version": 1, "status": 1, "created_at": 1}
+            async for d in self.coll.find({"_id": {"$in": [i["id"] for i in read]}}, fields):
+                kept[d["_id"]] = d
+                versions.setdefault(d["_id"], int(d.get("version", 0)))
         todo = [inc for inc in rest if versions.get(inc["id"], 0) < inc["version"]]
         if not todo:
             return stored_ids
         if self.replace_in_bulk:
-            await self._replace(todo)
+            await self._replace(todo, kept)
         else:
             # by _id only and never an upsert (every id here is stored): no duplicate key
             await self.coll.bulk_write(
@@ -167,23 +173,20 @@ class MongoIncidents:
             self._remember(inc["id"], inc["version"])
         return stored_ids | {inc["id"] for inc in todo}
 
-    async def _replace(self, incidents: list[dict[str, Any]]) -> None:
-        """Newer versions of stored incidents: read what they keep (status, created_at), delete
-        them and insert the new documents, three statements for the whole batch.
+    async def _replace(self, incidents: list[dict[str, Any]], kept: dict[str, Document]) -> None:
+        """Newer versions of stored incidents: delete them and insert the new documents with
+        what the stored ones keep (``kept``: status, created_at), two statements for the
+        whole batch.
 
         On FerretDB 1.24 (SQLite) every update or delete statement scans the collection, even
         by ``_id`` (measured: 0.1 s each with 100 incidents of 200 timeline entries, growing
-        with the collection), while an insert uses the ``_id`` index: one update per
-        incident made storing a busy minute take hours. The price: between the delete and
-        the insert a reader misses these incidents, and a crash there leaves them missing
-        until the store stage replays its uncommitted batch (its offsets are committed
-        after this returns), which re-inserts them.
+        with the collection), while an insert uses the ``_id`` index: with one update per
+        incident the store stage of the benchmark had not caught up after 400 s. The price:
+        between the delete and the insert a reader misses these incidents, and a crash
+        there leaves them missing until the store stage replays its uncommitted batch (its
+        offsets are committed after this returns), which re-inserts them.
         """
-        ids = [inc["id"] for inc in incidents]
-        kept: dict[str, Document] = {}
-        async for d in self.coll.find({"_id": {"$in": ids}}, {"status": 1, "created_at": 1}):
-            kept[d["_id"]] = d
-        await self.coll.delete_many({"_id": {"$in": ids}})
+        await self.coll.delete_many({"_id": {"$in": [inc["id"] for inc in incidents]}})
         docs = []
         for inc in incidents:
             doc = _incident_insert(inc)

@@ -319,9 +319,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                 try:
                     hits = decode_hits(event.value)
                 except EnvelopeError as exc:
-                    await bus.dead_letter(
-                        HIT_SOURCE, reason=str(exc), **record.dead_letter_fields()
-                    )
+                    await refuse(HIT_SOURCE, record, exc)
                     continue
                 for hit in hits:
                     started = time.perf_counter()
@@ -378,15 +376,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                 try:
                     messages.append(unwrap(event.value, incidents_pb2.Incident)[1])
                 except EnvelopeError as exc:
-                    msg = event.message
-                    await bus.dead_letter(
-                        INCIDENTS,
-                        key=msg.key,
-                        value=msg.value,
-                        reason=str(exc),
-                        partition=msg.partition,
-                        offset=msg.offset,
-                    )
+                    await refuse(INCIDENTS, Record.of(event), exc)
             started = time.perf_counter()
             written = await store_until_stored(messages)
             STORED.inc(len(written))
@@ -415,7 +405,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
 
             async def handle(event: Any = event) -> None:
                 env, hb = unwrap(event.value, status_pb2.Heartbeat)
-                at = epoch_seconds(hb.received_at) or (epoch_seconds(env.occurred_at))
+                at = epoch_seconds(hb.received_at) or epoch_seconds(env.occurred_at)
                 compliance = (
                     hb.security_compliance_enabled
                     if hb.HasField("security_compliance_enabled")
@@ -437,7 +427,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
 
             async def handle(event: Any = event) -> None:
                 env, up = unwrap(event.value, status_pb2.UploadReceived)
-                at = epoch_seconds(up.finished_at) or (epoch_seconds(env.occurred_at))
+                at = epoch_seconds(up.finished_at) or epoch_seconds(env.occurred_at)
                 await c.liveness.upload(up.product_id, up.account_id or env.account_id, at)
 
             await guarded(UPLOADS, Record.of(event), handle)
