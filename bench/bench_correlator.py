@@ -249,7 +249,7 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
         try:
             behind = args.events
             while True:
-                behind = await group_behind(admin, app_id, topic, ends)
+                behind = await group_behind(admin, f"{app_id}-match", topic, ends)
                 if not behind:
                     hit_ends = await ends_of(hits_topic, PARTITIONS)
                     behind = await group_behind(admin, app_id, hits_topic, hit_ends)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -188,8 +189,8 @@ class ConsumerRunner:
                 await asyncio.sleep(min(self.retry_backoff_s * 2 ** (failures - 1), 30))
                 continue
             KAFKA_HANDLER_SECONDS.labels(self.group_id).observe(time.perf_counter() - started)
-            for e in events:
-                KAFKA_MESSAGES_CONSUMED.labels(e.topic.name, self.group_id).inc()
+            for name, count in Counter(e.topic.name for e in events).items():
+                KAFKA_MESSAGES_CONSUMED.labels(name, self.group_id).inc(count)
             self._consecutive_dead_letters = 0
             return
 

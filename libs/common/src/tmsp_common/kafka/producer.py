@@ -126,11 +126,18 @@ class EventProducer:
         return await fut
 
     async def send_raw(
-        self, topic_name: str, value: bytes | None, *, key: bytes | None, headers: Headers
+        self,
+        topic_name: str,
+        value: bytes | None,
+        *,
+        key: bytes | None,
+        headers: Headers = (),
+        partition: int | None = None,
     ) -> asyncio.Future[Any]:
-        """Enqueue raw bytes (dead letters) to an already-qualified topic name."""
+        """Enqueue raw bytes (dead letters, internal records) to an already-qualified topic
+        name; to ``partition`` if given, else to the one the key hashes to."""
         fut: asyncio.Future[Any] = await self._producer.send(
-            topic_name, value=value, key=key, headers=list(headers)
+            topic_name, value=value, key=key, headers=list(headers), partition=partition
         )
         return fut
 

@@ -35,26 +35,36 @@ def hit_records(
     hits whose group keys hash to it (so a table write finds its group's changelog
     partition through the record, as a per-key record would), split so that no record
     exceeds ``max_bytes`` (a hot group can take most hits of a batch); one hit per record at
-    least, whatever its size."""
-    parts: dict[int, list[tuple[str, bytes]]] = {}
+    least, whatever its size. The key is the first hit's group key."""
+    parts: dict[int, list[Hit]] = {}
     for hit in hits:
-        parts.setdefault(hit_partition(hit["k"], partitions), []).append(
-            (hit["k"], orjson.dumps(hit))
-        )
+        parts.setdefault(hit_partition(hit["k"], partitions), []).append(hit)
     records: list[tuple[int, bytes, bytes]] = []
-    for partition, encoded in sorted(parts.items()):
-        chunks: list[list[tuple[str, bytes]]] = [[]]
-        size = 2
-        for key, value in encoded:
-            if chunks[-1] and size + len(value) + 1 > max_bytes:
-                chunks.append([])
-                size = 2
-            chunks[-1].append((key, value))
-            size += len(value) + 1
-        for chunk in chunks:
-            value = b"[" + b",".join(v for _, v in chunk) + b"]"
-            records.append((partition, chunk[0][0].encode(), value))
+    for partition, part in sorted(parts.items()):
+        value = orjson.dumps(part)  # one call per partition: the common case fits
+        if len(value) <= max_bytes or len(part) == 1:
+            records.append((partition, part[0]["k"].encode(), value))
+            continue
+        for chunk in _bounded_chunks(part, max_bytes):
+            records.append(
+                (partition, chunk[0][0].encode(), b"[" + b",".join(v for _, v in chunk) + b"]")
+            )
     return records
+
+
+def _bounded_chunks(part: list[Hit], max_bytes: int) -> list[list[tuple[str, bytes]]]:
+    """``part``'s hits, encoded one by one, in order, in lists whose JSON stays within
+    ``max_bytes`` (a hit larger than that alone in its list)."""
+    chunks: list[list[tuple[str, bytes]]] = [[]]
+    size = 2
+    for hit in part:
+        value = orjson.dumps(hit)
+        if chunks[-1] and size + len(value) + 1 > max_bytes:
+            chunks.append([])
+            size = 2
+        chunks[-1].append((hit["k"], value))
+        size += len(value) + 1
+    return chunks
 
 
 def decode_hits(value: bytes | None) -> list[Hit]:

@@ -78,9 +78,14 @@ def _summary(event: Event, rule_title: str) -> str:
     return ": ".join(parts[:2]) + (f" {parts[2]}" if len(parts) > 2 else "")
 
 
+_KEY_ENCODER = json.JSONEncoder(separators=(",", ":"))
+"""``json.dumps`` with these separators builds an encoder per call (a third of a hit's cost)."""
+
+
 def group_key(account_id: str, correlation_id: str, group: dict[str, str]) -> str:
-    """The partitioning and state key of one correlation group."""
-    values = json.dumps([group[k] for k in sorted(group)], separators=(",", ":"))
+    """The partitioning and state key of one correlation group (compact JSON, ASCII-escaped:
+    the format keys have had since the first release, so window states keep their keys)."""
+    values = _KEY_ENCODER.encode([group[k] for k in sorted(group)])
     return f"{account_id}|{correlation_id}|{values}"
 
 

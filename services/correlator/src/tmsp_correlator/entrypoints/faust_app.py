@@ -27,7 +27,6 @@ import faust
 import orjson
 from faust.serializers import codecs
 from faust.streams import _current_event as faust_current_event
-from prometheus_client import Counter, Histogram
 
 from tmsp.events.v1 import detections_pb2, incidents_pb2, products_pb2, status_pb2
 from tmsp_common.kafka.envelope import EnvelopeError, epoch_seconds, unwrap
@@ -47,18 +46,18 @@ from tmsp_correlator.bootstrap import Container
 from tmsp_correlator.config import CorrelatorSettings
 from tmsp_correlator.domain.correlation import GroupState, Hit, apply_hit, hits_for_event
 from tmsp_correlator.domain.nonconforming import MitigationFact
-from tmsp_correlator.service_layer.events import detection_event, mitigation_event
+from tmsp_correlator.entrypoints.match_stage import MatchStage
+from tmsp_correlator.entrypoints.metrics import (
+    EVENTS,
+    HANDLE_SECONDS,
+    HITS,
+    INCIDENT_WRITES,
+    LATE,
+    STORED,
+)
+from tmsp_correlator.service_layer.events import mitigation_event
 
 log = get_logger(__name__)
-
-EVENTS = Counter("tmsp_correlator_events_total", "Events matched against the rules", ["topic"])
-HITS = Counter("tmsp_correlator_hits_total", "Rule hits sent to the correlation stage")
-INCIDENT_WRITES = Counter(
-    "tmsp_correlator_incident_writes_total", "Incidents published (new or changed)", ["kind"]
-)
-STORED = Counter("tmsp_correlator_incidents_stored_total", "Incident versions written to Mongo")
-LATE = Counter("tmsp_correlator_late_hits_total", "Hits dead-lettered as too late")
-HANDLE_SECONDS = Histogram("tmsp_correlator_handle_seconds", "Time to handle one record", ["stage"])
 
 HIT_SOURCE = Topic(
     "correlator.hits",
@@ -186,7 +185,6 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     # mode types receivers as a union of callables that no plain function matches
     app.on_partitions_revoked.connect(forget_stored_versions)  # type: ignore[arg-type]
 
-    detections_topic = bus.topic(DETECTIONS.qualified(prefix))
     mitigations_topic = bus.topic(MITIGATION_RESULTS.qualified(prefix))
     heartbeats_topic = bus.topic(HEARTBEATS.qualified(prefix))
     uploads_topic = bus.topic(UPLOADS.qualified(prefix))
@@ -257,25 +255,10 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
         log.warning("record refused", topic=rec.topic, offset=rec.offset, reason=reason)
         await bus.dead_letter(source, reason=reason, **rec.dead_letter_fields())
 
-    match_seconds = HANDLE_SECONDS.labels("match")
-    detections_seen = EVENTS.labels("detections")
-
-    @app.agent(detections_topic, name="detections")
-    async def detections(stream: Any) -> None:
-        # batches of events, acknowledged after the body returned (their hits produced)
-        async for batch in stream.take_events(s.match_batch_max, within=s.match_batch_s):
-            hits: list[Hit] = []
-            for event in batch:
-                started = time.perf_counter()
-                try:
-                    env, det = unwrap(event.value, detections_pb2.Detection)
-                    hits.extend(hits_for_event(c.rules, detection_event(env, det), origin(event)))
-                except Exception as exc:  # noqa: BLE001 - the agent never dies on one record
-                    await refuse(DETECTIONS, Record.of(event), exc)
-                    continue
-                detections_seen.inc()
-                match_seconds.observe(time.perf_counter() - started)
-            await send_hits(hits)
+    # the match stage reads detections outside faust's streams (see match_stage.py)
+    # (faust starts an @app.service after table recovery, like the agents; an instance is
+    # taken as it is, though the decorator is typed for classes)
+    app.service(cast(Any, MatchStage(c, hits_topic=hits_name, beacon=app.beacon)))
 
     @app.agent(mitigations_topic, name="mitigation-results")
     async def mitigations(stream: Any) -> None:
@@ -483,7 +466,6 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
             log.exception("daily incident counts failed")
 
     app.correlator_agents = [  # type: ignore[attr-defined]
-        detections,
         mitigations,
         correlate,
         store,
