@@ -221,6 +221,7 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
         "TMSP_CORRELATOR_APP_ID": app_id,
         "TMSP_CORRELATOR_MONGO_DATABASE": prefix.strip(".") + "_corr",
         "TMSP_CORRELATOR_RULES_DIR": str(rules_root),
+        "TMSP_CORRELATOR_DATA_DIR": str(rules_root / "data"),
         "TMSP_CORRELATOR_PARTITIONS": str(PARTITIONS),
         "TMSP_LOG_LEVEL": "INFO",  # as deployed; "service ready" is an info line
     }

@@ -44,9 +44,10 @@ T0 = 1_790_000_000.0
 
 
 class Correlators:
-    def __init__(self, infra: Infra, names: Any) -> None:
+    def __init__(self, infra: Infra, names: Any, data_dir: Path) -> None:
         self.infra = infra
         self.names = names
+        self.data_dir = data_dir
         self.db_name = names.database("corr")
         self.procs: list[ServiceProcess] = []
 
@@ -56,6 +57,7 @@ class Correlators:
             "TMSP_TOPIC_PREFIX": self.names.prefix,
             "TMSP_CORRELATOR_APP_ID": self.names.group("correlator"),
             "TMSP_CORRELATOR_MONGO_DATABASE": self.db_name,
+            "TMSP_CORRELATOR_DATA_DIR": str(self.data_dir),
             "TMSP_CORRELATOR_PARTITIONS": "4",
             "TMSP_CORRELATOR_LIVENESS_CHECK_INTERVAL_S": "0.5",
             "TMSP_CORRELATOR_SESSION_TIMEOUT_S": "8",
@@ -78,8 +80,8 @@ class Correlators:
 
 
 @pytest.fixture
-def correlators(infra: Infra, names: Any) -> Iterator[Correlators]:
-    c = Correlators(infra, names)
+def correlators(infra: Infra, names: Any, tmp_path: Path) -> Iterator[Correlators]:
+    c = Correlators(infra, names, tmp_path / "correlator-data")
     yield c
     c.stop_all()
 

@@ -11,7 +11,6 @@ import email.policy
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -95,6 +94,7 @@ def running_stack(
         "TMSP_TOPIC_PREFIX": prefix,
         "TMSP_CORRELATOR_APP_ID": app_id,
         "TMSP_CORRELATOR_MONGO_DATABASE": names.database("corr"),
+        "TMSP_CORRELATOR_DATA_DIR": str(tmp_path / "correlator-data"),
         "TMSP_CORRELATOR_PARTITIONS": "2",
         "TMSP_CORRELATOR_SESSION_TIMEOUT_S": "8",
         "TMSP_METRICS_PORT": "0",
@@ -142,7 +142,6 @@ def running_stack(
     finally:
         for proc in reversed(procs):
             proc.terminate(timeout=30)
-        shutil.rmtree(REPO_ROOT / f"{app_id}-data", ignore_errors=True)
 
 
 @pytest.fixture

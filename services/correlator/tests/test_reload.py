@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,11 @@ def test_removed_correlation_leaves_the_rest_running(tmp_path: Path) -> None:
 def test_bad_schedule_settings_are_refused(field: str, value: str) -> None:
     with pytest.raises(ValidationError, match=field):
         CorrelatorSettings(**{field: value})
+
+
+def test_the_working_directory_is_under_the_temp_dir_unless_set(tmp_path: Path) -> None:
+    # not the process's working directory: the Kubernetes root filesystem is read-only
+    default = CorrelatorSettings(app_id="corr-a").data_path
+    assert default == Path(tempfile.gettempdir()) / "tmsp-correlator" / "corr-a"
+    assert CorrelatorSettings(app_id="corr-b").data_path != default
+    assert CorrelatorSettings(data_dir=str(tmp_path)).data_path == tmp_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -28,6 +29,10 @@ class CorrelatorSettings(ServiceSettings):
     app_id: str = Field("tmsp-correlator", pattern=r"^[A-Za-z0-9._-]+$")
     """Faust application id: consumer group and prefix of its internal topics."""
     mongo_database: str = "tmsp_correlator"
+    data_dir: str = ""
+    """faust's working directory (nothing durable: the window state lives in memory and in
+    its changelog topic). Empty: ``<temp dir>/tmsp-correlator/<app id>``, so a read-only
+    root filesystem (the Kubernetes manifest) or a shared working directory is no problem."""
     rules_dir: str = DEFAULT_RULES_DIR
     rules_reload_interval_s: float = Field(30.0, ge=0)
     """How often the rules directory is checked for changes (0 = never)."""
@@ -67,6 +72,12 @@ class CorrelatorSettings(ServiceSettings):
     replication_factor: int = Field(1, ge=1)
     session_timeout_s: float = Field(30.0, ge=6)
     """Kafka group session timeout: how long a killed worker's partitions wait to move."""
+
+    @property
+    def data_path(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir)
+        return Path(tempfile.gettempdir()) / "tmsp-correlator" / self.app_id
 
     @field_validator("time_zone")
     @classmethod

@@ -151,6 +151,7 @@ def make_app(settings: CorrelatorSettings) -> faust.App:
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap.split(',')[0]}",
         store="memory://",
+        datadir=settings.data_path,
         topic_replication_factor=settings.replication_factor,
         topic_partitions=settings.partitions,
         table_standby_replicas=0,
