@@ -8,6 +8,7 @@ Order: logging, settings (exit 2), ping MongoDB and Kafka and create the registr
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from typing import Any
 
@@ -111,6 +112,19 @@ def create(settings: CorrelatorSettings, *, replace_in_bulk: bool = False) -> fa
     return app
 
 
+GC_THRESHOLDS = (50_000, 50, 100)
+
+
+def tune_gc() -> None:
+    """Fewer cyclic collections. The worker allocates a dict or two per hit, and with the
+    default thresholds (700, 10, 10) collections took 2.2 s of a 20,000-event bench run
+    against 0.23 s with these; what start-up built (rules, pySigma objects) is frozen out
+    of every collection."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def main() -> None:
     settings = load_settings(CorrelatorSettings)
     configure_logging(CorrelatorSettings.service_name, settings.log_level, settings.log_format)
@@ -123,6 +137,7 @@ def main() -> None:
         start_metrics_server(settings.metrics_port)
     log.info("incident store", changes="batch replace" if ferretdb else "update by id")
     app = create(settings, replace_in_bulk=ferretdb)
+    tune_gc()
     worker_kw: dict[str, Any] = {
         "loglevel": settings.log_level,
         "override_logging": False,

@@ -34,6 +34,7 @@ from tmsp_correlator.adapters.hit_records import hit_records
 from tmsp_correlator.bootstrap import Container
 from tmsp_correlator.config import CorrelatorSettings
 from tmsp_correlator.domain.correlation import Hit, hits_for_event
+from tmsp_correlator.domain.rules import RuleSet
 from tmsp_correlator.entrypoints.metrics import EVENTS, HANDLE_SECONDS, HITS
 from tmsp_correlator.service_layer.events import detection_event
 
@@ -45,6 +46,29 @@ SERVICE = "correlator"
 def match_group(settings: CorrelatorSettings) -> str:
     """The match stage's consumer group (faust's own group is the app id)."""
     return f"{settings.app_id}-match"
+
+
+def match_batch(
+    rules: RuleSet, events: list[ConsumedEvent[detections_pb2.Detection]], prefix: str
+) -> list[Hit]:
+    """The hits of a batch of detections, each hit naming where its event came from. Pure:
+    a detection whose matching raises is handed back as :class:`InvalidEvent` (the runner
+    dead-letters it and calls again with the rest) before anything was sent."""
+    match_seconds = HANDLE_SECONDS.labels("match")
+    hits: list[Hit] = []
+    for ev in events:
+        started = time.perf_counter()
+        origin = {
+            "topic": ev.topic.qualified(prefix),
+            "partition": ev.partition,
+            "offset": ev.offset,
+        }
+        try:
+            hits.extend(hits_for_event(rules, detection_event(ev.envelope, ev.payload), origin))
+        except Exception as exc:  # noqa: BLE001 - one bad detection, not the batch
+            raise InvalidEvent(ev, f"handler failed: {exc!r}") from exc
+        match_seconds.observe(time.perf_counter() - started)
+    return hits
 
 
 class MatchStage(Service):
@@ -93,30 +117,13 @@ class MatchStage(Service):
 
     async def handle(self, events: list[ConsumedEvent[detections_pb2.Detection]]) -> None:
         """Match a batch, send its hits, return once the broker has them (then the runner
-        commits). Matching comes first and sends nothing: a detection that raises is
-        handed back as :class:`InvalidEvent` (dead-lettered), and the runner calls again
-        with the rest."""
-        assert self.producer is not None and self.runner is not None  # noqa: S101 - started
-        rules = self.container.rules
-        prefix = self.container.settings.topic_prefix
-        partitions = self.container.settings.partitions
-        match_seconds = HANDLE_SECONDS.labels("match")
-        hits: list[Hit] = []
-        for ev in events:
-            started = time.perf_counter()
-            origin = {
-                "topic": ev.topic.qualified(prefix),
-                "partition": ev.partition,
-                "offset": ev.offset,
-            }
-            try:
-                hits.extend(hits_for_event(rules, detection_event(ev.envelope, ev.payload), origin))
-            except Exception as exc:  # noqa: BLE001 - one bad detection, not the batch
-                raise InvalidEvent(ev, f"handler failed: {exc!r}") from exc
-            match_seconds.observe(time.perf_counter() - started)
+        commits)."""
+        assert self.producer is not None  # noqa: S101 - set in on_start
+        s = self.container.settings
+        hits = match_batch(self.container.rules, events, s.topic_prefix)
         futures = [
             await self.producer.send_raw(self.hits_topic, value, key=key, partition=partition)
-            for partition, key, value in hit_records(hits, partitions)
+            for partition, key, value in hit_records(hits, s.partitions)
         ]
         await asyncio.gather(*futures)
         EVENTS.labels("detections").inc(len(events))
