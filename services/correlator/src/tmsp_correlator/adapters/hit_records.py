@@ -41,30 +41,24 @@ def hit_records(
         parts.setdefault(hit_partition(hit["k"], partitions), []).append(hit)
     records: list[tuple[int, bytes, bytes]] = []
     for partition, part in sorted(parts.items()):
-        value = orjson.dumps(part)  # one call per partition: the common case fits
-        if len(value) <= max_bytes or len(part) == 1:
-            records.append((partition, part[0]["k"].encode(), value))
-            continue
-        for chunk in _bounded_chunks(part, max_bytes):
-            records.append(
-                (partition, chunk[0][0].encode(), b"[" + b",".join(v for _, v in chunk) + b"]")
-            )
+        for chunk, value in _bounded(part, max_bytes):
+            records.append((partition, chunk[0]["k"].encode(), value))
     return records
 
 
-def _bounded_chunks(part: list[Hit], max_bytes: int) -> list[list[tuple[str, bytes]]]:
-    """``part``'s hits, encoded one by one, in order, in lists whose JSON stays within
-    ``max_bytes`` (a hit larger than that alone in its list)."""
-    chunks: list[list[tuple[str, bytes]]] = [[]]
-    size = 2
-    for hit in part:
-        value = orjson.dumps(hit)
-        if chunks[-1] and size + len(value) + 1 > max_bytes:
-            chunks.append([])
-            size = 2
-        chunks[-1].append((hit["k"], value))
-        size += len(value) + 1
-    return chunks
+def _bounded(part: list[Hit], max_bytes: int) -> list[tuple[list[Hit], bytes]]:
+    """``part`` in order, as JSON lists of at most ``max_bytes`` (a hit larger than that
+    alone in its list). One orjson call for the common case; an oversized list is cut into
+    as many even slices as its size asks for, and a slice still too large is cut again."""
+    value = orjson.dumps(part)
+    if len(value) <= max_bytes or len(part) == 1:
+        return [(part, value)]
+    pieces = min(len(part), -(-len(value) // max_bytes) + 1)
+    step = -(-len(part) // pieces)
+    out: list[tuple[list[Hit], bytes]] = []
+    for i in range(0, len(part), step):
+        out.extend(_bounded(part[i : i + step], max_bytes))
+    return out
 
 
 def decode_hits(value: bytes | None) -> list[Hit]:

@@ -85,8 +85,11 @@ _KEY_ENCODER = json.JSONEncoder(separators=(",", ":"))
 def group_key(account_id: str, correlation_id: str, group: dict[str, str]) -> str:
     """The partitioning and state key of one correlation group (compact JSON, ASCII-escaped:
     the format keys have had since the first release, so window states keep their keys)."""
-    values = _KEY_ENCODER.encode([group[k] for k in sorted(group)])
-    return f"{account_id}|{correlation_id}|{values}"
+    return _key(account_id, correlation_id, [group[k] for k in sorted(group)])
+
+
+def _key(account_id: str, correlation_id: str, values: list[str]) -> str:
+    return f"{account_id}|{correlation_id}|{_KEY_ENCODER.encode(values)}"
 
 
 def make_hit(
@@ -101,19 +104,18 @@ def make_hit(
     origin: dict[str, Any] | None = None,
 ) -> Hit:
     """A hit of ``rule_id``'s event (``fields``) for correlation ``corr``."""
-    group = {g: str(fields.get(corr.group_field(g, rule_id)) or "") for g in corr.group_by}
-    value: Any = None
-    if corr.condition.field is not None:
-        value = fields.get(corr.group_field(corr.condition.field, rule_id))
+    where = corr.hit_fields(rule_id)
+    group = {g: str(fields.get(f) or "") for g, f in where.groups}
+    cid = corr.meta.rule_id
     return {
-        "c": corr.meta.rule_id,
-        "k": group_key(account_id, corr.meta.rule_id, group),
+        "c": cid,
+        "k": _key(account_id, cid, [group[g] for g in where.key_order]),
         "a": account_id,
         "g": group,
         "r": rule_id,
         "e": event_id,
         "t": ts,
-        "v": value,
+        "v": fields.get(where.value) if where.value is not None else None,
         "s": summary,
         "ep": [
             str(fields.get("endpoint_host") or ""),

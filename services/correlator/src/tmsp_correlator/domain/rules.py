@@ -13,6 +13,7 @@ operators at once) are read from the YAML directly.
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -106,18 +107,17 @@ class Condition:
     percentile: float | None = None
 
     def holds(self, value: float) -> bool:
-        for op, bound in self.ops:
-            ok = {
-                "gt": value > bound,
-                "gte": value >= bound,
-                "lt": value < bound,
-                "lte": value <= bound,
-                "eq": value == bound,
-                "neq": value != bound,
-            }[op]
-            if not ok:
-                return False
-        return True
+        return all(_COMPARE[op](value, bound) for op, bound in self.ops)
+
+
+_COMPARE = {
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+    "eq": operator.eq,
+    "neq": operator.ne,
+}
 
 
 @dataclass(frozen=True)
@@ -138,9 +138,37 @@ class CorrelationRule:
     standalone: bool = False
     """Synthesised for a detection rule that raises incidents on its own."""
 
+    _hit_fields: dict[str, HitFields] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
     def group_field(self, group: str, rule_id: str) -> str:
         """The event field that carries group-by field ``group`` for events of ``rule_id``."""
         return self.aliases.get(group, {}).get(rule_id, group)
+
+    def hit_fields(self, rule_id: str) -> HitFields:
+        """Where a hit of ``rule_id``'s events finds its group and value (cached per rule:
+        every hit needs them)."""
+        found = self._hit_fields.get(rule_id)
+        if found is None:
+            cond = self.condition.field
+            found = HitFields(
+                groups=tuple((g, self.group_field(g, rule_id)) for g in self.group_by),
+                key_order=tuple(sorted(self.group_by)),
+                value=self.group_field(cond, rule_id) if cond is not None else None,
+            )
+            self._hit_fields[rule_id] = found
+        return found
+
+
+@dataclass(frozen=True)
+class HitFields:
+    groups: tuple[tuple[str, str], ...]
+    """(group-by field, event field that carries it), in ``group-by`` order."""
+    key_order: tuple[str, ...]
+    """The group-by fields in group-key order (sorted)."""
+    value: str | None
+    """The event field a value_* condition aggregates."""
 
 
 class _PatternIndex:

@@ -30,7 +30,10 @@ def _put(out: Event, key: str, value: str | int) -> None:
 
 
 def detection_event(env: Envelope, d: detections_pb2.Detection) -> Event:
-    """A Detection as a flat event (empty fields left out; ``ts`` is event time)."""
+    """A Detection as a flat event (empty fields left out; ``ts`` is event time).
+
+    The hottest function of the match stage: each sub-message is read once, and the
+    optional fields go through one loop rather than a call each."""
     out: Event = {
         "event_type": "detection",
         "event_id": d.event_id or env.event_id,
@@ -40,26 +43,32 @@ def detection_event(env: Envelope, d: detections_pb2.Detection) -> Event:
         "ts": _ts(env, epoch_seconds(d.occurred_at)),
         "severity": SEVERITY_NAMES[d.severity] if d.severity < len(SEVERITY_NAMES) else "",
     }
-    _put(out, "source_ip", d.source.address)
-    _put(out, "source_port", d.source.port)
-    _put(out, "source_host", d.source.host)
-    _put(out, "destination_ip", d.destination.address)
-    _put(out, "destination_port", d.destination.port)
-    _put(out, "destination_host", d.destination.host)
-    _put(out, "endpoint_host", d.endpoint.host)
-    _put(out, "endpoint_ip", d.endpoint.ip)
-    _put(out, "endpoint_mac", d.endpoint.mac)
-    _put(out, "user", d.user)
-    _put(out, "threat_name", d.threat_name)
-    _put(out, "threat_category", d.threat_category)
-    _put(out, "vendor_severity", d.vendor_severity)
-    _put(out, "signature_id", d.signature_id)
-    _put(out, "file_hash", d.file_hash)
-    _put(out, "url", d.url)
-    _put(out, "action", d.action)
-    _put(out, "protocol", d.protocol)
-    for k, v in d.extra.items():
-        out[f"extra.{k}"] = v
+    src, dst, ep = d.source, d.destination, d.endpoint
+    for key, value in (
+        ("source_ip", src.address),
+        ("source_port", src.port),
+        ("source_host", src.host),
+        ("destination_ip", dst.address),
+        ("destination_port", dst.port),
+        ("destination_host", dst.host),
+        ("endpoint_host", ep.host),
+        ("endpoint_ip", ep.ip),
+        ("endpoint_mac", ep.mac),
+        ("user", d.user),
+        ("threat_name", d.threat_name),
+        ("threat_category", d.threat_category),
+        ("vendor_severity", d.vendor_severity),
+        ("signature_id", d.signature_id),
+        ("file_hash", d.file_hash),
+        ("url", d.url),
+        ("action", d.action),
+        ("protocol", d.protocol),
+    ):
+        if value:  # "" and 0 are protobuf's "not set"
+            out[key] = value
+    if d.extra:
+        for k, v in d.extra.items():
+            out[f"extra.{k}"] = v
     return out
 
 
