@@ -295,6 +295,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
         # version. A hit that fails is dead-lettered alone; the rest of its record counts.
         # Applying a hit is pure and in memory: no per-hit coroutine, and nothing to retry.
         async for batch in stream.take_events(s.correlate_batch_max, within=s.correlate_batch_s):
+            started = time.perf_counter()
             changed: dict[str, tuple[dict[str, Any], bool]] = {}
             states: dict[str, tuple[GroupState, Any]] = {}
             chained: list[Hit] = []
@@ -306,7 +307,6 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                     await refuse(HIT_SOURCE, record, exc)
                     continue
                 for hit in hits:
-                    started = time.perf_counter()
                     try:
                         key = hit["k"]
                         prior = states[key][0] if key in states else windows.get(key)
@@ -334,7 +334,6 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                         opened = out.new_incident or changed.get(inc["id"], (inc, False))[1]
                         changed[inc["id"]] = (inc, opened)
                     chained.extend(out.chained)
-                    correlate_seconds.observe(time.perf_counter() - started)
             for key, (state, last_event) in states.items():
                 # a table write finds its changelog partition through faust's current-event
                 # context variable, which take_events() leaves unset; only this task's
@@ -349,6 +348,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                 await send_hits(chained)
             for _inc, opened in changed.values():
                 INCIDENT_WRITES.labels("new" if opened else "update").inc()
+            correlate_seconds.observe(time.perf_counter() - started)
 
     @app.agent(incidents_topic, name="incident-store")
     async def store(stream: Any) -> None:

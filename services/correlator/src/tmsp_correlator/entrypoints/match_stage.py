@@ -41,6 +41,9 @@ from tmsp_correlator.service_layer.events import detection_event
 log = get_logger(__name__)
 
 SERVICE = "correlator"
+READY_TIMEOUT_S = 20.0
+"""How long start-up waits for the match stage's first partitions (more workers than
+detections partitions leave some without)."""
 
 
 def match_group(settings: CorrelatorSettings) -> str:
@@ -54,10 +57,9 @@ def match_batch(
     """The hits of a batch of detections, each hit naming where its event came from. Pure:
     a detection whose matching raises is handed back as :class:`InvalidEvent` (the runner
     dead-letters it and calls again with the rest) before anything was sent."""
-    match_seconds = HANDLE_SECONDS.labels("match")
+    started = time.perf_counter()
     hits: list[Hit] = []
     for ev in events:
-        started = time.perf_counter()
         origin = {
             "topic": ev.topic.qualified(prefix),
             "partition": ev.partition,
@@ -67,7 +69,7 @@ def match_batch(
             hits.extend(hits_for_event(rules, detection_event(ev.envelope, ev.payload), origin))
         except Exception as exc:  # noqa: BLE001 - one bad detection, not the batch
             raise InvalidEvent(ev, f"handler failed: {exc!r}") from exc
-        match_seconds.observe(time.perf_counter() - started)
+    HANDLE_SECONDS.labels("match").observe(time.perf_counter() - started)
     return hits
 
 
@@ -133,6 +135,15 @@ class MatchStage(Service):
         self.producer, self.runner = self._build()
         await self.producer.start()
         self._task = asyncio.create_task(self._run(self.runner))
+        # "service ready" (logged once this returns) then means detections are consumed
+        try:
+            await asyncio.wait_for(self.runner.ready.wait(), READY_TIMEOUT_S)
+        except TimeoutError:
+            log.warning(
+                "match stage has no detections partition yet",
+                group=self.runner.group_id,
+                waited_s=READY_TIMEOUT_S,
+            )
 
     async def _run(self, runner: ConsumerRunner) -> None:
         try:

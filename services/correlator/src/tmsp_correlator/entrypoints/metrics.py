@@ -11,4 +11,8 @@ INCIDENT_WRITES = Counter(
 )
 STORED = Counter("tmsp_correlator_incidents_stored_total", "Incident versions written to Mongo")
 LATE = Counter("tmsp_correlator_late_hits_total", "Hits dead-lettered as too late")
-HANDLE_SECONDS = Histogram("tmsp_correlator_handle_seconds", "Time to handle one record", ["stage"])
+HANDLE_SECONDS = Histogram(
+    "tmsp_correlator_handle_seconds",
+    "Time to handle one batch (match: detections; correlate: hits records; store: incidents)",
+    ["stage"],
+)
