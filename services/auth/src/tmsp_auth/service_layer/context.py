@@ -6,8 +6,6 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from email_validator import EmailNotValidError, validate_email
-
 from tmsp_auth.adapters.events import EventPublisher
 from tmsp_auth.adapters.metrics import PASSWORD_HASH_SECONDS
 from tmsp_auth.adapters.repositories import (
@@ -24,6 +22,7 @@ from tmsp_auth.domain.crypto import Keyring, Sealed
 from tmsp_auth.domain.lockout import LockoutPolicy
 from tmsp_auth.domain.passwords import Hasher
 from tmsp_common.clock import Clock
+from tmsp_common.email import MAX_ADDRESS, address_key, bare_address
 from tmsp_common.errors import InvalidArgument
 from tmsp_common.mongo import Document
 
@@ -82,7 +81,7 @@ class AuthContext:
 
 
 def normalize_email(email: str, *, field: str = "email", strict: bool = False) -> str:
-    """The address as stored for lookups: trimmed, normalised (NFC, IDNA), lower-cased.
+    """The address as stored for lookups (:func:`tmsp_common.email.address_key`).
 
     With ``strict`` (new users) a malformed address is an InvalidArgument; without it
     (login, reset) it is only lower-cased, so it simply matches nobody. Both use the same
@@ -91,11 +90,6 @@ def normalize_email(email: str, *, field: str = "email", strict: bool = False) -
     value = email.strip()
     if not value:
         raise InvalidArgument(field, "is required")
-    if len(value) > 254:
+    if len(value) > MAX_ADDRESS:
         raise InvalidArgument(field, "is too long")
-    try:
-        value = validate_email(value, check_deliverability=False).normalized
-    except EmailNotValidError as exc:
-        if strict:
-            raise InvalidArgument(field, str(exc)) from exc
-    return value.lower()
+    return bare_address(value, field).lower() if strict else address_key(value)

@@ -12,6 +12,7 @@ from datetime import datetime
 from enum import IntEnum
 from typing import Protocol
 
+from tmsp_common.email import address_key, bare_address
 from tmsp_common.errors import FailedPrecondition, InvalidArgument
 
 
@@ -136,10 +137,6 @@ class Registration:
     heartbeat_interval_seconds: int = DEFAULT_HEARTBEAT_INTERVAL
 
 
-def _normal_email(email: str) -> str:
-    return email.strip().lower()
-
-
 def validate(reg: Registration) -> None:
     """InvalidArgument naming the field, for the first thing wrong with ``reg``."""
     if not reg.account_id:
@@ -163,9 +160,7 @@ def validate(reg: Registration) -> None:
     ):
         if value != 0 and value < MIN_BANDWIDTH:
             raise InvalidArgument(name, f"0 (unlimited) or at least {MIN_BANDWIDTH}")
-    email = _normal_email(reg.registration_email)
-    if "@" not in email or email.startswith("@") or email.endswith("@") or " " in email:
-        raise InvalidArgument("registration_email", "not an email address")
+    bare_address(reg.registration_email, "registration_email")
     if reg.ssh_public_key and not reg.ssh_public_key.startswith(("ssh-", "ecdsa-", "sk-")):
         raise InvalidArgument("ssh_public_key", "not an OpenSSH public key")
 
@@ -173,8 +168,8 @@ def validate(reg: Registration) -> None:
 def check_registration_email(email: str, account: AccountView, recorded_emails: set[str]) -> None:
     """The registration email must be the account owner's, or one already recorded for a
     product of the account; FailedPrecondition otherwise."""
-    wanted = _normal_email(email)
-    allowed = {_normal_email(account.managed_by_email), *map(_normal_email, recorded_emails)}
+    wanted = address_key(email)
+    allowed = {address_key(account.managed_by_email), *map(address_key, recorded_emails)}
     allowed.discard("")
     if wanted not in allowed:
         raise FailedPrecondition("registration email does not match the account")

@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from email_validator import EmailNotValidError, validate_email
-
+from tmsp_common.email import bare_address
 from tmsp_common.errors import InvalidArgument
 from tmsp_notifier.domain.model import Attachment
 
@@ -22,22 +21,10 @@ DEFAULT_MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
 
 
 def validate_address(address: str, field: str = "recipients") -> str:
-    """The normalised address, or InvalidArgument naming ``field``.
-
-    CR, LF and every other control character are refused before parsing; display names and
-    comments are refused too (only a bare ``local@domain``), so nothing but an address can
-    reach the ``To`` header.
-    """
-    if _CONTROL.search(address):
-        raise InvalidArgument(field, "control characters (CR/LF) are not allowed in an address")
-    if any(c in address for c in '<>,;"()'):
-        raise InvalidArgument(field, "only a bare address local@domain is allowed")
-    try:
-        result = validate_email(address.strip(), check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise InvalidArgument(field, f"invalid email address: {exc}") from exc
-    normalized: str = result.normalized
-    return normalized
+    """The normalised address (:func:`tmsp_common.email.bare_address`: CR, LF, every other
+    control character and display names are refused), or InvalidArgument naming ``field``;
+    nothing but an address can reach the ``To`` header."""
+    return bare_address(address, field)
 
 
 def validate_recipients(addresses: Iterable[str], field: str = "recipients") -> tuple[str, ...]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from email_validator import EmailNotValidError, validate_email
-
+from tmsp_common.email import bare_address
 from tmsp_common.errors import InvalidArgument
 
 MAX_RECIPIENTS = 50
@@ -17,15 +16,9 @@ _CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
 def normalise_email(raw: str, field: str = "email") -> str:
-    """A bare address, normalised (domain lower-cased, local part as given, then lowered
-    for the unique key by the caller); InvalidArgument naming ``field`` otherwise."""
-    if any(c in raw for c in "\r\n<>,;") or len(raw) > 254:
-        raise InvalidArgument(field, "a single bare email address")
-    try:
-        info = validate_email(raw.strip(), check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise InvalidArgument(field, str(exc)) from None
-    return str(info.normalized).lower()
+    """A bare address in its lookup form (the recipients' unique key); InvalidArgument
+    naming ``field`` otherwise."""
+    return bare_address(raw, field).lower()
 
 
 def task_parameters(params: Mapping[str, str], *, cleanup: bool) -> dict[str, str]:
