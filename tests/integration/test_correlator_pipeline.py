@@ -182,6 +182,30 @@ async def test_detections_become_a_stored_and_published_incident_and_bad_records
     assert count.account_id == "acc1" and count.total_incidents == 1 and not count.daily
 
 
+async def test_a_flood_of_undecodable_detections_stops_the_worker_with_one_clear_line(
+    infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
+) -> None:
+    # the shared consumer convention: after 1,000 dead letters in a row the consumer stops
+    # rather than dead-letter everything; the worker must then exit (not run on without
+    # its match stage) with one line saying why, those 1,000 dead-lettered in order
+    worker = correlators.start()
+    topic = DETECTIONS.qualified(names.prefix)
+    futs = [
+        await producer.send_raw(topic, b"\x00garbage %d" % i, key=b"tda1", headers=[])
+        for i in range(1001)
+    ]
+    await asyncio.gather(*futs)
+    await wait_until(lambda: not worker.alive(), timeout=90)
+    assert worker.proc is not None and worker.proc.returncode != 0
+    stopped = [line for line in worker.logs.splitlines() if "match stage stopped" in line]
+    assert len(stopped) == 1
+    assert "1001 consecutive dead letters" in stopped[0]
+    assert "not an envelope" in stopped[0]
+    async with TopicReader(infra.kafka_bootstrap, DETECTIONS.dead_letter, names.prefix) as dlq:  # type: ignore[arg-type]
+        records = await dlq.read_until(lambda rs: len(rs) >= 1000, timeout=30)
+    assert [r.value for r in records] == [b"\x00garbage %d" % i for i in range(1000)]
+
+
 async def test_two_workers_count_a_group_split_across_partitions(
     infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
 ) -> None:
