@@ -35,6 +35,7 @@ from tmsp_reporter import bootstrap
 from tmsp_reporter.adapters.mongo import create_indexes
 from tmsp_reporter.bootstrap import App
 from tmsp_reporter.config import ReporterSettings
+from tmsp_reporter.domain.model import ReportSchedule
 from tmsp_reporter.domain.periods import ReportKind
 from tmsp_reporter.domain.retention import LogMaintenance
 from tmsp_reporter.testing import reporter_env
@@ -309,3 +310,38 @@ async def test_large_reports_are_linked_not_attached(
     assert not request.attachments and "attached" not in request.params
     assert request.params["download_url"] == f"https://localhost:8443/reports/{doc['_id']}"
     assert request.params["period"] == "2026-06-07 to 2026-06-10"
+
+
+async def test_a_scheduled_report_that_fails_is_retried_with_backoff_not_every_pass(
+    world: World,
+) -> None:
+    clock = FakeClock(T0)
+    app = world.app(clock)
+    await app.read.apply_account(snapshot("acme"), LONG_AGO)
+    await app.reports.set_schedule(
+        ReportSchedule("acme", weekly_executive=False, monthly_executive=False)
+    )
+    render, calls = app.reports.render, []
+
+    def failing_twice(content: Any) -> Any:
+        calls.append(clock.now())
+        if len(calls) <= 2:
+            raise RuntimeError("renderer broke")
+        return render(content)
+
+    app.reports.render = failing_twice
+    assert await app.reports.run_schedules() == 0
+    assert await app.reports.run_schedules() == 0  # same minute: not tried again
+    clock.advance(timedelta(seconds=59))
+    assert await app.reports.run_schedules() == 0
+    assert len(calls) == 1
+    clock.advance(timedelta(seconds=1))  # 1 min after the first failure
+    assert await app.reports.run_schedules() == 0
+    clock.advance(timedelta(seconds=119))  # the second failure waits 2 min
+    assert await app.reports.run_schedules() == 0
+    assert len(calls) == 2
+    clock.advance(timedelta(seconds=1))
+    assert await app.reports.run_schedules() == 1
+    assert calls == [T0, T0 + timedelta(minutes=1), T0 + timedelta(minutes=3)]
+    (report,) = await app.reports.list_reports("acme", limit=10, after=None)
+    assert report["state"] == "ready"

@@ -63,6 +63,16 @@ def _quiet(_: str) -> None:
     return None
 
 
+RETRY_FIRST = timedelta(minutes=1)
+RETRY_MAX = timedelta(hours=6)
+
+
+def retry_delay(failures: int) -> timedelta:
+    """How long a scheduled report waits after its ``failures``-th failed generation."""
+    delay: timedelta = RETRY_FIRST * (1 << min(failures - 1, 20))
+    return min(delay, RETRY_MAX)
+
+
 @dataclass(frozen=True)
 class ReportConfig:
     max_report_bytes: int = 8 * 1024 * 1024
@@ -90,6 +100,9 @@ class ReportService:
         self.clock = clock
         self.config = config
         self.owner = config.owner or uuid.uuid4().hex[:12]
+        self._failed: dict[str, tuple[int, datetime]] = {}
+        """Scheduled reports whose generation failed: (failures so far, not retried before).
+        In memory: a restarted replica tries once at once, then backs off again."""
 
     # --- periods ---------------------------------------------------------------------
 
@@ -332,28 +345,53 @@ class ReportService:
         return [(k, p) for k, p in due if since is None or p.end > since]
 
     async def run_schedules(self) -> int:
-        """Generate every due periodic report that does not exist yet; returns how many."""
+        """Generate every due periodic report that does not exist yet; returns how many.
+
+        A report whose generation fails is retried with exponential backoff (1 min, doubling,
+        at most 6 h), not on every pass: a report that cannot be built (too large, a bad
+        record) must not be rebuilt and logged every minute."""
         made = 0
+        now = self.clock.now()
+        seen: set[str] = set()
         for account_id in await self.read.active_account_ids():
             try:
                 time_zone, account = await self._time_zone(account_id)
                 schedule = await self.store.schedule(account_id)
                 due = self.due(schedule, time_zone, account.first_seen)
                 ids = {report_id(account_id, k, p): (k, p) for k, p in due}
+                seen.update(ids)
                 done = await self.store.existing(list(ids))
                 for rid, (kind, period) in ids.items():
-                    if rid in done:
+                    failed = self._failed.get(rid)
+                    if rid in done or (failed is not None and failed[1] > now):
                         continue
-                    _, created = await self._ensure(
-                        account_id, kind, period, True, "schedule", _quiet
-                    )
+                    try:
+                        _, created = await self._ensure(
+                            account_id, kind, period, True, "schedule", _quiet
+                        )
+                    except Exception as exc:  # noqa: BLE001 - retried later, with backoff
+                        failures = (failed[0] if failed else 0) + 1
+                        delay = retry_delay(failures)
+                        self._failed[rid] = (failures, now + delay)
+                        log.warning(
+                            "scheduled report failed",
+                            report_id=rid,
+                            account_id=account_id,
+                            failures=failures,
+                            retry_in_s=delay.total_seconds(),
+                            error=f"{type(exc).__name__}: {exc}",
+                        )
+                        continue
+                    self._failed.pop(rid, None)
                     made += int(created)
             except Exception as exc:  # noqa: BLE001 - one account must not stop the others
                 log.warning(
-                    "scheduled report failed",
+                    "scheduled reports of an account failed",
                     account_id=account_id,
                     error=f"{type(exc).__name__}: {exc}",
                 )
+        # periods roll over: forget failures of reports no longer due
+        self._failed = {rid: v for rid, v in self._failed.items() if rid in seen}
         return made
 
     async def recover(self) -> None:
