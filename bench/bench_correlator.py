@@ -268,7 +268,7 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
             incidents_topic = INCIDENTS.qualified(prefix)
             while True:
                 inc_ends = await ends_of(incidents_topic, INCIDENTS.partitions)
-                if not await group_behind(admin, app_id, incidents_topic, inc_ends):
+                if not await group_behind(admin, f"{app_id}-store", incidents_topic, inc_ends):
                     break
                 if time.perf_counter() - started > args.timeout:
                     raise RuntimeError("the store stage did not finish in time")

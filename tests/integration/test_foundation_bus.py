@@ -200,3 +200,28 @@ async def test_transient_handler_failure_is_retried_without_losing_the_batch(
     await task
     assert stored == ["e0", "e1", "e2"]
     assert attempts == 3
+
+
+async def test_a_member_is_told_when_its_partitions_are_revoked(
+    infra: Infra, names: Any, producer: EventProducer
+) -> None:
+    # a handler that caches what it wrote (the correlator's store stage) must forget it
+    # once another member takes the partitions over
+    revoked: list[str] = []
+
+    async def handle(events: list[ConsumedEvent[Any]]) -> None:
+        return None
+
+    first = runner(infra, names, producer, handle, on_revoked=lambda: revoked.append("first"))
+    second = runner(infra, names, producer, handle)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(first.run(stop))]
+    try:
+        await asyncio.wait_for(first.ready.wait(), 30)
+        assert revoked == []
+        tasks.append(asyncio.create_task(second.run(stop)))  # the group rebalances
+        await wait_until(lambda: revoked, timeout=30)
+        assert set(revoked) == {"first"}
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)

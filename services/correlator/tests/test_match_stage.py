@@ -12,7 +12,7 @@ from tmsp_common.kafka.consumer import ConsumedEvent, InvalidEvent
 from tmsp_common.kafka.envelope import wrap
 from tmsp_common.kafka.topics import DETECTIONS
 from tmsp_correlator.domain.rules import RuleSet, load_rule_directory
-from tmsp_correlator.entrypoints.match_stage import match_batch
+from tmsp_correlator.entrypoints.stages import match_batch
 from tmsp_correlator.testing import detection
 
 PACK = Path(__file__).resolve().parents[1] / "rules"

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from google.protobuf.message import Message
 
@@ -85,6 +85,18 @@ def per_event(handle: Callable[[ConsumedEvent[Any]], Awaitable[None]]) -> BatchH
     return _batch
 
 
+class _OnRevoked(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback = callback
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:  # aiokafka also calls this, with nothing, before the first assignment
+            self._callback()
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
+
+
 class ConsumerRunner:
     """Runs one consumer group over registry topics until ``stop`` is set."""
 
@@ -103,6 +115,7 @@ class ConsumerRunner:
         max_consecutive_dead_letters: int = 1000,
         retry_backoff_s: float = 0.5,
         auto_offset_reset: str = "earliest",
+        on_revoked: Callable[[], None] | None = None,
         **extra: Any,
     ) -> None:
         self.group_id = group_id
@@ -117,7 +130,6 @@ class ConsumerRunner:
         self.max_consecutive_dead_letters = max_consecutive_dead_letters
         self.retry_backoff_s = retry_backoff_s
         self._consumer = AIOKafkaConsumer(
-            *self._by_name,
             bootstrap_servers=bootstrap,
             group_id=group_id,
             client_id=f"tmsp-{dead_letters.service}",
@@ -125,6 +137,11 @@ class ConsumerRunner:
             auto_offset_reset=auto_offset_reset,
             isolation_level="read_committed",
             **extra,
+        )
+        # ``on_revoked``: a handler that caches what it wrote must forget it when its
+        # partitions move (another member may write newer state meanwhile)
+        self._consumer.subscribe(
+            list(self._by_name), listener=_OnRevoked(on_revoked) if on_revoked else None
         )
         self._consecutive_dead_letters = 0
         self.ready = asyncio.Event()

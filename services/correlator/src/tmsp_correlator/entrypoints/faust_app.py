@@ -2,15 +2,18 @@
 
 Topology::
 
-    DETECTIONS ──┐                             ┌─> INCIDENTS ─> store ─> Mongo, INCIDENT_COUNTS
-                 ├─ match rules ─> <app>-hits ─┤   (keyed by group key; table: window state)
-    MITIGATION ──┘  (stateless)   (repartition)└─> chained hits back to <app>-hits
+    DETECTIONS ──> match stage ──┐                 ┌─> INCIDENTS ──> store stage ─> Mongo
+                   (stages.py)   ├─> <app>-hits ──>┤   correlate      (stages.py)  INCIDENT_COUNTS
+    MITIGATION ──> mitigation ───┘   (repartition) └─> chained hits back to <app>-hits
+                   agent                (keyed by group key; table: window state)
     MITIGATION_RESULTS ─> NONCONFORMING_ENDPOINTS
     HEARTBEATS, UPLOADS, PRODUCTS ─> liveness ─> PRODUCT_LIVENESS (timer on the leader)
 
-Every agent catches its own errors: an undecodable record, a late hit or a record whose
-handling keeps failing goes to the source topic's dead-letter topic with the reason in
-headers, and the agent carries on with the next record.
+The match and store stages run on the shared consumer runner (stages.py), started with the
+app; everything else here is a faust agent. Every agent catches its own errors: an
+undecodable record, a late hit or a record whose handling keeps failing goes to the source
+topic's dead-letter topic with the reason in headers, and the agent carries on with the next
+record.
 """
 
 from __future__ import annotations
@@ -28,12 +31,11 @@ import orjson
 from faust.serializers import codecs
 from faust.streams import _current_event as faust_current_event
 
-from tmsp.events.v1 import detections_pb2, incidents_pb2, products_pb2, status_pb2
+from tmsp.events.v1 import detections_pb2, products_pb2, status_pb2
 from tmsp_common.kafka.envelope import EnvelopeError, epoch_seconds, unwrap
 from tmsp_common.kafka.topics import (
     DETECTIONS,
     HEARTBEATS,
-    INCIDENTS,
     MITIGATION_RESULTS,
     PRODUCTS,
     UPLOADS,
@@ -46,15 +48,14 @@ from tmsp_correlator.bootstrap import Container
 from tmsp_correlator.config import CorrelatorSettings
 from tmsp_correlator.domain.correlation import GroupState, Hit, apply_hit, hits_for_event
 from tmsp_correlator.domain.nonconforming import MitigationFact
-from tmsp_correlator.entrypoints.match_stage import MatchStage
 from tmsp_correlator.entrypoints.metrics import (
     EVENTS,
     HANDLE_SECONDS,
     HITS,
     INCIDENT_WRITES,
     LATE,
-    STORED,
 )
+from tmsp_correlator.entrypoints.stages import MatchStage, StoreStage
 from tmsp_correlator.service_layer.events import mitigation_event
 
 log = get_logger(__name__)
@@ -179,18 +180,10 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     s = c.settings
     prefix = s.topic_prefix
 
-    def forget_stored_versions(sender: Any, *args: Any, **kwargs: Any) -> None:
-        # another worker now owns these incidents and may store newer versions
-        c.recorder.repo.forget()
-
-    # mode types receivers as a union of callables that no plain function matches
-    app.on_partitions_revoked.connect(forget_stored_versions)  # type: ignore[arg-type]
-
     mitigations_topic = bus.topic(MITIGATION_RESULTS.qualified(prefix))
     heartbeats_topic = bus.topic(HEARTBEATS.qualified(prefix))
     uploads_topic = bus.topic(UPLOADS.qualified(prefix))
     products_topic = bus.topic(PRODUCTS.qualified(prefix))
-    incidents_topic = bus.topic(INCIDENTS.qualified(prefix))
     hits_topic = app.topic(
         hits_topic_name(s),
         key_type=bytes,
@@ -260,6 +253,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     # (faust starts an @app.service after table recovery, like the agents; an instance is
     # taken as it is, though the decorator is typed for classes)
     app.service(cast(Any, MatchStage(c, hits_topic=hits_name, beacon=app.beacon)))
+    app.service(cast(Any, StoreStage(c, beacon=app.beacon)))
 
     @app.agent(mitigations_topic, name="mitigation-results")
     async def mitigations(stream: Any) -> None:
@@ -350,39 +344,6 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                 INCIDENT_WRITES.labels("new" if opened else "update").inc()
             correlate_seconds.observe(time.perf_counter() - started)
 
-    @app.agent(incidents_topic, name="incident-store")
-    async def store(stream: Any) -> None:
-        # The stored copy of the published incidents: a batch's newest versions are written,
-        # then the batch is acknowledged; a replay rewrites nothing (version guard).
-        async for batch in stream.take_events(s.store_batch_max, within=s.store_batch_s):
-            messages: list[incidents_pb2.Incident] = []
-            for event in batch:
-                try:
-                    messages.append(unwrap(event.value, incidents_pb2.Incident)[1])
-                except EnvelopeError as exc:
-                    await refuse(INCIDENTS, Record.of(event), exc)
-            started = time.perf_counter()
-            written = await store_until_stored(messages)
-            STORED.inc(len(written))
-            HANDLE_SECONDS.labels("store").observe(time.perf_counter() - started)
-
-    async def store_until_stored(messages: list[incidents_pb2.Incident]) -> set[str]:
-        """Retried (never dropped) while Mongo is down; the batch stays unacknowledged."""
-        delay = 0.2
-        while True:
-            try:
-                return await c.recorder.store_many(messages)
-            except Exception as exc:  # noqa: BLE001 - retried; the batch stays unacknowledged
-                log.warning(
-                    "storing incidents failed; retrying",
-                    incidents=len(messages),
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-                if app.should_stop:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-
     @app.agent(heartbeats_topic, name="heartbeats")
     async def heartbeats(stream: Any) -> None:
         async for event in stream.events():
@@ -469,7 +430,6 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     app.correlator_agents = [  # type: ignore[attr-defined]
         mitigations,
         correlate,
-        store,
         heartbeats,
         uploads,
         products,
