@@ -203,7 +203,7 @@ class ConsumerRunner:
                     ) from exc
                 if stop.is_set() and failures >= 2:
                     raise
-                await asyncio.sleep(min(self.retry_backoff_s * 2 ** (failures - 1), 30))
+                await asyncio.sleep(min(self.retry_backoff_s * 2 ** min(failures - 1, 16), 30))
                 continue
             KAFKA_HANDLER_SECONDS.labels(self.group_id).observe(time.perf_counter() - started)
             for name, count in Counter(e.topic.name for e in events).items():

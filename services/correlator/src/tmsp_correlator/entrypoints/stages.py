@@ -19,14 +19,15 @@ dead-lettered with the reason and the rest of the batch goes on.
 
 Store, per batch: the newest version of each incident is written under the version guard,
 then the batch is committed; a replay rewrites nothing. Mongo down: the runner retries the
-batch with backoff, and after its consecutive-failure bound the worker stops (and, on its
-next start, the preflight names the unreachable URL). When the store group's partitions
-move, the versions this worker remembers having stored are forgotten.
+batch with backoff for as long as it takes (correlation carries on; nothing is dropped).
+When the store group's partitions move, the versions this worker remembers having stored
+are forgotten.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import Any
 
@@ -93,6 +94,8 @@ class ConsumerStage(Service):
 
     name: str
     topic: Topic
+    give_up_after: int = 10
+    """Consecutive failures of a batch after which the stage (and so the worker) stops."""
 
     def __init__(self, container: Container, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -137,6 +140,7 @@ class ConsumerStage(Service):
             batch_size=records,
             batch_timeout_ms=max(1, int(seconds * 1000)),
             on_revoked=self.on_revoked,
+            max_consecutive_failures=self.give_up_after,
             session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=int(max(1.0, s.session_timeout_s / 10) * 1000),
             max_partition_fetch_bytes=4 << 20,
@@ -215,6 +219,9 @@ class StoreStage(ConsumerStage):
 
     name = "store"
     topic = INCIDENTS
+    # Mongo down must delay the stored copy, never stop correlation: retried (backoff up to
+    # 30 s) for as long as it takes; the batch stays uncommitted, so nothing is dropped
+    give_up_after = sys.maxsize
 
     def group(self) -> str:
         return store_group(self.container.settings)
