@@ -157,7 +157,9 @@ def hits_in(rules_root: Path, dets: list[detections_pb2.Detection]) -> int:
     return n
 
 
-async def decode_only(bootstrap: str, topic: str, n: int) -> float:
+async def decode_only(bootstrap: str, topic: str, n: int, *, decode: bool = True) -> float:
+    """Records/s of a plain aiokafka ``getmany`` consumer that decodes and flattens each
+    detection (``decode=False``: reads only; ``bench/faust_ceiling.py``)."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -175,6 +177,9 @@ async def decode_only(bootstrap: str, topic: str, n: int) -> float:
             if started is None and batch:
                 started = time.perf_counter()
             for part in batch.values():
+                if not decode:
+                    seen += len(part)
+                    continue
                 for r in part:
                     env, det = unwrap(r.value, detections_pb2.Detection)
                     detection_event(env, det)

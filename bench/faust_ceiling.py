@@ -25,8 +25,9 @@ import tempfile
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from bench_correlator import decode_only  # this directory: the same reference reader
 
 from tmsp_common.testing import local_infra, unique
 
@@ -47,28 +48,6 @@ async def publish(bootstrap: str, topic: str, n: int) -> None:
         await asyncio.gather(*futs)
     finally:
         await producer.stop()
-
-
-async def read_with_getmany(bootstrap: str, topic: str, n: int) -> float:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=unique("ceiling-getmany"),
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        seen, started = 0, None
-        while seen < n:
-            batch = await consumer.getmany(timeout_ms=500, max_records=1000)
-            if started is None and batch:
-                started = time.perf_counter()
-            seen += sum(len(records) for records in batch.values())
-        assert started is not None
-        return n / (time.perf_counter() - started)
-    finally:
-        await consumer.stop()
 
 
 def faust_worker(bootstrap: str, topic: str, n: int) -> None:
@@ -133,7 +112,7 @@ def main() -> None:
     print(f"publishing {args.records} records to {topic} ...", file=sys.stderr)
     asyncio.run(publish(bootstrap, topic, args.records))
     print("reading with aiokafka getmany ...", file=sys.stderr)
-    getmany = asyncio.run(read_with_getmany(bootstrap, topic, args.records))
+    getmany = asyncio.run(decode_only(bootstrap, topic, args.records, decode=False))
     print("reading with a faust agent that only counts ...", file=sys.stderr)
     faust_rate = read_with_faust(bootstrap, topic, args.records, args.timeout)
     print(
