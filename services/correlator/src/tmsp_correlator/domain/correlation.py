@@ -82,13 +82,10 @@ _KEY_ENCODER = json.JSONEncoder(separators=(",", ":"))
 """``json.dumps`` with these separators builds an encoder per call (a third of a hit's cost)."""
 
 
-def group_key(account_id: str, correlation_id: str, group: dict[str, str]) -> str:
-    """The partitioning and state key of one correlation group (compact JSON, ASCII-escaped:
-    the format keys have had since the first release, so window states keep their keys)."""
-    return _key(account_id, correlation_id, [group[k] for k in sorted(group)])
-
-
-def _key(account_id: str, correlation_id: str, values: list[str]) -> str:
+def group_key(account_id: str, correlation_id: str, values: list[str]) -> str:
+    """The partitioning and state key of one correlation group: ``values`` are the group-by
+    values in sorted field order, as compact ASCII-escaped JSON (the format keys have had
+    since the first release, so window states keep their keys)."""
     return f"{account_id}|{correlation_id}|{_KEY_ENCODER.encode(values)}"
 
 
@@ -109,7 +106,7 @@ def make_hit(
     cid = corr.meta.rule_id
     return {
         "c": cid,
-        "k": _key(account_id, cid, [group[g] for g in where.key_order]),
+        "k": group_key(account_id, cid, [group[g] for g in where.key_order]),
         "a": account_id,
         "g": group,
         "r": rule_id,

@@ -249,7 +249,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
         log.warning("record refused", topic=rec.topic, offset=rec.offset, reason=reason)
         await bus.dead_letter(source, reason=reason, **rec.dead_letter_fields())
 
-    # the match stage reads detections outside faust's streams (see match_stage.py)
+    # the match and store stages read outside faust's streams (see stages.py)
     # (faust starts an @app.service after table recovery, like the agents; an instance is
     # taken as it is, though the decorator is typed for classes)
     app.service(cast(Any, MatchStage(c, hits_topic=hits_name, beacon=app.beacon)))

@@ -1,5 +1,6 @@
 """The two stages that run outside faust's streams: match (detections -> hits) and store
-(published incidents -> Mongo). Both stateless, both on the shared consumer runner.
+(published incidents -> Mongo). Neither keeps window state; both run on the shared
+consumer runner.
 
 They run in the faust worker's process and event loop, but consume with the shared
 :class:`~tmsp_common.kafka.consumer.ConsumerRunner` (aiokafka, batches from ``getmany``),
@@ -72,12 +73,9 @@ def match_batch(
     dead-letters it and calls again with the rest) before anything was sent."""
     started = time.perf_counter()
     hits: list[Hit] = []
+    topic = DETECTIONS.qualified(prefix)
     for ev in events:
-        origin = {
-            "topic": ev.topic.qualified(prefix),
-            "partition": ev.partition,
-            "offset": ev.offset,
-        }
+        origin = {"topic": topic, "partition": ev.partition, "offset": ev.offset}
         try:
             hits.extend(hits_for_event(rules, detection_event(ev.envelope, ev.payload), origin))
         except Exception as exc:  # noqa: BLE001 - one bad detection, not the batch
