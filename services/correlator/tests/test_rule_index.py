@@ -234,6 +234,41 @@ def test_required_pattern_and_network_through_conditions() -> None:
     assert compiled("  a:\n    src_ip|cidr: 10.0.0.0/8\n  condition: not a").network is None
 
 
+def test_an_or_across_fields_is_indexed_under_each_branch() -> None:
+    """``1 of by_*`` over two fields (the pack's C2 callback rule): checked only for events
+    meeting one branch's key, once when they meet both; a branch without a key leaves the
+    rule checked for every event."""
+    c2 = doc(
+        "c2",
+        "  by_category:\n    Category|contains: [c2, botnet]\n"
+        "  by_name:\n    ThreatName|contains: beacon\n  condition: 1 of by_*",
+    )
+    loose = doc(
+        "loose",
+        "  by_name:\n    ThreatName|contains: beacon\n"
+        "  not_low:\n    severity: low\n  condition: by_name or not not_low",
+    )
+    rs = ruleset(c2, loose)
+    compiled = {r.meta.name: r.compiled for r in rs.detections.values()}
+    assert compiled["c2"].alternatives == (
+        RequiredPattern("threat_category", frozenset({"c2", "botnet"})),
+        RequiredPattern("threat_name", frozenset({"beacon"})),
+    )
+    assert compiled["loose"].alternatives is None
+    calls = counting(rs)
+    assert names(rs.match(EVENT)) == set()
+    assert calls == {"loose": 1}
+    for overrides, expected in (
+        ({"threat_category": "Botnet-C2"}, {"c2"}),
+        ({"threat_name": "Beacon.A"}, {"c2", "loose"}),
+        ({"threat_category": "c2", "threat_name": "beacon"}, {"c2", "loose"}),
+        ({"threat_category": "c-2", "threat_name": "beac0n"}, set()),
+    ):
+        calls.clear()
+        assert names(rs.match({**EVENT, **overrides})) == expected, overrides
+        assert calls.get("c2", 0) == (1 if expected else 0), overrides
+
+
 def test_wildcard_values_fold_case_like_contains() -> None:
     """``S?x*`` and ``startswith: s`` agree on ``ſ`` (which re.IGNORECASE folds to s)."""
     rs = ruleset(
@@ -409,10 +444,17 @@ def test_index_matches_exactly_what_evaluating_every_rule_does() -> None:
     rnd = random.Random(20240611)
     rs = ruleset(*_generated_rules(rnd, 400))
     keys = Counter(
-        next((k for k in ("literal", "network", "pattern", "field") if getattr(c, k)), "none")
+        next(
+            (
+                k
+                for k in ("literal", "network", "pattern", "field", "alternatives")
+                if getattr(c, k)
+            ),
+            "none",
+        )
         for c in (r.compiled for r in rs.detections.values())
     )
-    assert min(keys.values()) > 10 and len(keys) == 5, keys  # every kind of index key
+    assert min(keys.values()) > 10 and len(keys) == 6, keys  # every kind of index key
     checked = evaluated = matched = 0
     for _ in range(600):
         event = _generated_event(rnd)

@@ -65,6 +65,27 @@ CASES = [
     ("lt", "  s:\n    dst_port|lt: 5000\n  condition: s", {}, True),
     ("lte", "  s:\n    dst_port|lte: 4443\n  condition: s", {}, False),
     ("number equality", "  s:\n    dst_port: 4444\n  condition: s", {}, True),
+    ("number list", "  s:\n    dst_port: [80, 4444]\n  condition: s", {}, True),
+    ("number list miss", "  s:\n    dst_port: [80, 443]\n  condition: s", {}, False),
+    # a number compares as a number, in a list as alone: "04444" and 4444.0 are 4444
+    (
+        "number as text",
+        "  s:\n    dst_port: 4444\n  condition: s",
+        {"destination_port": "04444"},
+        True,
+    ),
+    (
+        "number list, value as text",
+        "  s:\n    dst_port: [80, 4444]\n  condition: s",
+        {"destination_port": "04444"},
+        True,
+    ),
+    (
+        "number list, value a float",
+        "  s:\n    dst_port: [80, 4444]\n  condition: s",
+        {"destination_port": 4444.0},
+        True,
+    ),
     ("null matches empty", "  s:\n    User: null\n  condition: s", {}, True),
     (
         "not",

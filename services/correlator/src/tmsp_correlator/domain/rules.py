@@ -34,8 +34,12 @@ from tmsp_correlator.domain.fields import (
 )
 from tmsp_correlator.domain.sigma_compiler import (
     CompiledDetection,
+    IndexKey,
     IPAddress,
     IPNetwork,
+    RequiredLiteral,
+    RequiredNetwork,
+    RequiredPattern,
     UnsupportedRule,
     compile_rule,
     lowered,
@@ -234,19 +238,29 @@ def _source_index(rules: Iterable[DetectionRule]) -> _SourceIndex:
     patterns: dict[str, dict[str, list[DetectionRule]]] = defaultdict(lambda: defaultdict(list))
     by_field: dict[str, list[DetectionRule]] = defaultdict(list)
     unindexed: list[DetectionRule] = []
+
+    def add(key: IndexKey, rule: DetectionRule) -> None:
+        if isinstance(key, RequiredLiteral):
+            for value in key.values:
+                literals[key.field][value].append(rule)
+        elif isinstance(key, RequiredNetwork):
+            for net in key.networks:
+                networks[key.field][net].append(rule)
+        elif isinstance(key, RequiredPattern):
+            for sub in key.substrings:
+                patterns[key.field][sub].append(rule)
+        else:
+            by_field[key].append(rule)
+
     for rule in rules:
         c = rule.compiled
-        if c.literal is not None:
-            for value in c.literal.values:
-                literals[c.literal.field][value].append(rule)
-        elif c.network is not None:
-            for net in c.network.networks:
-                networks[c.network.field][net].append(rule)
-        elif c.pattern is not None:
-            for sub in c.pattern.substrings:
-                patterns[c.pattern.field][sub].append(rule)
-        elif c.field is not None:
-            by_field[c.field].append(rule)
+        key = c.literal or c.network or c.pattern or c.field
+        if key is not None:
+            add(key, rule)
+        elif c.alternatives:
+            # under each branch's key: an event meeting several is checked once (match())
+            for alternative in c.alternatives:
+                add(alternative, rule)
         else:
             unindexed.append(rule)
     return _SourceIndex(
@@ -273,7 +287,8 @@ class RuleSet:
         """(Re)build the rule index: by log source, then by each rule's cheapest key.
 
         Keys in order of preference: required literal, required network, required pattern,
-        required field, none (see :class:`CompiledDetection`).
+        required field, one key per branch of a top-level OR, none (see
+        :class:`CompiledDetection`).
         """
         by_source: dict[tuple[str, str], list[DetectionRule]] = defaultdict(list)
         for rule in self.detections.values():

@@ -294,12 +294,12 @@ def _keyword_predicate(value: Any) -> Predicate:
 
 
 def _plain_literal(value: Any) -> str | None:
+    """The lowered text a case-insensitive plain string equals, or None (numbers compare
+    as numbers: "0443" and 443.0 equal 443, which no one string does)."""
     if isinstance(value, SigmaCasedString):
         return None
     if isinstance(value, SigmaString) and not value.contains_special():
         return value.to_plain().lower()
-    if isinstance(value, SigmaNumber):
-        return str(value.number).lower()
     return None
 
 
@@ -328,6 +328,14 @@ def compile_node(node: Any) -> Predicate:
                 return (v if isinstance(v, str) else str(v).lower()) in values
 
             return member
+        numbers = _same_field_numbers(node)
+        if numbers is not None:
+            num_field, targets = numbers
+
+            def num_member(e: Event, _l: Event) -> bool:
+                return _number(e.get(num_field)) in targets
+
+            return num_member
         preds = [compile_node(a) for a in node.args]
         if len(preds) == 1:
             return preds[0]
@@ -358,6 +366,20 @@ def _same_field_literals(node: ConditionOR) -> RequiredLiteral | None:
     return RequiredLiteral(field, frozenset(values))
 
 
+def _same_field_numbers(node: ConditionOR) -> tuple[str, frozenset[float]] | None:
+    """An OR of number equalities on one field (a list of numbers): the field and numbers."""
+    fields = set()
+    numbers = set()
+    for arg in node.args:
+        if not isinstance(arg, ConditionFieldEqualsValueExpression) or not isinstance(
+            arg.value, SigmaNumber
+        ):
+            return None
+        fields.add(arg.field)
+        numbers.add(float(arg.value.number))
+    return (fields.pop(), frozenset(numbers)) if len(fields) == 1 else None
+
+
 def _cost(node: Any) -> int:
     """Rough evaluation cost, so that cheap tests run first in a conjunction."""
     if isinstance(node, ConditionFieldEqualsValueExpression):
@@ -371,7 +393,9 @@ def _cost(node: Any) -> int:
         if isinstance(v, SigmaCIDRExpression):
             return 3
         return 4
-    if isinstance(node, ConditionOR) and _same_field_literals(node) is not None:
+    if isinstance(node, ConditionOR) and (
+        _same_field_literals(node) is not None or _same_field_numbers(node) is not None
+    ):
         return 1
     return 5
 
@@ -436,8 +460,6 @@ def _requirement(
 
 
 def _literal_values(value: Any) -> frozenset[str] | None:
-    if isinstance(value, SigmaNumber):
-        return None  # compared as a float: "0443" and 443.0 equal 443, no one string does
     lit = _plain_literal(value)
     return frozenset({lit}) if lit is not None else None
 
@@ -486,6 +508,34 @@ def required_network(node: Any) -> RequiredNetwork | None:
     return RequiredNetwork(*found) if found else None
 
 
+IndexKey = RequiredLiteral | RequiredNetwork | RequiredPattern | str
+"""One necessary condition an index can look up (a ``str``: a field that must be present)."""
+
+
+def index_key(node: Any) -> IndexKey | None:
+    """The cheapest necessary condition of ``node`` an index can key on, or None.
+
+    In order of preference: required literal, network, pattern, field.
+    """
+    return (
+        required_literal(node) or required_network(node) or required_pattern(node)
+    ) or required_field(node)
+
+
+def alternative_keys(node: Any) -> tuple[IndexKey, ...] | None:
+    """For an OR whose branches each have an index key (``1 of sel_*`` over different
+    fields): those keys, one of which every matching event meets; otherwise None."""
+    if not isinstance(node, ConditionOR):
+        return None
+    keys = []
+    for arg in node.args:
+        key = index_key(arg)
+        if key is None:
+            return None
+        keys.append(key)
+    return tuple(keys)
+
+
 @dataclass(frozen=True)
 class CompiledDetection:
     """A detection rule ready to match: its predicate and its index keys (None: no such key).
@@ -499,6 +549,8 @@ class CompiledDetection:
     """A field the event must carry for the rule to match."""
     network: RequiredNetwork | None = None
     pattern: RequiredPattern | None = None
+    alternatives: tuple[IndexKey, ...] | None = None
+    """With no single key: one per branch of a top-level OR (each event meets one)."""
 
 
 def compile_rule(rule: SigmaRule) -> CompiledDetection:
@@ -521,6 +573,7 @@ def compile_rule(rule: SigmaRule) -> CompiledDetection:
             required_field(tree),
             network=required_network(tree),
             pattern=required_pattern(tree),
+            alternatives=alternative_keys(tree),
         )
     return CompiledDetection(lambda e, lo: any(p(e, lo) for p in preds), None)
 
@@ -533,6 +586,7 @@ def lowered(event: Event) -> Event:
 __all__ = [
     "CompiledDetection",
     "IPAddress",
+    "IndexKey",
     "IPNetwork",
     "Predicate",
     "RequiredLiteral",
@@ -540,7 +594,9 @@ __all__ = [
     "RequiredPattern",
     "UnsupportedRule",
     "_always_false",
+    "alternative_keys",
     "compile_rule",
+    "index_key",
     "lowered",
     "parse_ip",
     "required_literal",
