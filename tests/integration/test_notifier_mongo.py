@@ -14,6 +14,7 @@ import pytest
 from tmsp_common.clock import FakeClock
 from tmsp_common.errors import FailedPrecondition
 from tmsp_common.mongo import connect
+from tmsp_common.severity import Severity
 from tmsp_common.testing import Infra, free_port
 from tmsp_notifier.adapters.memory import RecordingDeadLetters
 from tmsp_notifier.adapters.mongo import (
@@ -26,13 +27,7 @@ from tmsp_notifier.adapters.mongo import (
     create_indexes,
 )
 from tmsp_notifier.adapters.smtp import SmtpConfig, SmtpSender
-from tmsp_notifier.domain.model import (
-    AccountProfile,
-    DeliveryState,
-    Kind,
-    KindSettings,
-    Severity,
-)
+from tmsp_notifier.domain.model import AccountProfile, DeliveryState, Kind, KindSettings
 from tmsp_notifier.service_layer.delivery import Deliverer
 from tmsp_notifier.service_layer.events import (
     EventNotifier,

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tmsp_common.severity import Severity
 from tmsp_ingest.domain.cef import cef_severity, parse_cef, parse_extension, split_header
-from tmsp_ingest.domain.records import InvalidRecord, Level
+from tmsp_ingest.domain.records import InvalidRecord
 
 YEAR = 2026
 
@@ -82,21 +83,21 @@ def test_escaped_pipe_and_backslash_in_header() -> None:
 @pytest.mark.parametrize(
     ("text", "level"),
     [
-        ("0", Level.LOW),
-        ("3", Level.LOW),
-        ("4", Level.MEDIUM),
-        ("6", Level.MEDIUM),
-        ("7", Level.HIGH),
-        ("8", Level.HIGH),
-        ("9", Level.CRITICAL),
-        ("10", Level.CRITICAL),
-        ("Low", Level.LOW),
-        ("Medium", Level.MEDIUM),
-        ("High", Level.HIGH),
-        ("Very-High", Level.CRITICAL),
+        ("0", Severity.LOW),
+        ("3", Severity.LOW),
+        ("4", Severity.MEDIUM),
+        ("6", Severity.MEDIUM),
+        ("7", Severity.HIGH),
+        ("8", Severity.HIGH),
+        ("9", Severity.CRITICAL),
+        ("10", Severity.CRITICAL),
+        ("Low", Severity.LOW),
+        ("Medium", Severity.MEDIUM),
+        ("High", Severity.HIGH),
+        ("Very-High", Severity.CRITICAL),
     ],
 )
-def test_severity_numbers_and_words(text: str, level: Level) -> None:
+def test_severity_numbers_and_words(text: str, level: Severity) -> None:
     assert cef_severity(text) is level
 
 
@@ -120,7 +121,7 @@ def test_full_record_maps_fields_and_time() -> None:
         80,
     )
     assert (fields.ep_host, fields.ep_ip, fields.user) == ("ws-1", "10.0.0.1", "alice")
-    assert fields.level is Level.CRITICAL and fields.vendor_severity == "Very-High"
+    assert fields.level is Severity.CRITICAL and fields.vendor_severity == "Very-High"
     assert fields.occurred_at == 1795168800.0
     assert fields.extra["cs1"] == "a b c"
 

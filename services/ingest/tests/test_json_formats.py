@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tmsp_common.severity import Severity
 from tmsp_ingest.domain.jsonfmt import parse_json
-from tmsp_ingest.domain.records import Format, InvalidRecord, Level
+from tmsp_ingest.domain.records import Format, InvalidRecord
 
 ALERT = {
     "timestamp": "2026-11-20T10:00:00.500000+0000",
@@ -44,7 +45,7 @@ def test_eve_alert() -> None:
     )
     assert fields.threat_name == "ET MALWARE Beacon"
     assert fields.signature_id == "2024897"
-    assert fields.level is Level.HIGH
+    assert fields.level is Severity.HIGH
     assert fields.url == "http://evil.example/gate.php"
     assert fields.file_hash == "ab" * 32
 
@@ -69,7 +70,7 @@ def test_json_line_mitigation_result() -> None:
         "00:11:22:33:44:55",
     )
     assert fields.extra["outcome"] == "cleaned"
-    assert fields.level is Level.HIGH
+    assert fields.level is Severity.HIGH
 
 
 json_scalars = st.one_of(

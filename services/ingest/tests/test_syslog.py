@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tmsp_ingest.domain.records import Format, InvalidRecord, Level
+from tmsp_common.severity import Severity
+from tmsp_ingest.domain.records import Format, InvalidRecord
 from tmsp_ingest.domain.syslog import parse_rfc3164, parse_rfc5424, parse_structured_data
 
 YEAR = 2026
@@ -54,7 +55,7 @@ def test_rfc5424_example_from_the_rfc() -> None:
     assert fields.signature_id == "ID47"
     assert fields.threat_name == "An application event"
     assert fields.src_addr == "10.1.1.1"
-    assert fields.level is Level.LOW  # 165 & 7 = 5 notice
+    assert fields.level is Severity.LOW  # 165 & 7 = 5 notice
     assert fields.extra["app_name"] == "evntslog"
 
 
@@ -65,7 +66,7 @@ def test_rfc5424_carrying_cef() -> None:
     )
     assert fields.format is Format.CEF
     assert fields.threat_name == "Worm"
-    assert fields.level is Level.CRITICAL
+    assert fields.level is Severity.CRITICAL
     assert fields.occurred_at == 1795165200.0
     assert fields.ep_host == "tda-1"
 
@@ -78,7 +79,7 @@ def test_rfc3164_with_padded_day_and_inferred_year() -> None:
     assert fields.ep_host == "mymachine"
     assert fields.threat_name == "'su root' failed"
     assert fields.extra["tag"] == "su[12]"
-    assert fields.level is Level.CRITICAL
+    assert fields.level is Severity.CRITICAL
 
 
 def test_rfc3164_date_in_the_future_belongs_to_last_year() -> None:

@@ -7,8 +7,9 @@ import pytest
 
 from tmsp_common.clock import FakeClock
 from tmsp_common.errors import InvalidArgument
+from tmsp_common.severity import Severity
 from tmsp_notifier.domain import policy
-from tmsp_notifier.domain.model import AccountProfile, Attachment, Kind, KindSettings, Severity
+from tmsp_notifier.domain.model import AccountProfile, Attachment, Kind, KindSettings
 from tmsp_notifier.domain.validation import (
     validate_address,
     validate_attachments,

@@ -3,8 +3,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from tmsp_common.clock import FakeClock
+from tmsp_common.severity import Severity
 from tmsp_notifier.adapters.memory import RecordingSender
-from tmsp_notifier.domain.model import AccountProfile, Kind, KindSettings, Severity
+from tmsp_notifier.domain.model import AccountProfile, Kind, KindSettings
 from tmsp_notifier.domain.policy import should_notify_nonconforming
 from tmsp_notifier.service_layer.events import (
     EventNotifier,

@@ -4,8 +4,9 @@ import pytest
 
 from tmsp_common.authn import Principal, Role
 from tmsp_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from tmsp_common.severity import Severity
 from tmsp_notifier.adapters.memory import MemoryDeliveryLog, MemorySettings
-from tmsp_notifier.domain.model import Kind, Notification, Severity
+from tmsp_notifier.domain.model import Kind, Notification
 from tmsp_notifier.service_layer.delivery import Deliverer
 from tmsp_notifier.service_layer.settings_admin import SettingsAdmin, SettingsUpdate
 

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from tmsp_common.severity import Severity
 from tmsp_reporter.domain.aggregation import previous_period, summarise, tactic_of, technique_of
-from tmsp_reporter.domain.model import (
-    Compliance,
-    IncidentStatus,
-    IncidentView,
-    Severity,
-    account_compliance,
-)
+from tmsp_reporter.domain.model import Compliance, IncidentStatus, IncidentView, account_compliance
 from tmsp_reporter.domain.periods import Period, ReportKind, period_containing
 
 WEEK = period_containing(

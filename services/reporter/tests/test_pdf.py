@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from pypdf import PdfReader
 
+from tmsp_common.severity import Severity
 from tmsp_reporter.adapters.pdf import render
 from tmsp_reporter.domain.aggregation import summarise
 from tmsp_reporter.domain.content import ReportContent
@@ -17,7 +18,6 @@ from tmsp_reporter.domain.model import (
     IncidentView,
     NonconformingRow,
     ProductRow,
-    Severity,
 )
 from tmsp_reporter.domain.periods import ReportKind, period_containing
 

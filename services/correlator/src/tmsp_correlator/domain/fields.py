@@ -14,6 +14,8 @@ from typing import Any
 from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
 from sigma.processing.transformations import FieldMappingTransformation
 
+from tmsp_common.severity import SEVERITY_NAMES
+
 SIGMA_FIELD_MAPPING: dict[str, str] = {
     "src_ip": "source_ip",
     "SourceIp": "source_ip",
@@ -68,7 +70,6 @@ CATEGORY_ALIASES: dict[str, str] = {
 }
 """Sigma ``logsource.category`` values and the event type they select ("" = any)."""
 
-SEVERITY_NAMES = ("unspecified", "informational", "low", "medium", "high", "critical")
 SEVERITY_RANK = {name: i for i, name in enumerate(SEVERITY_NAMES)}
 
 

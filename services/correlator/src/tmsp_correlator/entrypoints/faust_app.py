@@ -105,6 +105,11 @@ class Record:
         m = event.message
         return cls(m.topic, m.partition, m.offset, m.key, m.value)
 
+    def origin(self) -> dict[str, Any]:
+        """Where a hit of this record's event says it came from (what a late hit's dead
+        letter names)."""
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+
     def with_hit(self, hit: Hit) -> Record:
         return dataclasses.replace(self, key=hit["k"].encode(), value=orjson.dumps(hit))
 
@@ -238,10 +243,6 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
             await bus.send_raw(hits_name, key, value, partition)
         HITS.inc(len(hits))
 
-    def origin(event: Any) -> dict[str, Any]:
-        m = event.message
-        return {"topic": m.topic, "partition": m.partition, "offset": m.offset}
-
     async def refuse(source: Topic, rec: Record, exc: Exception) -> None:
         """Dead-letter a record whose (pure, in-memory) handling raised: a retry would
         raise again."""
@@ -258,8 +259,9 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     @app.agent(mitigations_topic, name="mitigation-results")
     async def mitigations(stream: Any) -> None:
         async for event in stream.events():
+            record = Record.of(event)
 
-            async def handle(event: Any = event) -> None:
+            async def handle(event: Any = event, record: Record = record) -> None:
                 env, res = unwrap(event.value, detections_pb2.MitigationResult)
                 flat = mitigation_event(env, res)
                 await c.nonconforming.apply(
@@ -272,10 +274,10 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                         ts=float(flat["ts"]),
                     )
                 )
-                await send_hits(hits_for_event(c.rules, flat, origin(event)))
+                await send_hits(hits_for_event(c.rules, flat, record.origin()))
                 EVENTS.labels("mitigation_results").inc()
 
-            await guarded(MITIGATION_RESULTS, Record.of(event), handle)
+            await guarded(MITIGATION_RESULTS, record, handle)
 
     correlate_seconds = HANDLE_SECONDS.labels("correlate")
 

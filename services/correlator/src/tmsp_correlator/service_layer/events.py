@@ -5,7 +5,8 @@ from __future__ import annotations
 from tmsp.events.v1 import detections_pb2, products_pb2
 from tmsp.events.v1.envelope_pb2 import Envelope
 from tmsp_common.kafka.envelope import epoch_seconds
-from tmsp_correlator.domain.fields import SEVERITY_NAMES, Event
+from tmsp_common.severity import SEVERITY_NAMES
+from tmsp_correlator.domain.fields import Event
 
 _KIND = {
     products_pb2.PRODUCT_KIND_THREAT_DISCOVERY_APPLIANCE: "threat_discovery_appliance",

@@ -16,7 +16,8 @@ from tmsp.events.v1 import detections_pb2, incidents_pb2
 from tmsp_common.kafka.envelope import epoch_seconds, epoch_timestamp, to_timestamp
 from tmsp_common.kafka.topics import INCIDENT_COUNTS, INCIDENTS
 from tmsp_common.logging import get_logger
-from tmsp_correlator.domain.fields import SEVERITY_NAMES, SEVERITY_RANK
+from tmsp_common.severity import SEVERITY_NAMES
+from tmsp_correlator.domain.fields import SEVERITY_RANK
 from tmsp_correlator.service_layer.ports import IncidentRepository, Publisher
 
 log = get_logger(__name__)

@@ -11,44 +11,37 @@ take a one-pass scanner. No regular expression, so nothing can backtrack.
 
 from __future__ import annotations
 
-from tmsp_ingest.domain.records import (
-    KNOWN_KEYS,
-    PORT_SLOTS,
-    Fields,
-    Format,
-    InvalidRecord,
-    Level,
-    port,
-)
+from tmsp_common.severity import Severity
+from tmsp_ingest.domain.records import KNOWN_KEYS, PORT_SLOTS, Fields, Format, InvalidRecord, port
 from tmsp_ingest.domain.timeparse import any_timestamp
 
-SEVERITY_WORDS: dict[str, Level] = {
-    "unknown": Level.UNSPECIFIED,
-    "low": Level.LOW,
-    "medium": Level.MEDIUM,
-    "high": Level.HIGH,
-    "very-high": Level.CRITICAL,
-    "very high": Level.CRITICAL,
+SEVERITY_WORDS: dict[str, Severity] = {
+    "unknown": Severity.UNSPECIFIED,
+    "low": Severity.LOW,
+    "medium": Severity.MEDIUM,
+    "high": Severity.HIGH,
+    "very-high": Severity.CRITICAL,
+    "very high": Severity.CRITICAL,
 }
 # 0-3 low, 4-6 medium, 7-8 high, 9-10 very high (ArcSight's own mapping).
-SEVERITY_NUMBERS: tuple[Level, ...] = (
-    Level.LOW,
-    Level.LOW,
-    Level.LOW,
-    Level.LOW,
-    Level.MEDIUM,
-    Level.MEDIUM,
-    Level.MEDIUM,
-    Level.HIGH,
-    Level.HIGH,
-    Level.CRITICAL,
-    Level.CRITICAL,
+SEVERITY_NUMBERS: tuple[Severity, ...] = (
+    Severity.LOW,
+    Severity.LOW,
+    Severity.LOW,
+    Severity.LOW,
+    Severity.MEDIUM,
+    Severity.MEDIUM,
+    Severity.MEDIUM,
+    Severity.HIGH,
+    Severity.HIGH,
+    Severity.CRITICAL,
+    Severity.CRITICAL,
 )
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.[]-")
 TIME_KEYS = ("rt", "start", "end", "deviceReceiptTime")
 
 
-def cef_severity(text: str) -> Level:
+def cef_severity(text: str) -> Severity:
     """Map a CEF severity (number 0-10 or word) to a level; InvalidRecord otherwise."""
     value = text.strip()
     if value.isdigit() and len(value) <= 2 and int(value) <= 10:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tmsp_common.severity import Severity
 from tmsp_ingest.domain.cef import SEVERITY_WORDS, cef_severity
-from tmsp_ingest.domain.records import Fields, Format, InvalidRecord, Level, apply_known
+from tmsp_ingest.domain.records import Fields, Format, InvalidRecord, apply_known
 from tmsp_ingest.domain.timeparse import epoch_millis, iso8601
 
-EVE_SEVERITY = {1: Level.HIGH, 2: Level.MEDIUM, 3: Level.LOW, 4: Level.INFORMATIONAL}
+EVE_SEVERITY = {1: Severity.HIGH, 2: Severity.MEDIUM, 3: Severity.LOW, 4: Severity.INFORMATIONAL}
 MAX_EXTRA_VALUE = 1024
 
 
@@ -80,7 +81,7 @@ def parse_eve(obj: dict[str, Any]) -> Fields:
         severity = alert.get("severity")
         fields.vendor_severity = _text(severity)
         if isinstance(severity, int) and not isinstance(severity, bool):
-            fields.level = EVE_SEVERITY.get(severity, Level.UNSPECIFIED)
+            fields.level = EVE_SEVERITY.get(severity, Severity.UNSPECIFIED)
     elif event_type == "alert":
         raise InvalidRecord("EVE alert without alert object")
     http = obj.get("http")
@@ -98,16 +99,16 @@ def parse_eve(obj: dict[str, Any]) -> Fields:
     return fields
 
 
-def _severity(value: Any) -> tuple[Level, str]:
+def _severity(value: Any) -> tuple[Severity, str]:
     if isinstance(value, bool) or value is None:
-        return Level.UNSPECIFIED, ""
+        return Severity.UNSPECIFIED, ""
     if isinstance(value, int):
         if 0 <= value <= 10:
             return cef_severity(str(value)), str(value)
         raise InvalidRecord(f"bad severity {value}")
     text = _text(value)
     lowered = text.lower()
-    for level in Level:
+    for level in Severity:
         if level.name.lower() == lowered:
             return level, text
     if lowered in SEVERITY_WORDS or text.isdigit():

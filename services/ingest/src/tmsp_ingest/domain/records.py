@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from tmsp_common.severity import Severity
+
 
 class InvalidRecord(ValueError):
     """A record that cannot be parsed; ``reason`` is short, stable and safe to show."""
@@ -29,17 +31,6 @@ class Format(IntEnum):
     @property
     def label(self) -> str:
         return self.name.lower()
-
-
-class Level(IntEnum):
-    """Severity levels; values equal ``tmsp.events.v1.Severity``."""
-
-    UNSPECIFIED = 0
-    INFORMATIONAL = 1
-    LOW = 2
-    MEDIUM = 3
-    HIGH = 4
-    CRITICAL = 5
 
 
 class Outcome(IntEnum):
@@ -124,7 +115,7 @@ class Fields:
         self.user = ""
         self.threat_name = ""
         self.category = ""
-        self.level = Level.UNSPECIFIED
+        self.level = Severity.UNSPECIFIED
         self.vendor_severity = ""
         self.signature_id = ""
         self.file_hash = ""

@@ -7,20 +7,21 @@ whose threat name is the message text. Linear scanners only; no regular expressi
 
 from __future__ import annotations
 
+from tmsp_common.severity import Severity
 from tmsp_ingest.domain.cef import parse_cef
-from tmsp_ingest.domain.records import Fields, Format, InvalidRecord, Level, apply_known
+from tmsp_ingest.domain.records import Fields, Format, InvalidRecord, apply_known
 from tmsp_ingest.domain.timeparse import iso8601, month_day
 
 # syslog severity (PRI & 7) -> level
-SYSLOG_LEVELS: tuple[Level, ...] = (
-    Level.CRITICAL,  # emerg
-    Level.CRITICAL,  # alert
-    Level.CRITICAL,  # crit
-    Level.HIGH,  # err
-    Level.MEDIUM,  # warning
-    Level.LOW,  # notice
-    Level.INFORMATIONAL,  # info
-    Level.INFORMATIONAL,  # debug
+SYSLOG_LEVELS: tuple[Severity, ...] = (
+    Severity.CRITICAL,  # emerg
+    Severity.CRITICAL,  # alert
+    Severity.CRITICAL,  # crit
+    Severity.HIGH,  # err
+    Severity.MEDIUM,  # warning
+    Severity.LOW,  # notice
+    Severity.INFORMATIONAL,  # info
+    Severity.INFORMATIONAL,  # debug
 )
 MAX_THREAT_NAME = 512
 

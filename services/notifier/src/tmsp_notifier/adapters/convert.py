@@ -8,7 +8,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tmsp.events.v1 import accounts_pb2, incidents_pb2, notifications_pb2
 from tmsp_common.kafka.envelope import from_timestamp
-from tmsp_notifier.domain.model import AccountProfile, Attachment, Kind, Notification, Severity
+from tmsp_common.severity import Severity
+from tmsp_notifier.domain.model import AccountProfile, Attachment, Kind, Notification
 from tmsp_notifier.domain.policy import MITIGATION_FAILED
 from tmsp_notifier.service_layer.events import (
     IncidentView,

@@ -19,13 +19,13 @@ from pymongo.errors import DuplicateKeyError
 
 from tmsp_common.errors import FailedPrecondition
 from tmsp_common.mongo import Document, ensure_indexes
+from tmsp_common.severity import Severity
 from tmsp_notifier.domain.model import (
     AccountProfile,
     DeliveryRecord,
     DeliveryState,
     Kind,
     KindSettings,
-    Severity,
 )
 from tmsp_notifier.service_layer.ports import DigestItem
 

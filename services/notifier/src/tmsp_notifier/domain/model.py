@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import IntEnum, StrEnum
+from enum import StrEnum
+
+from tmsp_common.severity import Severity
 
 
 class Kind(StrEnum):
@@ -66,17 +68,6 @@ EVENT_KINDS = frozenset(
     }
 )
 CONFIGURABLE_KINDS = EVENT_KINDS | {Kind.REPORT_READY, Kind.SUBSCRIPTION_EXPIRING}
-
-
-class Severity(IntEnum):
-    """Incident severity; same numbers as ``tmsp.events.v1.Severity``."""
-
-    UNSPECIFIED = 0
-    INFORMATIONAL = 1
-    LOW = 2
-    MEDIUM = 3
-    HIGH = 4
-    CRITICAL = 5
 
 
 WAZUH_MAILS_PER_HOUR = 12

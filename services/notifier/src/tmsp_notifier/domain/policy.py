@@ -14,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from tmsp_notifier.domain.model import AccountProfile, Kind, KindSettings, Severity
+from tmsp_common.severity import Severity
+from tmsp_notifier.domain.model import AccountProfile, Kind, KindSettings
 
 THROTTLE_WINDOW = timedelta(hours=1)
 DEFAULT_REMINDER_DAYS: tuple[int, ...] = (30, 7, 1)

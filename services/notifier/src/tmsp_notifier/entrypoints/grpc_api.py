@@ -13,8 +13,9 @@ from tmsp.notifier.v1 import notifier_pb2, notifier_pb2_grpc
 from tmsp_common.authn import current_principal
 from tmsp_common.errors import InvalidArgument
 from tmsp_common.kafka.envelope import to_timestamp
+from tmsp_common.severity import Severity
 from tmsp_notifier.adapters.convert import kind_from_proto, kind_to_proto
-from tmsp_notifier.domain.model import DeliveryRecord, Kind, KindSettings, Severity
+from tmsp_notifier.domain.model import DeliveryRecord, Kind, KindSettings
 from tmsp_notifier.service_layer.settings_admin import SettingsAdmin, SettingsUpdate
 
 SERVICE_NAME = notifier_pb2.DESCRIPTOR.services_by_name["NotificationSettingsService"].full_name

@@ -13,13 +13,9 @@ from datetime import datetime
 from typing import Final
 
 from tmsp_common.logging import get_logger
+from tmsp_common.severity import Severity
 from tmsp_notifier.domain import policy
-from tmsp_notifier.domain.model import (
-    AccountProfile,
-    Kind,
-    Notification,
-    Severity,
-)
+from tmsp_notifier.domain.model import AccountProfile, Kind, Notification
 from tmsp_notifier.service_layer.delivery import Deliverer
 from tmsp_notifier.service_layer.ports import AlertStateRepository
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from email.message import EmailMessage
 from typing import Protocol
 
+from tmsp_common.severity import Severity
 from tmsp_notifier.domain.model import (
     AccountProfile,
     DeliveryRecord,
@@ -15,7 +16,6 @@ from tmsp_notifier.domain.model import (
     Kind,
     KindSettings,
     Notification,
-    Severity,
 )
 
 

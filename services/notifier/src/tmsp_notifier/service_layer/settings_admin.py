@@ -11,13 +11,8 @@ from datetime import datetime
 
 from tmsp_common.authn import Principal, Role
 from tmsp_common.errors import FailedPrecondition, InvalidArgument
-from tmsp_notifier.domain.model import (
-    CONFIGURABLE_KINDS,
-    DeliveryRecord,
-    Kind,
-    KindSettings,
-    Severity,
-)
+from tmsp_common.severity import Severity
+from tmsp_notifier.domain.model import CONFIGURABLE_KINDS, DeliveryRecord, Kind, KindSettings
 from tmsp_notifier.domain.validation import validate_recipients
 from tmsp_notifier.service_layer.delivery import Deliverer
 from tmsp_notifier.service_layer.ports import DeliveryLog, SettingsRepository

@@ -25,6 +25,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from tmsp.events.v1 import accounts_pb2, incidents_pb2, products_pb2, status_pb2
 from tmsp_common.kafka.envelope import to_timestamp
 from tmsp_common.mongo import Document, ensure_indexes, insert_idempotent
+from tmsp_common.severity import Severity
 from tmsp_reporter.adapters import convert
 from tmsp_reporter.adapters.convert import clean, ts
 from tmsp_reporter.domain.model import (
@@ -33,7 +34,6 @@ from tmsp_reporter.domain.model import (
     IncidentStatus,
     ProductRow,
     ReportSchedule,
-    Severity,
 )
 from tmsp_reporter.domain.retention import LogMaintenance
 

@@ -8,7 +8,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from tmsp_reporter.domain.model import IncidentView, Severity
+from tmsp_common.severity import Severity
+from tmsp_reporter.domain.model import IncidentView
 from tmsp_reporter.domain.periods import Period, zone
 
 TACTICS = (

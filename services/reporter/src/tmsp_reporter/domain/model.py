@@ -7,20 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum, StrEnum
 
-
-class Severity(IntEnum):
-    """Same numbers as ``tmsp.events.v1.Severity``."""
-
-    UNSPECIFIED = 0
-    INFORMATIONAL = 1
-    LOW = 2
-    MEDIUM = 3
-    HIGH = 4
-    CRITICAL = 5
-
-    @property
-    def label(self) -> str:
-        return self.name.capitalize()
+from tmsp_common.severity import Severity
 
 
 class IncidentStatus(IntEnum):

@@ -21,6 +21,7 @@ from tmsp_common.authn import current_principal
 from tmsp_common.errors import InvalidArgument
 from tmsp_common.kafka.envelope import from_timestamp, to_timestamp
 from tmsp_common.mongo import Document
+from tmsp_common.severity import Severity
 from tmsp_reporter.bootstrap import App
 from tmsp_reporter.domain.model import (
     AccountScreenRow,
@@ -28,7 +29,6 @@ from tmsp_reporter.domain.model import (
     IncidentStatus,
     ProductRow,
     ReportSchedule,
-    Severity,
 )
 from tmsp_reporter.domain.periods import ReportKind
 from tmsp_reporter.domain.retention import LogMaintenance

@@ -12,13 +12,13 @@ from datetime import datetime
 
 from tmsp.events.v1 import incidents_pb2
 from tmsp_common.errors import InvalidArgument, NotFound
+from tmsp_common.severity import Severity
 from tmsp_reporter.adapters.mongo import ReadModel
 from tmsp_reporter.domain.model import (
     AccountRow,
     AccountScreenRow,
     IncidentStatus,
     ProductRow,
-    Severity,
     account_compliance,
 )
 
