@@ -94,7 +94,9 @@ def running_stack(
         "TMSP_TOPIC_PREFIX": prefix,
         "TMSP_CORRELATOR_APP_ID": app_id,
         "TMSP_CORRELATOR_MONGO_DATABASE": names.database("corr"),
-        "TMSP_CORRELATOR_DATA_DIR": str(tmp_path / "correlator-data"),
+        # nested and absent, as the default (<temp>/tmsp-correlator/<app id>) is on a
+        # fresh machine: the worker creates it
+        "TMSP_CORRELATOR_DATA_DIR": str(tmp_path / "tmsp-correlator" / app_id),
         "TMSP_CORRELATOR_PARTITIONS": "2",
         "TMSP_CORRELATOR_SESSION_TIMEOUT_S": "8",
         "TMSP_METRICS_PORT": "0",

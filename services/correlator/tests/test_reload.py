@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from tmsp_correlator.bootstrap import Container, build
 from tmsp_correlator.config import CorrelatorSettings
 from tmsp_correlator.domain.correlation import GroupState, Limits, apply_hit, hits_for_event
+from tmsp_correlator.entrypoints.main import prepare_data_dir
 
 DETECTION = """title: High severity detection
 name: high
@@ -124,3 +125,20 @@ def test_the_working_directory_is_under_the_temp_dir_unless_set(tmp_path: Path) 
     assert default == Path(tempfile.gettempdir()) / "tmsp-correlator" / "corr-a"
     assert CorrelatorSettings(app_id="corr-b").data_path != default
     assert CorrelatorSettings(data_dir=str(tmp_path)).data_path == tmp_path
+
+
+def test_the_data_directory_is_created_with_its_parents_or_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nested = tmp_path / "absent" / "parent" / "corr-a"
+    prepare_data_dir(CorrelatorSettings(data_dir=str(nested)))
+    assert nested.is_dir()
+    prepare_data_dir(CorrelatorSettings(data_dir=str(nested)))  # already there: fine
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exited:
+        prepare_data_dir(CorrelatorSettings(data_dir=str(blocker / "corr-a")))
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert str(blocker / "corr-a") in err[0] and "TMSP_CORRELATOR_DATA_DIR" in err[0]

@@ -125,9 +125,26 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def prepare_data_dir(settings: CorrelatorSettings) -> None:
+    """Create the worker's data directory (faust creates only its last part; the default's
+    parent, ``<temp>/tmsp-correlator``, is not there on a fresh machine or pod); one line
+    and exit code 2 if it cannot be."""
+    path = settings.data_path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(
+            f"tmsp-correlator: data directory {path} (TMSP_CORRELATOR_DATA_DIR) cannot be "
+            f"created: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+
+
 def main() -> None:
     settings = load_settings(CorrelatorSettings)
     configure_logging(CorrelatorSettings.service_name, settings.log_level, settings.log_format)
+    prepare_data_dir(settings)
     try:
         ferretdb = asyncio.run(preflight(settings))
     except DependencyUnavailable as exc:
