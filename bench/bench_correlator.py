@@ -41,7 +41,13 @@ from tmsp_common.kafka.admin import ensure_topics
 from tmsp_common.kafka.envelope import unwrap, wrap
 from tmsp_common.kafka.producer import EventProducer
 from tmsp_common.kafka.topics import DETECTIONS, INCIDENTS
-from tmsp_common.testing import ServiceProcess, kafka_reachable, local_infra, unique
+from tmsp_common.testing import (
+    ServiceProcess,
+    group_behind,
+    kafka_reachable,
+    local_infra,
+    unique,
+)
 from tmsp_correlator.domain.correlation import MemoryCorrelator, hits_for_event
 from tmsp_correlator.domain.rules import load_rule_directory
 from tmsp_correlator.service_layer.events import detection_event
@@ -188,15 +194,6 @@ async def decode_only(bootstrap: str, topic: str, n: int, *, decode: bool = True
         return n / (time.perf_counter() - started)
     finally:
         await consumer.stop()
-
-
-async def group_behind(
-    admin: AIOKafkaAdminClient, group: str, topic: str, ends: dict[int, int]
-) -> int:
-    """How many records of ``topic`` the group has not committed yet."""
-    offsets = await admin.list_consumer_group_offsets(group)
-    got = {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
-    return sum(max(0, end - max(got.get(p, 0), 0)) for p, end in ends.items())
 
 
 async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, Any]:

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from pymongo import AsyncMongoClient
 
 from tmsp.events.v1 import detections_pb2, incidents_pb2, status_pb2
@@ -30,10 +33,10 @@ from tmsp_common.kafka.topics import (
     UPLOADS,
     Topic,
 )
-from tmsp_common.testing import Infra, ServiceProcess, TopicReader, wait_until
+from tmsp_common.testing import Infra, ServiceProcess, TopicReader, group_behind, wait_until
 from tmsp_correlator.domain.correlation import MemoryCorrelator
 from tmsp_correlator.domain.rules import load_rule_directory
-from tmsp_correlator.entrypoints.faust_app import HIT_DEAD_LETTERS
+from tmsp_correlator.entrypoints.faust_app import HIT_DEAD_LETTERS, WINDOWS_TABLE
 from tmsp_correlator.service_layer.events import detection_event
 from tmsp_correlator.testing import detection, mitigation
 
@@ -41,6 +44,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.mongo, pyt
 
 RULES = Path(__file__).resolve().parents[2] / "services" / "correlator" / "rules"
 T0 = 1_790_000_000.0
+BURST = "4f1a8d7e-1c52-4c1e-9a51-0b6a3c1d0201"
+"""The pack's "several high-severity detections on one endpoint" (3 within 10 minutes)."""
 
 
 class Correlators:
@@ -371,3 +376,64 @@ async def test_daily_incident_count_runs_on_the_crontab_in_the_configured_time_z
     assert (daily.account_id, daily.open_incidents, daily.total_incidents) == ("acc1", 1, 1)
     ran_at = daily.as_of.ToDatetime(tzinfo=UTC).astimezone(zone)
     assert (ran_at.hour, ran_at.minute) == (fire.hour, fire.minute)
+
+
+async def test_window_state_outlives_the_worker_through_the_table_changelog(
+    infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
+) -> None:
+    """Two of the three high-severity detections a burst needs, a clean stop once their
+    hits are committed (so nothing replays), a new worker, the third: the burst incident
+    names all three, which it can only if the window state came back from the changelog
+    the first worker wrote (in faust's record format, in record batches)."""
+    app_id = names.group("correlator")
+    hits_topic = f"{app_id}-hits"
+    first = correlators.start()
+    await publish(producer, [detection(f"w{i}", T0 + i, host="burst") for i in range(2)])
+    ends_reader = AIOKafkaConsumer(bootstrap_servers=infra.kafka_bootstrap, group_id=None)
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await ends_reader.start()
+    await admin.start()
+    try:
+
+        async def hits_committed() -> bool:
+            tps = [TopicPartition(hits_topic, p) for p in range(4)]
+            ends = {tp.partition: o for tp, o in (await ends_reader.end_offsets(tps)).items()}
+            return sum(ends.values()) > 0 and not await group_behind(
+                admin, app_id, hits_topic, ends
+            )
+
+        await wait_until(hits_committed, timeout=60, interval=0.5)
+    finally:
+        await ends_reader.stop()
+        await admin.close()
+    changelog = Topic(f"{app_id}-{WINDOWS_TABLE}-changelog", None, key="group key")
+    async with TopicReader(infra.kafka_bootstrap, changelog, "") as reader:
+
+        def burst_state(records: list[Any]) -> dict[str, Any] | None:
+            for r in reversed(records):
+                if BURST in orjson.loads(r.key) and '["burst"]' in orjson.loads(r.key):
+                    return dict(orjson.loads(r.value))
+            return None
+
+        await reader.read_until(lambda rs: burst_state(rs) is not None, timeout=30)
+        state = burst_state(reader.records)
+    assert state is not None and [e[2] for e in state["w"]] == ["w0", "w1"]
+    assert state["inc"] is None
+    assert first.terminate() == 0
+
+    correlators.start()
+    await publish(producer, [detection("w2", T0 + 2, host="burst")])
+    async with TopicReader(infra.kafka_bootstrap, INCIDENTS, names.prefix) as incidents:
+        await incidents.read_until(
+            lambda rs: any(
+                BURST in unwrap(r.value, incidents_pb2.Incident)[1].rule_ids for r in rs
+            ),
+            timeout=60,
+        )
+        burst = [
+            inc
+            for inc in (unwrap(r.value, incidents_pb2.Incident)[1] for r in incidents.records)
+            if BURST in inc.rule_ids
+        ]
+    assert sorted(burst[-1].event_ids) == ["w0", "w1", "w2"]
+    assert burst[-1].event_count == 3

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from google.protobuf.message import Message
 
 from tmsp_common.kafka.envelope import unwrap
@@ -220,6 +221,16 @@ class TopicReader:
         """The first ``count`` payloads of the topic, decoded."""
         records = await self.read_until(lambda rs: len(rs) >= count, timeout)
         return [unwrap(r.value, message_type)[1] for r in records[:count]]
+
+
+async def group_behind(
+    admin: AIOKafkaAdminClient, group: str, topic: str, ends: dict[int, int]
+) -> int:
+    """How many records of ``topic`` (``ends``: partition -> end offset) the consumer group
+    has not committed yet."""
+    offsets = await admin.list_consumer_group_offsets(group)
+    got = {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+    return sum(max(0, end - max(got.get(p, 0), 0)) for p, end in ends.items())
 
 
 async def wait_until(

@@ -7,9 +7,9 @@ dead letters are on the broker before the event counts as consumed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import faust
 from google.protobuf.message import Message
@@ -70,6 +70,29 @@ class FaustBus:
         before any offset is committed, since faust flushes its producer first. Cheaper
         than ``topic.send``, which builds several objects per record."""
         await self.app.producer.send(topic, key, value, partition, None, None)
+
+    async def send_records(
+        self, topic: str, partition: int, records: Iterable[tuple[bytes, bytes]]
+    ) -> None:
+        """Hand ``(key, value)`` records for one partition to faust's producer as whole
+        record batches: one future per batch instead of per record, and none of faust's
+        per-record objects (a tenth of the worker's time when every window-state write took
+        ``send``). Flushed before any commit, like :meth:`send_raw`.
+
+        faust has no public batch API: this takes its aiokafka producer
+        (``Producer._ensure_producer``; faust-streaming is pinned in uv.lock)."""
+        producer = cast(Any, self.app.producer)._ensure_producer()
+        batch = producer.create_batch()
+        pending = False
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is None:  # batch full
+                await producer.send_batch(batch, topic, partition=partition)
+                batch = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
+            pending = True
+        if pending:
+            await producer.send_batch(batch, topic, partition=partition)
 
     async def dead_letter(
         self,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 from zoneinfo import ZoneInfo
@@ -29,7 +28,6 @@ from zoneinfo import ZoneInfo
 import faust
 import orjson
 from faust.serializers import codecs
-from faust.streams import _current_event as faust_current_event
 
 from tmsp.events.v1 import detections_pb2, products_pb2, status_pb2
 from tmsp_common.kafka.envelope import EnvelopeError, epoch_seconds, unwrap
@@ -43,7 +41,7 @@ from tmsp_common.kafka.topics import (
 )
 from tmsp_common.logging import get_logger
 from tmsp_correlator.adapters.faust_bus import FaustBus
-from tmsp_correlator.adapters.hit_records import decode_hits, hit_records
+from tmsp_correlator.adapters.hit_records import decode_hits, hit_partition, hit_records
 from tmsp_correlator.bootstrap import Container
 from tmsp_correlator.config import CorrelatorSettings
 from tmsp_correlator.domain.correlation import GroupState, Hit, apply_hit, hits_for_event
@@ -87,7 +85,14 @@ class StateCodec(codecs.Codec):
         return orjson.loads(s)
 
 
-codecs.register(STATE_CODEC, StateCodec())
+STATE = StateCodec()
+codecs.register(STATE_CODEC, STATE)
+
+
+def changelog_key(key: str) -> bytes:
+    """A window-state key as the table's changelog carries it: JSON, as faust's json key
+    serializer writes it."""
+    return orjson.dumps(key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +131,11 @@ def hits_topic_name(settings: CorrelatorSettings) -> str:
     return f"{settings.app_id}-hits"
 
 
+def changelog_topic_name(settings: CorrelatorSettings) -> str:
+    """The window-state table's changelog (faust's name for it)."""
+    return f"{settings.app_id}-{WINDOWS_TABLE}-changelog"
+
+
 def internal_topics(settings: CorrelatorSettings) -> tuple[Topic, ...]:
     """The app's internal topics (hits, window-state changelog), created before it starts.
 
@@ -141,7 +151,7 @@ def internal_topics(settings: CorrelatorSettings) -> tuple[Topic, ...]:
             has_dead_letter=False,
         ),
         Topic(
-            f"{settings.app_id}-{WINDOWS_TABLE}-changelog",
+            changelog_topic_name(settings),
             None,
             key="group key",
             partitions=settings.partitions,
@@ -280,6 +290,23 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
             await guarded(MITIGATION_RESULTS, record, handle)
 
     correlate_seconds = HANDLE_SECONDS.labels("correlate")
+    changelog = changelog_topic_name(s)
+
+    async def write_states(table: Any, states: dict[str, GroupState]) -> None:
+        """The batch's changed window states into the table and its changelog: one record
+        batch per changelog partition, sent through faust's producer (flushed before the
+        batch's hits are committed) rather than a ``table[key] = state`` (a send per key).
+        A group's changelog partition is its hits partition, as faust's own write would
+        pick (the partition of the record the hit came in); the records are what faust
+        writes (key as JSON, value through the state codec), so recovery reads them."""
+        parts: dict[int, list[tuple[bytes, bytes]]] = {}
+        for key, state in states.items():
+            table.data[key] = state  # the store itself: no changelog send of faust's
+            parts.setdefault(hit_partition(key, s.partitions), []).append(
+                (changelog_key(key), STATE.dumps(state))
+            )
+        for partition, records in parts.items():
+            await bus.send_records(changelog, partition, records)
 
     @app.agent(hits_topic, name="correlate")
     async def correlate(stream: Any) -> None:
@@ -293,7 +320,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
         async for batch in stream.take_events(s.correlate_batch_max, within=s.correlate_batch_s):
             started = time.perf_counter()
             changed: dict[str, tuple[dict[str, Any], bool]] = {}
-            states: dict[str, tuple[GroupState, Any]] = {}
+            states: dict[str, GroupState] = {}
             chained: list[Hit] = []
             for event in batch:
                 record = Record.of(event)
@@ -305,7 +332,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                 for hit in hits:
                     try:
                         key = hit["k"]
-                        prior = states[key][0] if key in states else windows.get(key)
+                        prior = states[key] if key in states else windows.get(key)
                         state, out = apply_hit(c.rules, prior, hit, c.limits)
                     except Exception as exc:  # noqa: BLE001 - one bad hit, not the batch
                         await refuse(HIT_SOURCE, record.with_hit(hit), exc)
@@ -324,21 +351,13 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                         )
                         continue
                     if not out.duplicate:
-                        states[key] = (state, event)
+                        states[key] = state
                     if out.incident is not None:
                         inc = out.incident
                         opened = out.new_incident or changed.get(inc["id"], (inc, False))[1]
                         changed[inc["id"]] = (inc, opened)
                     chained.extend(out.chained)
-            for key, (state, last_event) in states.items():
-                # a table write finds its changelog partition through faust's current-event
-                # context variable, which take_events() leaves unset; only this task's
-                # context changes (the stream's own current_event stays faust's)
-                token = faust_current_event.set(weakref.ref(last_event))
-                try:
-                    windows[key] = state
-                finally:
-                    faust_current_event.reset(token)
+            await write_states(windows, states)
             await c.recorder.publish_many(list(changed.values()))
             if chained:
                 await send_hits(chained)
