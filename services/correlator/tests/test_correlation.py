@@ -592,3 +592,52 @@ def test_correlation_of_a_correlation_and_a_detection(
     if fires:
         (inner,) = [i for i in mc.incidents.values() if i["rule_ids"][0] == "corr"]
         assert sorted(outer[0]["event_ids"]) == sorted([inner["id"], "l"])
+
+
+def test_a_sequence_waiting_for_its_second_rule_is_not_scanned_per_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """temporal_ordered (c2 then lateral): while the group's window holds no lateral event,
+    no window is evaluated however many c2 events arrive; the first lateral one fires; once
+    the c2 events left the window (timespan + lateness), a lateral event is not evaluated
+    either. The counts behind this are rebuilt when a state comes back without them."""
+    import json
+
+    from tmsp_correlator.domain import correlation
+
+    calls: list[int] = []
+    inner = correlation._aggregate_ok
+
+    def counted(c: Any, window: list[list[Any]]) -> bool:
+        calls.append(len(window))
+        return inner(c, window)
+
+    monkeypatch.setattr(correlation, "_aggregate_ok", counted)
+    rule = corr(
+        "  type: temporal_ordered\n  rules: [c2, lateral]\n  group-by: [Hostname]\n"
+        "  timespan: 10m\n"
+    )
+    rs = load_rules([("det.yml", DETECTIONS), ("corr.yml", rule)])
+    limits = Limits(allowed_lateness_s=60)
+    state = None
+
+    def feed(e: dict[str, Any]) -> Any:
+        nonlocal state
+        (hit,) = [h for h in hits_for_event(rs, e) if h["c"] == "corr"]
+        state, out = apply_hit(rs, state, hit, limits)
+        return out
+
+    for i in range(50):
+        assert feed(ev(f"c{i}", i, threat_category="c2")).incident is None
+    assert calls == []
+    state = json.loads(json.dumps({k: v for k, v in state.items() if k in ("w", "max", "inc")}))
+    out = feed(ev("l1", 60, threat_category="lateral"))
+    assert out.new_incident and out.incident is not None
+    assert calls and out.incident["count"] == 51
+    calls.clear()
+    feed(ev("l2", 2000, threat_category="lateral"))  # every c2 event is past the horizon
+    assert calls == []
+    # both rules present again (in the wrong order): evaluated, and no incident
+    assert feed(ev("c99", 2001, threat_category="c2")).incident is None
+    assert calls == [2]
+    assert feed(ev("l3", 2002, threat_category="lateral")).new_incident

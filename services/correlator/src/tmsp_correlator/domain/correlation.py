@@ -35,7 +35,8 @@ from tmsp_correlator.domain.rules import CorrelationRule, RuleSet
 Hit = dict[str, Any]
 """A hit (JSON-serialisable): see :func:`make_hit` for its keys."""
 GroupState = dict[str, Any]
-"""Per-group state (JSON-serialisable): ``w`` window entries, ``max`` watermark, ``inc``."""
+"""Per-group state (JSON-serialisable): ``w`` window entries, ``max`` watermark, ``inc``;
+plus indexes rebuilt when missing (:data:`DERIVED_STATE`)."""
 
 # Window entry layout: [ts, rule_id, event_id, value, summary, host, ip, mac]
 _TS, _RULE, _EID, _VAL, _SUM, _HOST, _IP, _MAC = range(8)
@@ -328,6 +329,25 @@ def _in_incident(inc: dict[str, Any], eid: str, ts: float) -> bool:
     return bool(inc["first"] <= ts <= inc["last"] and eid in inc["event_ids"])
 
 
+DERIVED_STATE = ("ids", "rc")
+"""Indexes of a group state that :func:`apply_hit` rebuilds from its window ``w`` when
+missing (after a recovery): ``ids`` event id -> time, ``rc`` rule id -> window entries (for
+correlations that need every rule, see :func:`_needs_every_rule`). Not persisted."""
+
+
+def _needs_every_rule(corr: CorrelationRule) -> bool:
+    """Whether the correlation holds only when its window has an event of every rule it
+    references (temporal_ordered; temporal without a count condition)."""
+    return corr.type == "temporal_ordered" or (corr.type == "temporal" and not corr.condition.ops)
+
+
+def _rule_counts(w: list[list[Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for e in w:
+        counts[e[_RULE]] = counts.get(e[_RULE], 0) + 1
+    return counts
+
+
 def apply_hit(
     rules: RuleSet, state: GroupState | None, hit: Hit, limits: Limits
 ) -> tuple[GroupState, Outcome]:
@@ -342,6 +362,11 @@ def apply_hit(
     ids: dict[str, float] | None = st.get("ids")
     if ids is None:
         ids = st["ids"] = {e[_EID]: e[_TS] for e in w}
+    present: dict[str, int] | None = None
+    if _needs_every_rule(corr):
+        present = st.get("rc")
+        if present is None:
+            present = st["rc"] = _rule_counts(w)
     ts = float(hit["t"])
     eid = hit["e"]
     inc = st.get("inc")
@@ -365,6 +390,8 @@ def apply_hit(
     entry = [ts, hit["r"], eid, hit.get("v"), hit.get("s", ""), ep[0], ep[1], ep[2]]
     bisect.insort_right(w, entry, key=_ts_key)
     ids[eid] = ts
+    if present is not None:
+        present[entry[_RULE]] = present.get(entry[_RULE], 0) + 1
     st["max"] = ts if watermark is None else max(watermark, ts)
     horizon = st["max"] - corr.timespan_s - limits.allowed_lateness_s
     cut = bisect.bisect_left(w, horizon, key=_ts_key)
@@ -373,7 +400,18 @@ def apply_hit(
     if cut > 0:
         for gone in w[:cut]:
             ids.pop(gone[_EID], None)
+            if present is not None:
+                left = present.get(gone[_RULE], 0) - 1
+                if left > 0:
+                    present[gone[_RULE]] = left
+                else:
+                    present.pop(gone[_RULE], None)
         del w[:cut]
+    if present is not None and len(present) < len(set(corr.rules)):
+        # a rule the correlation needs is nowhere in the group's window: no window of it
+        # can hold, so spare the scan (a noisy host's window holds up to
+        # max_window_events entries of the first rule while it waits for the second)
+        return st, out
     window = _firing_window(corr, w, ts)
     if window is None:
         return st, out

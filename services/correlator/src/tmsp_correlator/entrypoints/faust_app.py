@@ -44,7 +44,13 @@ from tmsp_correlator.adapters.faust_bus import FaustBus
 from tmsp_correlator.adapters.hit_records import decode_hits, hit_partition, hit_records
 from tmsp_correlator.bootstrap import Container
 from tmsp_correlator.config import CorrelatorSettings
-from tmsp_correlator.domain.correlation import GroupState, Hit, apply_hit, hits_for_event
+from tmsp_correlator.domain.correlation import (
+    DERIVED_STATE,
+    GroupState,
+    Hit,
+    apply_hit,
+    hits_for_event,
+)
 from tmsp_correlator.domain.nonconforming import MitigationFact
 from tmsp_correlator.entrypoints.metrics import (
     EVENTS,
@@ -73,12 +79,13 @@ STATE_CODEC = "tmsp-state"
 
 class StateCodec(codecs.Codec):
     """Window states as JSON, written with orjson (the stdlib encoder was a sixth of the
-    worker's time: a hot group's state is re-serialised on every batch). The event-id index
-    ``ids`` is left out; ``apply_hit`` rebuilds it from the window after a recovery."""
+    worker's time: a hot group's state is re-serialised on every batch). The indexes
+    (``DERIVED_STATE``) are left out; ``apply_hit`` rebuilds them from the window after a
+    recovery."""
 
     def _dumps(self, obj: Any) -> bytes:
-        if isinstance(obj, dict) and "ids" in obj:
-            obj = {k: v for k, v in obj.items() if k != "ids"}
+        if isinstance(obj, dict) and ("ids" in obj or "rc" in obj):
+            obj = {k: v for k, v in obj.items() if k not in DERIVED_STATE}
         return orjson.dumps(obj)
 
     def _loads(self, s: bytes) -> Any:
