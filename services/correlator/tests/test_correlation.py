@@ -594,15 +594,23 @@ def test_correlation_of_a_correlation_and_a_detection(
         assert sorted(outer[0]["event_ids"]) == sorted([inner["id"], "l"])
 
 
-def test_a_sequence_waiting_for_its_second_rule_is_not_scanned_per_event(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """temporal_ordered (c2 then lateral): while the group's window holds no lateral event,
-    no window is evaluated however many c2 events arrive; the first lateral one fires; once
-    the c2 events left the window (timespan + lateness), a lateral event is not evaluated
-    either. The counts behind this are rebuilt when a state comes back without them."""
-    import json
+class OneGroup:
+    """The hits of correlation ``corr`` applied to one running group state."""
 
+    def __init__(self, rule: str) -> None:
+        self.rules = load_rules([("det.yml", DETECTIONS), ("corr.yml", rule)])
+        self.limits = Limits(allowed_lateness_s=60)
+        self.state: Any = None
+
+    def feed(self, event: dict[str, Any]) -> Any:
+        (hit,) = [h for h in hits_for_event(self.rules, event) if h["c"] == "corr"]
+        self.state, out = apply_hit(self.rules, self.state, hit, self.limits)
+        return out
+
+
+@pytest.fixture
+def aggregate_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The window sizes the correlation condition is evaluated over, call by call."""
     from tmsp_correlator.domain import correlation
 
     calls: list[int] = []
@@ -613,24 +621,31 @@ def test_a_sequence_waiting_for_its_second_rule_is_not_scanned_per_event(
         return inner(c, window)
 
     monkeypatch.setattr(correlation, "_aggregate_ok", counted)
+    return calls
+
+
+def test_a_sequence_waiting_for_its_second_rule_is_not_scanned_per_event(
+    aggregate_calls: list[int],
+) -> None:
+    """temporal_ordered (c2 then lateral): while the group's window holds no lateral event,
+    no window is evaluated however many c2 events arrive; the first lateral one fires; once
+    the c2 events left the window (timespan + lateness), a lateral event is not evaluated
+    either. The counts behind this are rebuilt when a state comes back without them."""
+    import json
+
+    calls = aggregate_calls
     rule = corr(
         "  type: temporal_ordered\n  rules: [c2, lateral]\n  group-by: [Hostname]\n"
         "  timespan: 10m\n"
     )
-    rs = load_rules([("det.yml", DETECTIONS), ("corr.yml", rule)])
-    limits = Limits(allowed_lateness_s=60)
-    state = None
-
-    def feed(e: dict[str, Any]) -> Any:
-        nonlocal state
-        (hit,) = [h for h in hits_for_event(rs, e) if h["c"] == "corr"]
-        state, out = apply_hit(rs, state, hit, limits)
-        return out
+    group = OneGroup(rule)
+    feed = group.feed
 
     for i in range(50):
         assert feed(ev(f"c{i}", i, threat_category="c2")).incident is None
     assert calls == []
-    state = json.loads(json.dumps({k: v for k, v in state.items() if k in ("w", "max", "inc")}))
+    kept = {k: v for k, v in group.state.items() if k in ("w", "max", "inc")}
+    group.state = json.loads(json.dumps(kept))
     out = feed(ev("l1", 60, threat_category="lateral"))
     assert out.new_incident and out.incident is not None
     assert calls and out.incident["count"] == 51
@@ -641,3 +656,34 @@ def test_a_sequence_waiting_for_its_second_rule_is_not_scanned_per_event(
     assert feed(ev("c99", 2001, threat_category="c2")).incident is None
     assert calls == [2]
     assert feed(ev("l3", 2002, threat_category="lateral")).new_incident
+
+
+def test_a_scan_short_of_distinct_targets_is_not_scanned_per_event(
+    aggregate_calls: list[int],
+) -> None:
+    """value_count (20 distinct destinations from one source): while the group's window has
+    fewer distinct values than the condition needs, no window is evaluated, however many
+    events repeat the same few; the 20th distinct one fires; counts of values that left the
+    window are dropped."""
+    calls = aggregate_calls
+    rule = corr(
+        "  type: value_count\n  rules: [high]\n  group-by: [src_ip]\n  timespan: 10m\n"
+        "  condition: {gte: 20, field: dst_ip}\n"
+    )
+    group = OneGroup(rule)
+
+    def feed(eid: str, t: float, dst: str) -> Any:
+        return group.feed(high(eid, t, source_ip="10.0.0.5", destination_ip=dst))
+
+    for i in range(300):
+        assert feed(f"r{i}", i, f"10.0.1.{i % 3}").incident is None
+    assert calls == []
+    for j in range(3, 19):
+        assert feed(f"d{j}", 300 + j, f"10.0.1.{j}").incident is None
+    assert calls == []  # 19 distinct: still short
+    out = feed("d19", 330, "10.0.1.19")
+    assert out.new_incident and calls
+    calls.clear()
+    # long after: the old destinations left the window, one new one is far from 20
+    assert feed("late-1", 5000, "10.0.2.1").incident is None
+    assert calls == []

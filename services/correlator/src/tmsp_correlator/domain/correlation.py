@@ -329,22 +329,42 @@ def _in_incident(inc: dict[str, Any], eid: str, ts: float) -> bool:
     return bool(inc["first"] <= ts <= inc["last"] and eid in inc["event_ids"])
 
 
-DERIVED_STATE = ("ids", "rc")
+DERIVED_STATE = ("ids", "n")
 """Indexes of a group state that :func:`apply_hit` rebuilds from its window ``w`` when
-missing (after a recovery): ``ids`` event id -> time, ``rc`` rule id -> window entries (for
-correlations that need every rule, see :func:`_needs_every_rule`). Not persisted."""
+missing (after a recovery): ``ids`` event id -> time; ``n`` how many window entries carry
+each value of the column the correlation counts (see :func:`_counted_column`). Not
+persisted."""
 
 
-def _needs_every_rule(corr: CorrelationRule) -> bool:
-    """Whether the correlation holds only when its window has an event of every rule it
-    references (temporal_ordered; temporal without a count condition)."""
-    return corr.type == "temporal_ordered" or (corr.type == "temporal" and not corr.condition.ops)
+def _counted_column(corr: CorrelationRule) -> int | None:
+    """The window column whose distinct values bound the condition, or None.
+
+    temporal_ordered (and temporal without a count) holds only with an entry of every
+    referenced rule: the rule column. value_count with only gt/gte holds only if the window
+    has enough distinct values: the value column. With the number of distinct values in
+    the whole group window, no window of it can hold when that number does not.
+    """
+    if corr.type == "temporal_ordered" or (corr.type == "temporal" and not corr.condition.ops):
+        return _RULE
+    ops = corr.condition.ops
+    if corr.type == "value_count" and ops and all(op in ("gt", "gte") for op, _ in ops):
+        return _VAL
+    return None
 
 
-def _rule_counts(w: list[list[Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def _cannot_hold(corr: CorrelationRule, distinct: int) -> bool:
+    """Whether no window holds, given the group window's number of distinct counted values."""
+    if corr.type == "value_count":
+        return not corr.condition.holds(distinct)
+    return distinct < len(set(corr.rules))
+
+
+def _value_counts(w: list[list[Any]], column: int) -> dict[Any, int]:
+    counts: dict[Any, int] = {}
     for e in w:
-        counts[e[_RULE]] = counts.get(e[_RULE], 0) + 1
+        v = e[column]
+        if v not in (None, ""):
+            counts[v] = counts.get(v, 0) + 1
     return counts
 
 
@@ -362,11 +382,12 @@ def apply_hit(
     ids: dict[str, float] | None = st.get("ids")
     if ids is None:
         ids = st["ids"] = {e[_EID]: e[_TS] for e in w}
-    present: dict[str, int] | None = None
-    if _needs_every_rule(corr):
-        present = st.get("rc")
-        if present is None:
-            present = st["rc"] = _rule_counts(w)
+    column = _counted_column(corr)
+    counts: dict[Any, int] = {}
+    if column is not None:
+        kept = st.get("n")
+        counts = kept if kept is not None else _value_counts(w, column)
+        st["n"] = counts
     ts = float(hit["t"])
     eid = hit["e"]
     inc = st.get("inc")
@@ -390,8 +411,8 @@ def apply_hit(
     entry = [ts, hit["r"], eid, hit.get("v"), hit.get("s", ""), ep[0], ep[1], ep[2]]
     bisect.insort_right(w, entry, key=_ts_key)
     ids[eid] = ts
-    if present is not None:
-        present[entry[_RULE]] = present.get(entry[_RULE], 0) + 1
+    if column is not None and entry[column] not in (None, ""):
+        counts[entry[column]] = counts.get(entry[column], 0) + 1
     st["max"] = ts if watermark is None else max(watermark, ts)
     horizon = st["max"] - corr.timespan_s - limits.allowed_lateness_s
     cut = bisect.bisect_left(w, horizon, key=_ts_key)
@@ -400,17 +421,18 @@ def apply_hit(
     if cut > 0:
         for gone in w[:cut]:
             ids.pop(gone[_EID], None)
-            if present is not None:
-                left = present.get(gone[_RULE], 0) - 1
+            if column is not None:
+                value = gone[column]
+                left = counts.get(value, 0) - 1
                 if left > 0:
-                    present[gone[_RULE]] = left
+                    counts[value] = left
                 else:
-                    present.pop(gone[_RULE], None)
+                    counts.pop(value, None)
         del w[:cut]
-    if present is not None and len(present) < len(set(corr.rules)):
-        # a rule the correlation needs is nowhere in the group's window: no window of it
-        # can hold, so spare the scan (a noisy host's window holds up to
-        # max_window_events entries of the first rule while it waits for the second)
+    if column is not None and _cannot_hold(corr, len(counts)):
+        # too few distinct rules or values in the whole group window for any window of it
+        # to hold: spare the scan (a noisy host's window holds up to max_window_events
+        # entries while it waits for a sequence's second rule or a scan's 20th target)
         return st, out
     window = _firing_window(corr, w, ts)
     if window is None:

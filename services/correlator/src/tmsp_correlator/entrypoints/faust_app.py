@@ -84,7 +84,7 @@ class StateCodec(codecs.Codec):
     recovery."""
 
     def _dumps(self, obj: Any) -> bytes:
-        if isinstance(obj, dict) and ("ids" in obj or "rc" in obj):
+        if isinstance(obj, dict) and any(k in obj for k in DERIVED_STATE):
             obj = {k: v for k, v in obj.items() if k not in DERIVED_STATE}
         return orjson.dumps(obj)
 
