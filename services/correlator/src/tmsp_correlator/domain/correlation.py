@@ -293,12 +293,18 @@ def _new_incident(
 
 
 def _add_to_incident(
-    inc: dict[str, Any], corr: CorrelationRule, entry: list[Any], limits: Limits
+    inc: dict[str, Any],
+    corr: CorrelationRule,
+    entry: list[Any],
+    limits: Limits,
+    *,
+    known_new: bool = False,
 ) -> bool:
-    """Add one window entry; False if it was already part of the incident."""
+    """Add one window entry; False if it was already part of the incident (not checked
+    again when the caller knows it is not: the check scans the incident's event ids)."""
     eid = entry[_EID]
     ts = entry[_TS]
-    if _in_incident(inc, eid, ts):
+    if not known_new and _in_incident(inc, eid, ts):
         return False
     inc["count"] += 1
     if len(inc["event_ids"]) < limits.max_incident_event_ids:
@@ -439,9 +445,9 @@ def apply_hit(
         return st, out
     open_inc = inc is not None and inc["first"] - corr.timespan_s <= ts <= inc["until"]
     if open_inc and inc is not None:
-        # a repeated match: the new event joins the open incident
-        if not _add_to_incident(inc, corr, entry, limits):
-            return st, out
+        # a repeated match: the new event joins the open incident (not part of it: a
+        # known event returned as a duplicate above, and the incident has not changed)
+        _add_to_incident(inc, corr, entry, limits, known_new=True)
         inc["version"] += 1
         out.incident = inc
     else:
