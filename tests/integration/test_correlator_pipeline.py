@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import ProducerClosed
 from pymongo import AsyncMongoClient
 
 from tmsp.events.v1 import detections_pb2, incidents_pb2, status_pb2
@@ -34,9 +35,11 @@ from tmsp_common.kafka.topics import (
     Topic,
 )
 from tmsp_common.testing import Infra, ServiceProcess, TopicReader, group_behind, wait_until
+from tmsp_correlator.config import CorrelatorSettings
 from tmsp_correlator.domain.correlation import MemoryCorrelator
 from tmsp_correlator.domain.rules import load_rule_directory
 from tmsp_correlator.entrypoints.faust_app import HIT_DEAD_LETTERS, WINDOWS_TABLE
+from tmsp_correlator.entrypoints.stages import SharedProducer
 from tmsp_correlator.service_layer.events import detection_event
 from tmsp_correlator.testing import detection, mitigation
 
@@ -439,3 +442,27 @@ async def test_window_state_outlives_the_worker_through_the_table_changelog(
         ]
     assert sorted(burst[-1].event_ids) == ["w0", "w1", "w2"]
     assert burst[-1].event_count == 3
+
+
+async def test_the_stages_share_one_producer_until_the_last_one_stops(
+    infra: Infra, names: Any, producer: EventProducer
+) -> None:
+    """The match and store stages take one producer: the first start builds it, a stage
+    that stops first leaves it working for the other, the last stop closes it, and a later
+    start builds a new one."""
+    settings = CorrelatorSettings(
+        kafka_bootstrap=infra.kafka_bootstrap, topic_prefix=names.prefix, data_dir="unused"
+    )
+    topic = DETECTIONS.qualified(names.prefix)
+    shared = SharedProducer(settings)
+    first, second = await shared.acquire(), await shared.acquire()
+    assert first is second
+    await shared.release()
+    await (await first.send_raw(topic, b"still open", key=b"k"))
+    await shared.release()
+    with pytest.raises(ProducerClosed):
+        await first.send_raw(topic, b"closed", key=b"k")
+    again = await shared.acquire()
+    assert again is not first
+    await (await again.send_raw(topic, b"new", key=b"k"))
+    await shared.release()

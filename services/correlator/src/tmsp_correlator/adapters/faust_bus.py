@@ -22,6 +22,7 @@ from tmsp_common.kafka.consumer import (
     DLQ_TOPIC,
 )
 from tmsp_common.kafka.envelope import wrap
+from tmsp_common.kafka.producer import send_in_batches
 from tmsp_common.kafka.topics import Topic
 from tmsp_common.metrics import KAFKA_MESSAGES_DEAD_LETTERED, KAFKA_MESSAGES_PRODUCED
 
@@ -75,24 +76,15 @@ class FaustBus:
         self, topic: str, partition: int, records: Iterable[tuple[bytes, bytes]]
     ) -> None:
         """Hand ``(key, value)`` records for one partition to faust's producer as whole
-        record batches: one future per batch instead of per record, and none of faust's
-        per-record objects (a tenth of the worker's time when every window-state write took
-        ``send``). Flushed before any commit, like :meth:`send_raw`.
+        record batches (:func:`~tmsp_common.kafka.producer.send_in_batches`): one future per
+        batch instead of per record, and none of faust's per-record objects (a tenth of the
+        worker's time when every window-state write took ``send``). Flushed before any
+        commit, like :meth:`send_raw`.
 
         faust has no public batch API: this takes its aiokafka producer
         (``Producer._ensure_producer``; faust-streaming is pinned in uv.lock)."""
         producer = cast(Any, self.app.producer)._ensure_producer()
-        batch = producer.create_batch()
-        pending = False
-        for key, value in records:
-            if batch.append(key=key, value=value, timestamp=None) is None:  # batch full
-                await producer.send_batch(batch, topic, partition=partition)
-                batch = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
-            pending = True
-        if pending:
-            await producer.send_batch(batch, topic, partition=partition)
+        await send_in_batches(producer, topic, partition, records)
 
     async def dead_letter(
         self,

@@ -59,7 +59,7 @@ from tmsp_correlator.entrypoints.metrics import (
     INCIDENT_WRITES,
     LATE,
 )
-from tmsp_correlator.entrypoints.stages import MatchStage, StoreStage
+from tmsp_correlator.entrypoints.stages import MatchStage, SharedProducer, StoreStage
 from tmsp_correlator.service_layer.events import mitigation_event
 
 log = get_logger(__name__)
@@ -270,8 +270,9 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     # the match and store stages read outside faust's streams (see stages.py)
     # (faust starts an @app.service after table recovery, like the agents; an instance is
     # taken as it is, though the decorator is typed for classes)
-    app.service(cast(Any, MatchStage(c, hits_topic=hits_name, beacon=app.beacon)))
-    app.service(cast(Any, StoreStage(c, beacon=app.beacon)))
+    producer = SharedProducer(s)
+    app.service(cast(Any, MatchStage(c, producer, hits_topic=hits_name, beacon=app.beacon)))
+    app.service(cast(Any, StoreStage(c, producer, beacon=app.beacon)))
 
     @app.agent(mitigations_topic, name="mitigation-results")
     async def mitigations(stream: Any) -> None:

@@ -84,6 +84,42 @@ def match_batch(
     return hits
 
 
+class SharedProducer:
+    """The one producer of the worker's consumer-runner stages (the match stage's hits, both
+    stages' dead letters): started by the first stage that starts, stopped by the last one
+    that stops, so a stage finishing its last batch still has it. aiokafka binds a producer
+    to the running loop: it is built at the first start."""
+
+    def __init__(self, settings: CorrelatorSettings) -> None:
+        self.settings = settings
+        self._producer: EventProducer | None = None
+        self._users = 0
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> EventProducer:
+        async with self._lock:
+            if self._producer is None:
+                s = self.settings
+                producer = EventProducer(
+                    s.kafka_bootstrap,
+                    service=SERVICE,
+                    topic_prefix=s.topic_prefix,
+                    linger_ms=int(s.producer_linger_s * 1000),
+                    max_batch_size=1 << 20,
+                )
+                await producer.start()
+                self._producer = producer
+            self._users += 1
+            return self._producer
+
+    async def release(self) -> None:
+        async with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._producer is not None:
+                await self._producer.stop()
+                self._producer = None
+
+
 class ConsumerStage(Service):
     """A consumer-runner stage, started and stopped with the faust app (``app.service``):
     start-up waits (bounded) for its first partitions, so "service ready" means it consumes;
@@ -95,9 +131,10 @@ class ConsumerStage(Service):
     give_up_after: int = 10
     """Consecutive failures of a batch after which the stage (and so the worker) stops."""
 
-    def __init__(self, container: Container, **kwargs: Any) -> None:
+    def __init__(self, container: Container, producer: SharedProducer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.container = container
+        self.shared = producer
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.producer: EventProducer | None = None
@@ -116,19 +153,11 @@ class ConsumerStage(Service):
     async def handle(self, events: list[ConsumedEvent[Any]]) -> None:
         raise NotImplementedError
 
-    def _build(self) -> tuple[EventProducer, ConsumerRunner]:
-        """Its producer (output, dead letters) and consumer: aiokafka binds them to the
-        running loop, so they are built at start."""
+    def _runner(self, producer: EventProducer) -> ConsumerRunner:
+        """Its consumer (aiokafka binds it to the running loop: built at start)."""
         s = self.container.settings
-        producer = EventProducer(
-            s.kafka_bootstrap,
-            service=SERVICE,
-            topic_prefix=s.topic_prefix,
-            linger_ms=int(s.producer_linger_s * 1000),
-            max_batch_size=1 << 20,
-        )
         records, seconds = self.batch()
-        runner = ConsumerRunner(
+        return ConsumerRunner(
             bootstrap=s.kafka_bootstrap,
             group_id=self.group(),
             topics=[self.topic],
@@ -143,11 +172,10 @@ class ConsumerStage(Service):
             heartbeat_interval_ms=int(max(1.0, s.session_timeout_s / 10) * 1000),
             max_partition_fetch_bytes=4 << 20,
         )
-        return producer, runner
 
     async def on_start(self) -> None:
-        self.producer, self.runner = self._build()
-        await self.producer.start()
+        self.producer = await self.shared.acquire()
+        self.runner = self._runner(self.producer)
         self._task = asyncio.create_task(self._run(self.runner))
         try:
             await asyncio.wait_for(self.runner.ready.wait(), READY_TIMEOUT_S)
@@ -177,7 +205,8 @@ class ConsumerStage(Service):
             except Exception:  # noqa: BLE001, S110 - already logged by _run
                 pass
         if self.producer is not None:
-            await self.producer.stop()
+            self.producer = None
+            await self.shared.release()
 
 
 class MatchStage(ConsumerStage):
@@ -186,8 +215,10 @@ class MatchStage(ConsumerStage):
     name = "match"
     topic = DETECTIONS
 
-    def __init__(self, container: Container, *, hits_topic: str, **kwargs: Any) -> None:
-        super().__init__(container, **kwargs)
+    def __init__(
+        self, container: Container, producer: SharedProducer, *, hits_topic: str, **kwargs: Any
+    ) -> None:
+        super().__init__(container, producer, **kwargs)
         self.hits_topic = hits_topic
 
     def group(self) -> str:
