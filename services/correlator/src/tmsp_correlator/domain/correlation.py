@@ -158,7 +158,7 @@ def _aggregate_ok(corr: CorrelationRule, window: list[list[Any]]) -> bool:
     if ctype == "event_count":
         return cond.holds(len(window))
     if ctype == "value_count":
-        if cond.ops and all(op in ("gt", "gte") for op, _ in cond.ops):
+        if corr.grows_with_distinct_values:
             # monotonic: stop as soon as enough distinct values were seen (newest first)
             seen: set[Any] = set()
             for e in reversed(window):
@@ -172,7 +172,7 @@ def _aggregate_ok(corr: CorrelationRule, window: list[list[Any]]) -> bool:
     if ctype == "temporal":
         present = len({e[_RULE] for e in window})
         if not cond.ops:
-            return present >= len(set(corr.rules))
+            return present >= corr.distinct_rules
         return cond.holds(present)
     if ctype == "temporal_ordered":
         want = corr.rules
@@ -350,19 +350,18 @@ def _counted_column(corr: CorrelationRule) -> int | None:
     has enough distinct values: the value column. With the number of distinct values in
     the whole group window, no window of it can hold when that number does not.
     """
-    if corr.type == "temporal_ordered" or (corr.type == "temporal" and not corr.condition.ops):
+    if corr.needs_every_rule:
         return _RULE
-    ops = corr.condition.ops
-    if corr.type == "value_count" and ops and all(op in ("gt", "gte") for op, _ in ops):
+    if corr.grows_with_distinct_values:
         return _VAL
     return None
 
 
 def _cannot_hold(corr: CorrelationRule, distinct: int) -> bool:
     """Whether no window holds, given the group window's number of distinct counted values."""
-    if corr.type == "value_count":
+    if corr.grows_with_distinct_values:
         return not corr.condition.holds(distinct)
-    return distinct < len(set(corr.rules))
+    return distinct < corr.distinct_rules
 
 
 def _value_counts(w: list[list[Any]], column: int) -> dict[Any, int]:

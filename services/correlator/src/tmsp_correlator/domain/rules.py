@@ -12,6 +12,7 @@ operators at once) are read from the YAML directly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import operator
 from collections import defaultdict
@@ -146,6 +147,28 @@ class CorrelationRule:
         default_factory=dict, init=False, repr=False, compare=False
     )
 
+    @functools.cached_property
+    def needs_every_rule(self) -> bool:
+        """Holds only when its window has an event of every rule it references
+        (temporal_ordered; temporal without a count condition)."""
+        return self.type == "temporal_ordered" or (
+            self.type == "temporal" and not self.condition.ops
+        )
+
+    @functools.cached_property
+    def grows_with_distinct_values(self) -> bool:
+        """A value_count whose condition, once it holds, holds for more distinct values
+        (only gt/gte): a scan may stop early, and too few values rule it out."""
+        ops = self.condition.ops
+        return (
+            self.type == "value_count" and bool(ops) and all(op in ("gt", "gte") for op, _ in ops)
+        )
+
+    @functools.cached_property
+    def distinct_rules(self) -> int:
+        """How many different rules it references."""
+        return len(set(self.rules))
+
     def group_field(self, group: str, rule_id: str) -> str:
         """The event field that carries group-by field ``group`` for events of ``rule_id``."""
         return self.aliases.get(group, {}).get(rule_id, group)
@@ -254,9 +277,8 @@ def _source_index(rules: Iterable[DetectionRule]) -> _SourceIndex:
 
     for rule in rules:
         c = rule.compiled
-        key = c.literal or c.network or c.pattern or c.field
-        if key is not None:
-            add(key, rule)
+        if c.key is not None:
+            add(c.key, rule)
         elif c.alternatives:
             # under each branch's key: an event meeting several is checked once (match())
             for alternative in c.alternatives:

@@ -512,14 +512,21 @@ IndexKey = RequiredLiteral | RequiredNetwork | RequiredPattern | str
 """One necessary condition an index can look up (a ``str``: a field that must be present)."""
 
 
-def index_key(node: Any) -> IndexKey | None:
-    """The cheapest necessary condition of ``node`` an index can key on, or None.
+def _cheapest(
+    literal: RequiredLiteral | None,
+    network: RequiredNetwork | None,
+    pattern: RequiredPattern | None,
+    field: str | None,
+) -> IndexKey | None:
+    """The index's order of preference: required literal, network, pattern, field."""
+    return literal or network or pattern or field
 
-    In order of preference: required literal, network, pattern, field.
-    """
-    return (
-        required_literal(node) or required_network(node) or required_pattern(node)
-    ) or required_field(node)
+
+def index_key(node: Any) -> IndexKey | None:
+    """The cheapest necessary condition of ``node`` an index can key on, or None."""
+    return _cheapest(
+        required_literal(node), required_network(node), required_pattern(node), required_field(node)
+    )
 
 
 def alternative_keys(node: Any) -> tuple[IndexKey, ...] | None:
@@ -551,6 +558,11 @@ class CompiledDetection:
     pattern: RequiredPattern | None = None
     alternatives: tuple[IndexKey, ...] | None = None
     """With no single key: one per branch of a top-level OR (each event meets one)."""
+
+    @property
+    def key(self) -> IndexKey | None:
+        """The one key the index files the rule under (None: see ``alternatives``)."""
+        return _cheapest(self.literal, self.network, self.pattern, self.field)
 
 
 def compile_rule(rule: SigmaRule) -> CompiledDetection:
