@@ -687,3 +687,34 @@ def test_a_scan_short_of_distinct_targets_is_not_scanned_per_event(
     # long after: the old destinations left the window, one new one is far from 20
     assert feed("late-1", 5000, "10.0.2.1").incident is None
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    "condition",
+    ["{gte: 3}", "{gt: 3}", "{gt: 2.5}", "{gte: 2.5}", "{gt: 1, gte: 4}", "{gte: 0}", "{gt: 0.2}"],
+)
+def test_distinct_values_needed_is_the_least_count_for_which_the_condition_holds(
+    condition: str,
+) -> None:
+    """The scan's early stop and shortcut count distinct values up to a precomputed number;
+    for every gt/gte condition (fractional bounds too) it is the least count (at least one
+    value) that the condition itself accepts, and a window of that many distinct targets
+    fires while one short of it does not."""
+    body = (
+        "  type: value_count\n  rules: [high]\n  group-by: [src_ip]\n  timespan: 10m\n"
+        f"  condition: {condition[:-1]}, field: dst_ip}}\n"
+    )
+    rs = load_rules([("det.yml", DETECTIONS), ("corr.yml", corr(body))])
+    rule = rs.correlations["corr"]
+    assert rule.grows_with_distinct_values
+    least = next(n for n in range(1, 100) if rule.condition.holds(n))
+    assert rule.distinct_values_needed == least
+
+    def incidents(distinct: int) -> int:
+        mc = MemoryCorrelator(rs)
+        for i in range(distinct):
+            mc.process(high(f"e{i}", i, source_ip="10.0.0.5", destination_ip=f"10.0.1.{i}"))
+        return sum(1 for inc in mc.incidents.values() if inc["rule_ids"][0] == "corr")
+
+    assert incidents(least) == 1
+    assert incidents(least - 1) == 0

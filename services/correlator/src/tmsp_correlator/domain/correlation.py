@@ -160,12 +160,13 @@ def _aggregate_ok(corr: CorrelationRule, window: list[list[Any]]) -> bool:
     if ctype == "value_count":
         if corr.grows_with_distinct_values:
             # monotonic: stop as soon as enough distinct values were seen (newest first)
+            need = corr.distinct_values_needed
             seen: set[Any] = set()
             for e in reversed(window):
                 v = e[_VAL]
                 if v not in (None, "") and v not in seen:
                     seen.add(v)
-                    if cond.holds(len(seen)):
+                    if len(seen) >= need:
                         return True
             return False
         return cond.holds(len({e[_VAL] for e in window if e[_VAL] not in (None, "")}))
@@ -360,7 +361,7 @@ def _counted_column(corr: CorrelationRule) -> int | None:
 def _cannot_hold(corr: CorrelationRule, distinct: int) -> bool:
     """Whether no window holds, given the group window's number of distinct counted values."""
     if corr.grows_with_distinct_values:
-        return not corr.condition.holds(distinct)
+        return distinct < corr.distinct_values_needed
     return distinct < corr.distinct_rules
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import operator
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,26 @@ class Condition:
     percentile: float | None = None
 
     def holds(self, value: float) -> bool:
-        return all(_COMPARE[op](value, bound) for op, bound in self.ops)
+        for compare, bound in self._checks:  # noqa: SIM110 - per hit: no generator
+            if not compare(value, bound):
+                return False
+        return True
+
+    @functools.cached_property
+    def _checks(self) -> tuple[tuple[Callable[[float, float], bool], float], ...]:
+        """The comparisons, looked up once (``holds`` runs for every hit)."""
+        return tuple((_COMPARE[op], bound) for op, bound in self.ops)
+
+    @functools.cached_property
+    def least_count(self) -> int:
+        """The smallest whole count for which gt/gte operators hold (others ignored)."""
+        need = 0
+        for op, bound in self.ops:
+            if op == "gt":
+                need = max(need, math.floor(bound) + 1)
+            elif op == "gte":
+                need = max(need, math.ceil(bound))
+        return need
 
 
 _COMPARE = {
@@ -163,6 +183,11 @@ class CorrelationRule:
         return (
             self.type == "value_count" and bool(ops) and all(op in ("gt", "gte") for op, _ in ops)
         )
+
+    @functools.cached_property
+    def distinct_values_needed(self) -> int:
+        """For a value_count that grows with distinct values: how many it needs to hold."""
+        return max(1, self.condition.least_count)
 
     @functools.cached_property
     def distinct_rules(self) -> int:
