@@ -380,3 +380,34 @@ async def test_an_incident_comes_back_from_the_bus_as_it_was_published() -> None
         back = incident_from_message(incident_message(inc, datetime.now(UTC)))
         assert back == {k: v for k, v in inc.items() if k != "until"}
         assert back["timeline"] and back["endpoints"] == [["pc1", "", ""]] and back["group"]
+
+
+def test_an_endpoint_left_empty_is_still_present_on_the_bus() -> None:
+    """Readers (the portal's timeline) tell "unknown endpoint" from "no endpoint" by field
+    presence: an entry whose event named no host, ip or mac still carries an endpoint, and
+    the sub-second part of event times survives."""
+    inc = {
+        "id": "i1",
+        "account_id": "acc1",
+        "rule_ids": ["r"],
+        "title": "T",
+        "severity": "high",
+        "count": 2,
+        "event_ids": ["e1", "e2"],
+        "tags": [],
+        "actions": [],
+        "version": 1,
+        "endpoints": [["", "10.0.0.9", ""]],
+        "first": 1_790_000_000.25,
+        "last": 1_790_000_001.999999999,
+        "timeline": [
+            [1_790_000_000.25, "e1", "r", "s", "", "", ""],
+            [1_790_000_001.999999999, "e2", "r", "s", "", "10.0.0.9", ""],
+        ],
+    }
+    msg = incident_message(inc, datetime.now(UTC))
+    assert [t.HasField("endpoint") for t in msg.timeline] == [True, True]
+    assert [t.endpoint.ip for t in msg.timeline] == ["", "10.0.0.9"]
+    assert (msg.first_seen.seconds, msg.first_seen.nanos) == (1_790_000_000, 250_000_000)
+    assert msg.last_seen.seconds == 1_790_000_002 and msg.last_seen.nanos < 1000
+    assert incident_from_message(msg)["timeline"][0][0] == 1_790_000_000.25

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tmsp.events.v1 import detections_pb2, incidents_pb2
-from tmsp_common.kafka.envelope import epoch_seconds, epoch_timestamp, to_timestamp
+from tmsp_common.kafka.envelope import epoch_seconds, set_epoch_seconds, to_timestamp
 from tmsp_common.kafka.topics import INCIDENT_COUNTS, INCIDENTS
 from tmsp_common.logging import get_logger
 from tmsp_common.severity import SEVERITY_NAMES
@@ -53,23 +53,31 @@ def incident_message(inc: dict[str, Any], now: datetime) -> incidents_pb2.Incide
         version=inc["version"],
         group=inc.get("group", {}),
     )
-    endpoint = detections_pb2.Endpoint
-    msg.endpoints.extend(endpoint(host=h, ip=i, mac=m) for h, i, m in inc["endpoints"])
-    msg.first_seen.CopyFrom(epoch_timestamp(inc["first"]))
-    msg.last_seen.CopyFrom(epoch_timestamp(inc["last"]))
+    # field by field, empty ones left unset: twice as fast as nested keyword construction
+    # (an incident is published in full at each version, with up to 200 timeline entries)
+    for host, ip, mac in inc["endpoints"]:
+        _set_endpoint(msg.endpoints.add(), host, ip, mac)
+    set_epoch_seconds(msg.first_seen, inc["first"])
+    set_epoch_seconds(msg.last_seen, inc["last"])
     msg.updated_at.CopyFrom(to_timestamp(now))
-    entry = incidents_pb2.TimelineEntry
-    msg.timeline.extend(
-        entry(
-            at=epoch_timestamp(at),
-            event_id=eid,
-            rule_id=rule_id,
-            summary=summary,
-            endpoint=endpoint(host=host, ip=ip, mac=mac),
-        )
-        for at, eid, rule_id, summary, host, ip, mac in inc["timeline"]
-    )
+    timeline = msg.timeline
+    for at, eid, rule_id, summary, host, ip, mac in inc["timeline"]:
+        entry = timeline.add(event_id=eid, rule_id=rule_id, summary=summary)
+        set_epoch_seconds(entry.at, at)
+        _set_endpoint(entry.endpoint, host, ip, mac)
     return msg
+
+
+def _set_endpoint(e: detections_pb2.Endpoint, host: str, ip: str, mac: str) -> None:
+    """Fill an endpoint field in place; present even when empty (readers tell an unknown
+    endpoint from none by presence)."""
+    e.SetInParent()
+    if host:
+        e.host = host
+    if ip:
+        e.ip = ip
+    if mac:
+        e.mac = mac
 
 
 def _endpoint(e: detections_pb2.Endpoint) -> list[str]:
