@@ -227,7 +227,15 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
         "TMSP_CORRELATOR_PARTITIONS": str(PARTITIONS),
         "TMSP_LOG_LEVEL": "INFO",  # as deployed; "service ready" is an info line
     }
-    worker = ServiceProcess("tmsp_correlator", env).start()
+    # ``--workers N``: N workers of one app share the partitions (each its own data dir);
+    # the clock starts when the first is ready, so rebalancing as the others join counts
+    workers = [
+        ServiceProcess(
+            "tmsp_correlator", {**env, "TMSP_CORRELATOR_DATA_DIR": str(rules_root / f"data{n}")}
+        ).start()
+        for n in range(args.workers)
+    ]
+    worker = workers[0]
     try:
         deadline = time.monotonic() + 120
         while "service ready" not in worker.logs:
@@ -289,12 +297,14 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
             args.rate, args.seconds, args, infra.kafka_bootstrap, producer, prefix, "l"
         )
     finally:
-        worker.terminate(timeout=30)
+        for w in workers:
+            w.terminate(timeout=30)
         await producer.stop()
     return {
         "events": args.events,
         "rules": args.rules,
         "decode_only_events_per_s": round(decode_rate),
+        "workers": args.workers,
         "worker_events_per_s": round(worker_rate),
         "hits_per_event": round(hits_in(rules_root, dets) / args.events, 2),
         "hit_records": hit_records,
@@ -427,6 +437,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--paced-rate", type=int, default=200, help="events/s of the paced run")
     p.add_argument("--paced-seconds", type=float, default=10.0)
     p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="correlator workers sharing the partitions (the rate is then theirs together)",
+    )
     p.add_argument("--engine-only", action="store_true")
     return p.parse_args(argv)
 
