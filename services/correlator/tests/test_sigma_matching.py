@@ -60,6 +60,37 @@ CASES = [
     ("regex is case-sensitive", "  s:\n    ThreatName|re: '^troj'\n  condition: s", {}, False),
     ("cidr", "  s:\n    src_ip|cidr: 10.0.0.0/8\n  condition: s", {}, True),
     ("cidr outside", "  s:\n    src_ip|cidr: 192.168.0.0/16\n  condition: s", {}, False),
+    # a list of networks is one test: the address parsed once, any network containing it
+    (
+        "cidr list",
+        "  s:\n    src_ip|cidr: [192.168.0.0/16, '2001:db8::/32', 10.1.0.0/16]\n  condition: s",
+        {},
+        True,
+    ),
+    (
+        "cidr list miss",
+        "  s:\n    src_ip|cidr: [192.168.0.0/16, 10.2.0.0/16]\n  condition: s",
+        {},
+        False,
+    ),
+    (
+        "cidr list, IPv6 address",
+        "  s:\n    src_ip|cidr: [10.0.0.0/8, '2001:db8::/32']\n  condition: s",
+        {"source_ip": "2001:db8::7"},
+        True,
+    ),
+    (
+        "cidr list, not an address",
+        "  s:\n    src_ip|cidr: [10.0.0.0/8, 0.0.0.0/0]\n  condition: s",
+        {"source_ip": "not-an-ip"},
+        False,
+    ),
+    (
+        "cidr list, field missing",
+        "  s:\n    src_ip|cidr: [10.0.0.0/8, 0.0.0.0/0]\n  condition: s",
+        {"source_ip": None},
+        False,
+    ),
     ("gte", "  s:\n    dst_port|gte: 4444\n  condition: s", {}, True),
     ("gt", "  s:\n    dst_port|gt: 4444\n  condition: s", {}, False),
     ("lt", "  s:\n    dst_port|lt: 5000\n  condition: s", {}, True),

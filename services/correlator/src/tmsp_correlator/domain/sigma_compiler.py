@@ -328,7 +328,7 @@ def compile_node(node: Any) -> Predicate:
                 return (v if isinstance(v, str) else str(v).lower()) in values
 
             return member
-        numbers = _same_field_numbers(node)
+        numbers = _same_field(node, _number_value)
         if numbers is not None:
             num_field, targets = numbers
 
@@ -336,6 +336,24 @@ def compile_node(node: Any) -> Predicate:
                 return _number(e.get(num_field)) in targets
 
             return num_member
+        networks: tuple[str, frozenset[IPNetwork]] | None = _same_field(node, _network_value)
+        if networks is not None:
+            net_field = networks[0]
+            nets: tuple[IPNetwork, ...] = tuple(networks[1])
+
+            def in_any_net(e: Event, _l: Event) -> bool:
+                v = e.get(net_field)
+                if not v:
+                    return False
+                ip = parse_ip(str(v))
+                if ip is None:
+                    return False
+                for net in nets:  # noqa: SIM110 - per event: no generator
+                    if ip in net:
+                        return True
+                return False
+
+            return in_any_net
         preds = [compile_node(a) for a in node.args]
         if len(preds) == 1:
             return preds[0]
@@ -350,34 +368,37 @@ def compile_node(node: Any) -> Predicate:
     raise UnsupportedRule(f"unsupported condition element {type(node).__name__}")
 
 
-def _same_field_literals(node: ConditionOR) -> RequiredLiteral | None:
-    field: str | None = None
-    values: set[str] = set()
+def _same_field(
+    node: ConditionOR, value_of: Callable[[Any], _T | None]
+) -> tuple[str, frozenset[_T]] | None:
+    """An OR of tests of one field (a rule's list of values) each of whose values
+    ``value_of`` reads: the field and what it read; None if a test is of another kind or
+    field (one predicate then looks the event's value up once instead of one per test)."""
+    fields: set[str] = set()
+    values: set[_T] = set()
     for arg in node.args:
         if not isinstance(arg, ConditionFieldEqualsValueExpression):
             return None
-        lit = _plain_literal(arg.value)
-        if lit is None or (field is not None and arg.field != field):
+        v = value_of(arg.value)
+        if v is None:
             return None
-        field = arg.field
-        values.add(lit)
-    if field is None:
-        return None
-    return RequiredLiteral(field, frozenset(values))
+        fields.add(str(arg.field))
+        values.add(v)
+    return (fields.pop(), frozenset(values)) if len(fields) == 1 else None
 
 
-def _same_field_numbers(node: ConditionOR) -> tuple[str, frozenset[float]] | None:
-    """An OR of number equalities on one field (a list of numbers): the field and numbers."""
-    fields = set()
-    numbers = set()
-    for arg in node.args:
-        if not isinstance(arg, ConditionFieldEqualsValueExpression) or not isinstance(
-            arg.value, SigmaNumber
-        ):
-            return None
-        fields.add(arg.field)
-        numbers.add(float(arg.value.number))
-    return (fields.pop(), frozenset(numbers)) if len(fields) == 1 else None
+def _same_field_literals(node: ConditionOR) -> RequiredLiteral | None:
+    """An OR of plain (case-insensitive) strings on one field."""
+    found = _same_field(node, _plain_literal)
+    return RequiredLiteral(*found) if found else None
+
+
+def _number_value(value: Any) -> float | None:
+    return float(value.number) if isinstance(value, SigmaNumber) else None
+
+
+def _network_value(value: Any) -> IPNetwork | None:
+    return value.network if isinstance(value, SigmaCIDRExpression) else None
 
 
 def _cost(node: Any) -> int:
@@ -393,10 +414,11 @@ def _cost(node: Any) -> int:
         if isinstance(v, SigmaCIDRExpression):
             return 3
         return 4
-    if isinstance(node, ConditionOR) and (
-        _same_field_literals(node) is not None or _same_field_numbers(node) is not None
-    ):
-        return 1
+    if isinstance(node, ConditionOR):
+        if _same_field_literals(node) is not None or _same_field(node, _number_value):
+            return 1
+        if _same_field(node, _network_value):
+            return 3
     return 5
 
 
