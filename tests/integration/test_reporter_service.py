@@ -22,7 +22,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pypdf import PdfReader
 
-from tmsp.events.v1 import accounts_pb2, detections_pb2, incidents_pb2, notifications_pb2
+from tmsp.events.v1 import (
+    accounts_pb2,
+    detections_pb2,
+    incidents_pb2,
+    notifications_pb2,
+    products_pb2,
+    status_pb2,
+)
 from tmsp_common.clock import FakeClock
 from tmsp_common.grpc_client import channel
 from tmsp_common.kafka.admin import ensure_topics
@@ -35,7 +42,7 @@ from tmsp_reporter import bootstrap
 from tmsp_reporter.adapters.mongo import create_indexes
 from tmsp_reporter.bootstrap import App
 from tmsp_reporter.config import ReporterSettings
-from tmsp_reporter.domain.model import ReportSchedule
+from tmsp_reporter.domain.model import Compliance, ReportSchedule
 from tmsp_reporter.domain.periods import ReportKind
 from tmsp_reporter.domain.retention import LogMaintenance
 from tmsp_reporter.testing import reporter_env
@@ -44,6 +51,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.mongo]
 
 T0 = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)  # 08:00 in Berlin, a Wednesday
 LONG_AGO = T0 - timedelta(days=60)
+TDA = products_pb2.PRODUCT_KIND_THREAT_DISCOVERY_APPLIANCE
 
 
 def snapshot(account_id: str, *, deleted: bool = False, version: int = 1) -> Any:
@@ -208,6 +216,44 @@ async def test_stale_generation_is_taken_over(world: World) -> None:
     clock.advance(timedelta(minutes=15))
     doc, created = await app.reports.generate("acme", ReportKind.DAILY_ADMINISTRATIVE)
     assert created and doc["state"] == "ready" and doc["attempt"] == 1
+
+
+async def test_deregistered_products_leave_the_screen_and_the_reports(world: World) -> None:
+    clock = FakeClock(T0)
+    app = world.app(clock)
+    await app.read.apply_account(snapshot("acme"), LONG_AGO)
+    active, gone = products_pb2.PRODUCT_STATE_ACTIVE, products_pb2.PRODUCT_STATE_DEREGISTERED
+    tda, tmi = TDA, products_pb2.PRODUCT_KIND_THREAT_MITIGATOR
+    # the old appliance's last heartbeat (compliance off) and upload outlive its registration
+    for pid, kind, state, compliance, uploaded in [
+        ("tda-new", tda, active, True, T0 - timedelta(minutes=30)),
+        ("tda-old", tda, gone, False, T0 - timedelta(minutes=10)),
+        ("tmi-1", tmi, active, None, None),
+    ]:
+        await app.read.apply_product(
+            products_pb2.ProductSnapshot(
+                product_id=pid, account_id="acme", kind=kind, state=state, name=pid, version=2
+            )
+        )
+        hb = status_pb2.Heartbeat(product_id=pid, account_id="acme", product_kind=kind)
+        if compliance is not None:
+            hb.security_compliance_enabled = compliance
+        await app.read.apply_heartbeat(hb, T0 - timedelta(days=1))
+        if uploaded is not None:
+            up = status_pb2.UploadReceived(product_id=pid, account_id="acme")
+            up.finished_at.CopyFrom(to_timestamp(uploaded))
+            await app.read.apply_upload(up, uploaded)
+
+    row = await app.portal.get_account("acme")
+    assert (row.compliance, row.product_count) == (Compliance.ENABLED, 2)
+    assert row.last_received == T0 - timedelta(minutes=30)
+    period = app.reports.period_for(ReportKind.DAILY_ADMINISTRATIVE, "Europe/Berlin", None, None)
+    content = await app.reports.content("acme", ReportKind.DAILY_ADMINISTRATIVE, period)
+    assert content.compliance is Compliance.ENABLED
+    assert [p.product_id for p in content.products] == ["tda-new", "tmi-1"]
+    # the product list itself still shows the deregistered one, marked
+    listed = {p.product_id: p.state for p in await app.portal.list_products("acme")}
+    assert listed == {"tda-new": active, "tda-old": gone, "tmi-1": active}
 
 
 def _run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 from tmsp_common.severity import Severity
 from tmsp_reporter.domain.aggregation import previous_period, summarise, tactic_of, technique_of
-from tmsp_reporter.domain.model import Compliance, IncidentStatus, IncidentView, account_compliance
+from tmsp_reporter.domain.model import (
+    Compliance,
+    IncidentStatus,
+    IncidentView,
+    ProductRow,
+    ProductState,
+    account_compliance,
+    account_products,
+)
 from tmsp_reporter.domain.periods import Period, ReportKind, period_containing
 
 WEEK = period_containing(
@@ -80,3 +88,19 @@ def test_account_compliance() -> None:
     assert account_compliance([None, True]) is Compliance.ENABLED
     assert account_compliance([False]) is Compliance.DISABLED
     assert account_compliance([True, False]) is Compliance.PARTIAL
+
+
+def product(pid: str, state: ProductState, compliance: bool | None, hours_ago: int) -> ProductRow:
+    received = datetime(2026, 6, 10, 12, tzinfo=UTC) - timedelta(hours=hours_ago)
+    return ProductRow(pid, "acct-a", pid, 1, int(state), 1, None, received, None, compliance, True)
+
+
+def test_account_products_leave_deregistered_ones_out() -> None:
+    old = product("tda-old", ProductState.DEREGISTERED, False, 1)
+    new = product("tda-new", ProductState.ACTIVE, True, 3)
+    pending = product("tda-pending", ProductState.UNSPECIFIED, None, 5)  # not registered yet
+    mine = account_products([old, new, pending])
+    assert mine.registered == (new, pending)
+    assert mine.compliance is Compliance.ENABLED  # the old appliance's last value is gone
+    assert mine.last_received == new.last_received
+    assert account_products([old]) == account_products([])

@@ -58,6 +58,15 @@ class AccountRow:
     """When the read model first heard of the account (periodic reports start after it)."""
 
 
+class ProductState(IntEnum):
+    """Same numbers as ``tmsp.events.v1.ProductState``."""
+
+    UNSPECIFIED = 0
+    ACTIVE = 1
+    DISABLED = 2
+    DEREGISTERED = 3
+
+
 @dataclass(frozen=True)
 class ProductRow:
     product_id: str
@@ -71,6 +80,39 @@ class ProductRow:
     last_heartbeat: datetime | None
     security_compliance: bool | None
     is_discovery_appliance: bool
+
+    @property
+    def registered(self) -> bool:
+        """False once deregistered (for good: it sends no heartbeats or logs any more).
+
+        A product whose registration has not arrived yet (state unspecified) counts."""
+        return self.state != ProductState.DEREGISTERED
+
+
+@dataclass(frozen=True)
+class AccountProducts:
+    """What the Customer Accounts screen and the reports say about an account's products."""
+
+    registered: tuple[ProductRow, ...]
+    compliance: Compliance
+    last_received: datetime | None
+
+
+def account_products(products: Iterable[ProductRow]) -> AccountProducts:
+    """The account's registered products, their Security Compliance and last upload.
+
+    Deregistered products are left out: the screen shows "the registered products assigned
+    to the account" and Security Compliance is updated by heartbeats, which a deregistered
+    appliance no longer sends (its last value would otherwise pin the account for good)."""
+    registered = tuple(p for p in products if p.registered)
+    received = [p.last_received for p in registered if p.last_received is not None]
+    return AccountProducts(
+        registered=registered,
+        compliance=account_compliance(
+            p.security_compliance for p in registered if p.is_discovery_appliance
+        ),
+        last_received=max(received, default=None),
+    )
 
 
 @dataclass(frozen=True)

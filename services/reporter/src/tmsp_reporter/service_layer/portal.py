@@ -19,7 +19,7 @@ from tmsp_reporter.domain.model import (
     AccountScreenRow,
     IncidentStatus,
     ProductRow,
-    account_compliance,
+    account_products,
 )
 
 
@@ -39,11 +39,6 @@ class IncidentQuery:
         return self
 
 
-def _last(values: Sequence[datetime | None]) -> datetime | None:
-    present = [v for v in values if v is not None]
-    return max(present) if present else None
-
-
 class Portal:
     def __init__(self, read: ReadModel) -> None:
         self.read = read
@@ -55,17 +50,15 @@ class Portal:
         nonconforming = await self.read.nonconforming_counts(ids)
         rows = []
         for a in accounts:
-            mine = [p for p in products if p.account_id == a.account_id]
+            mine = account_products(p for p in products if p.account_id == a.account_id)
             rows.append(
                 AccountScreenRow(
                     account=a,
                     incidents=counts.get((a.account_id, True)),
                     live=counts.get((a.account_id, False)),
-                    last_received=_last([p.last_received for p in mine]),
-                    compliance=account_compliance(
-                        p.security_compliance for p in mine if p.is_discovery_appliance
-                    ),
-                    product_count=len(mine),
+                    last_received=mine.last_received,
+                    compliance=mine.compliance,
+                    product_count=len(mine.registered),
                     nonconforming=nonconforming.get(a.account_id, 0),
                 )
             )

@@ -34,7 +34,7 @@ from tmsp_reporter.domain.content import (
     MAX_LISTED_INCIDENTS,
     ReportContent,
 )
-from tmsp_reporter.domain.model import AccountRow, ReportSchedule, account_compliance
+from tmsp_reporter.domain.model import AccountRow, ReportSchedule, account_products
 from tmsp_reporter.domain.periods import (
     PERIODIC_KINDS,
     Period,
@@ -210,7 +210,7 @@ class ReportService:
         account = await self.read.account(account_id)
         if account is None:
             raise NotFound("account not found")
-        products = await self.read.products_of([account_id])
+        products = account_products(await self.read.products_of([account_id]))
         incidents = [
             convert.incident_view(i)
             async for i in self.read.incidents_between(
@@ -233,10 +233,8 @@ class ReportService:
             account=account,
             period=period,
             generated_at=self.clock.now(),
-            products=tuple(products),
-            compliance=account_compliance(
-                p.security_compliance for p in products if p.is_discovery_appliance
-            ),
+            products=products.registered,
+            compliance=products.compliance,
             incidents=tuple(ordered[:MAX_LISTED_INCIDENTS]),
             incidents_total=len(ordered),
             nonconforming=tuple(convert.nonconforming_row(n) for n in endpoints),
