@@ -3,12 +3,20 @@
 
 from __future__ import annotations
 
+import json
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from tmsp_correlator.domain.correlation import Limits, MemoryCorrelator, apply_hit, hits_for_event
+from tmsp_correlator.domain.correlation import (
+    Limits,
+    MemoryCorrelator,
+    apply_hit,
+    group_key,
+    hits_for_event,
+)
 from tmsp_correlator.domain.rules import load_rules
 
 DETECTIONS = """
@@ -718,3 +726,53 @@ def test_distinct_values_needed_is_the_least_count_for_which_the_condition_holds
 
     assert incidents(least) == 1
     assert incidents(least - 1) == 0
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [""],
+        ["host485", "10.1.2.3"],
+        ["a b ~!#$%&'()*+,-./:;<=>?@[]^_`{|}"],
+        ['say "hi"'],
+        ["back\\slash"],
+        ['a","b'],
+        ["tab\there", "nul\x00", "del\x7f"],
+        ["héllo", "中文", "\U0001f600"],
+    ],
+)
+def test_group_keys_keep_their_json_format(values: list[str]) -> None:
+    """Window states are keyed by group key since the first release: the group-by values
+    are compact ASCII-escaped JSON, whichever way the key is built."""
+    assert (
+        group_key("acc", "corr", values) == f"acc|corr|{json.dumps(values, separators=(',', ':'))}"
+    )
+
+
+def test_group_keys_keep_their_json_format_for_random_values() -> None:
+    rnd = random.Random(5)
+    pieces = [
+        "a",
+        "Z",
+        "0",
+        " ",
+        '"',
+        "\\",
+        "\x00",
+        "\x1f",
+        "\x7f",
+        "é",
+        "中",
+        "/",
+        "[",
+        "]",
+        '","',
+    ]
+    for _ in range(5000):
+        values = [
+            "".join(rnd.choice(pieces) for _ in range(rnd.randrange(6)))
+            for _ in range(rnd.randrange(4))
+        ]
+        expected = json.dumps(values, separators=(",", ":"))
+        assert group_key("acc", "corr", values) == f"acc|corr|{expected}", values

@@ -25,6 +25,7 @@ import bisect
 import hashlib
 import json
 import operator
+import re
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,10 +84,18 @@ _KEY_ENCODER = json.JSONEncoder(separators=(",", ":"))
 """``json.dumps`` with these separators builds an encoder per call (a third of a hit's cost)."""
 
 
+_NEEDS_NO_ESCAPE = re.compile(r"[ !#-\[\]-~]*")
+"""Printable ASCII but the quote and the backslash: what JSON writes as it is."""
+
+
 def group_key(account_id: str, correlation_id: str, values: list[str]) -> str:
     """The partitioning and state key of one correlation group: ``values`` are the group-by
     values in sorted field order, as compact ASCII-escaped JSON (the format keys have had
-    since the first release, so window states keep their keys)."""
+    since the first release, so window states keep their keys). Values JSON writes as they
+    are (host names, addresses: the usual case) are joined without the encoder."""
+    if values and _NEEDS_NO_ESCAPE.fullmatch("".join(values)):
+        joined = '","'.join(values)
+        return f'{account_id}|{correlation_id}|["{joined}"]'
     return f"{account_id}|{correlation_id}|{_KEY_ENCODER.encode(values)}"
 
 
@@ -219,6 +228,13 @@ def _firing_window(corr: CorrelationRule, w: list[list[Any]], ts: float) -> list
     answered from positions alone (binary search), the other types scan their window.
     """
     span = corr.timespan_s
+    if w[-1][_TS] <= ts:
+        # the group's newest event (the usual case): the one window ends at it
+        lo = bisect.bisect_left(w, ts - span, key=_ts_key)
+        if corr.type == "event_count":
+            return w[lo:] if corr.condition.holds(len(w) - lo) else None
+        window = w[lo:]
+        return window if _aggregate_ok(corr, window) else None
     first = bisect.bisect_left(w, ts, key=_ts_key)
     last = bisect.bisect_right(w, ts + span, key=_ts_key)
     previous_end = None

@@ -330,6 +330,8 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
             changed: dict[str, tuple[dict[str, Any], bool]] = {}
             states: dict[str, GroupState] = {}
             chained: list[Hit] = []
+            # the table's store, read as write_states writes it (no per-key sensor calls)
+            store = windows.data
             for event in batch:
                 record = Record.of(event)
                 try:
@@ -340,7 +342,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                 for hit in hits:
                     try:
                         key = hit["k"]
-                        prior = states[key] if key in states else windows.get(key)
+                        prior = states[key] if key in states else store.get(key)
                         state, out = apply_hit(c.rules, prior, hit, c.limits)
                     except Exception as exc:  # noqa: BLE001 - one bad hit, not the batch
                         await refuse(HIT_SOURCE, record.with_hit(hit), exc)
