@@ -395,6 +395,52 @@ async def test_50_concurrent_wrong_passwords_count_exactly_the_threshold(
     assert (await client.login(email, password)).HasField("session")
 
 
+async def test_logins_cut_off_by_a_short_deadline_lock_only_for_a_while(
+    client: AuthClient, mail: Mailbox, deployment: Deployment
+) -> None:
+    """Login calls whose deadline expires while the server hashes the password (the
+    handler is cancelled) count as failures: a visible lockout that ends, never a user
+    who can no longer log in. A replica with a costly hash, a 3-second lockout and a
+    1-second lease; its first login rehashes the password to its parameters."""
+    op, user_id, email, password = await setup_user(client, mail)
+    env = {
+        **deployment.env,
+        "TMSP_AUTH_GRPC_PORT": str(free_port()),
+        "TMSP_AUTH_ARGON2_MEMORY_KIB": "65536",
+        "TMSP_AUTH_ARGON2_TIME_COST": "6",
+        "TMSP_AUTH_LOCKOUT_MINUTES": "0.05",
+        "TMSP_AUTH_LOCKOUT_LEASE_SECONDS": "1",
+    }
+    replica = start_service(env)
+    costly = AuthClient(f"localhost:{env['TMSP_AUTH_GRPC_PORT']}", deployment.tls_dir)
+
+    async def locked_until() -> float:
+        users = await client.accounts.ListUsers(
+            auth_pb2.ListUsersRequest(account_id=session.account_id), metadata=md(op)
+        )
+        found = next(u for u in users.users if u.user_id == user_id)
+        return found.locked_until.ToNanoseconds() / 1e9 if found.HasField("locked_until") else 0.0
+
+    async def cut_off(wrong: str) -> grpc.aio.AioRpcError:
+        request = auth_pb2.LoginRequest(email=email, password=wrong)
+        return await error_of(lambda: costly.auth.Login(request, timeout=0.1))
+
+    try:
+        session = await costly.session(email, password)  # rehashed to the replica's cost
+        for i in range(20):
+            err = await cut_off(f"wrong-{i:03d}-password")
+            assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            if await locked_until():
+                break
+        until = await locked_until()
+        assert until, "interrupted attempts never locked the user"
+        await asyncio.sleep(max(0.0, until - time.time()) + 0.5)
+        assert (await costly.login(email, password)).HasField("session")
+    finally:
+        await costly.close()
+        assert replica.terminate() == 0, replica.logs[-3000:]
+
+
 # -- emergency and recovery codes ------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ rotation) are checked exactly by moving a FakeClock; storage and the bus are rea
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -35,6 +36,7 @@ from tmsp_common.errors import (
     InvalidArgument,
     RateLimited,
     Unauthenticated,
+    Unavailable,
 )
 from tmsp_common.kafka.admin import ensure_topics
 from tmsp_common.kafka.producer import EventProducer
@@ -144,6 +146,110 @@ async def test_second_factor_failures_count_toward_lockout(app: tuple[App, FakeC
     challenge = await a.auth.login(email, PASSWORD)
     code = pyotp.TOTP(secret).at(clock.now())
     session, _ = await a.auth.verify_second_factor(challenge.challenge_id, totp_code=code)
+    assert session.access_token
+
+
+def locked_until(doc: dict[str, object] | None) -> object:
+    return (doc or {}).get("locked_until")
+
+
+async def test_logins_cancelled_during_the_check_count_as_failures_and_lock_temporarily(
+    app: tuple[App, FakeClock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client deadline cancels the handler while the password is hashed: each such
+    attempt is one failure, so the threshold of them is an ordinary, expiring lockout."""
+    a, clock = app
+    uid, email = await user(a)
+    checking = asyncio.Event()
+
+    async def hashing_forever(_stored: str, _password: str) -> bool:
+        checking.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(a.ctx, "verify_password", hashing_forever)
+        for _ in range(3):
+            checking.clear()
+            call = asyncio.create_task(a.auth.login(email, PASSWORD))
+            await checking.wait()
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+    lockout = await a.ctx.users.lockout(uid)
+    assert locked_until(lockout) == clock.now() + timedelta(minutes=15)  # visible to admins
+    with pytest.raises(Unauthenticated):
+        await a.auth.login(email, PASSWORD)
+    clock.advance(timedelta(minutes=15))
+    assert (await a.auth.login(email, PASSWORD)).session is not None
+
+
+async def test_a_bus_outage_while_recording_the_last_failure_still_locks(
+    app: tuple[App, FakeClock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, clock = app
+    uid, email = await user(a)
+    await fail(a, email, 2)
+
+    async def bus_down(*_args: object, **_kwargs: object) -> None:
+        raise Unavailable("the event bus is unavailable; try again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(a.ctx.events, "audit", bus_down)
+        with pytest.raises(Unavailable):
+            await a.auth.login(email, "wrong-password-123")
+    assert locked_until(await a.ctx.users.lockout(uid)) == clock.now() + timedelta(minutes=15)
+    with pytest.raises(Unauthenticated):
+        await a.auth.login(email, PASSWORD)
+    clock.advance(timedelta(minutes=15))
+    assert (await a.auth.login(email, PASSWORD)).session is not None
+
+
+async def test_slots_left_by_a_crashed_process_stop_blocking_after_the_lease(
+    app: tuple[App, FakeClock],
+) -> None:
+    """Reservations nobody settles (the pod died mid-check) count as failures once their
+    lease (one minute) is over: a lockout from the last of them, then logins work."""
+    a, clock = app
+    uid, email = await user(a)
+    for _ in range(3):
+        assert await a.ctx.users.reserve_attempt(uid, a.ctx.config.lockout, clock.now())
+    crashed_at = clock.now()
+    clock.advance(timedelta(seconds=59))  # still within the lease: may be in flight
+    with pytest.raises(Unauthenticated):
+        await a.auth.login(email, PASSWORD)
+    assert locked_until(await a.ctx.users.lockout(uid)) is None
+    clock.advance(timedelta(seconds=1))
+    with pytest.raises(Unauthenticated):
+        await a.auth.login(email, PASSWORD)
+    assert locked_until(await a.ctx.users.lockout(uid)) == crashed_at + timedelta(minutes=15)
+    clock.set(crashed_at + timedelta(minutes=15))
+    assert (await a.auth.login(email, PASSWORD)).session is not None
+
+
+async def test_a_challenge_completed_meanwhile_gives_its_attempt_back(
+    app: tuple[App, FakeClock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, clock = app
+    secret = pyotp.random_base32(32)
+    _uid, email = await user(a, totp_secret=secret)
+
+    async def completed_by_another_request(_challenge_id: str) -> bool:
+        return False
+
+    with monkeypatch.context() as patch:
+        patch.setattr(a.ctx.challenges, "complete", completed_by_another_request)
+        for _ in range(3):
+            challenge = await a.auth.login(email, PASSWORD)
+            with pytest.raises(Unauthenticated, match="challenge"):
+                await a.auth.verify_second_factor(
+                    challenge.challenge_id, totp_code=pyotp.TOTP(secret).at(clock.now())
+                )
+            clock.advance(30)
+    challenge = await a.auth.login(email, PASSWORD)
+    session, _ = await a.auth.verify_second_factor(
+        challenge.challenge_id, totp_code=pyotp.TOTP(secret).at(clock.now())
+    )
     assert session.access_token
 
 
@@ -388,6 +494,24 @@ async def test_reset_token_is_hashed_single_use_and_short_lived(
     await a.auth.reset_password(tokens[1], "a-brand-new-passphrase")
     with pytest.raises(InvalidArgument):
         await a.auth.reset_password(tokens[1], "yet-another-passphrase")
+    assert (await a.auth.login(email, "a-brand-new-passphrase")).session is not None
+
+
+async def test_an_invitation_cannot_set_the_email_address_as_password(
+    app: tuple[App, FakeClock], infra: Infra
+) -> None:
+    a, _clock = app
+    account = await a.accounts.create_account(None, AccountFields(name=unique("Acct ")))
+    email = f"{unique('invited')}@Example.com"
+    async with Mailbox(infra.kafka_bootstrap, a.ctx.events.producer.prefix) as mail:
+        await a.accounts.add_user(str(account["_id"]), email, "", [Role.ANALYST])
+        invite = (await mail.next(NotificationKind.NOTIFICATION_KIND_PASSWORD_RESET, email)).params
+    assert invite["invite"] == "true"
+    token = invite["reset_url"].rsplit("token=", 1)[1]
+    with pytest.raises(InvalidArgument, match="email address") as info:
+        await a.auth.reset_password(token, email.lower())
+    assert info.value.field == "new_password"
+    await a.auth.reset_password(token, "a-brand-new-passphrase")  # the link is still good
     assert (await a.auth.login(email, "a-brand-new-passphrase")).session is not None
 
 

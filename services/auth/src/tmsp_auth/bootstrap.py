@@ -61,6 +61,7 @@ def auth_config(settings: AuthSettings) -> AuthConfig:
             threshold=settings.lockout_threshold,
             base_period=timedelta(minutes=settings.lockout_minutes),
             max_period=timedelta(hours=settings.lockout_max_hours),
+            attempt_lease=timedelta(seconds=settings.lockout_lease_seconds),
         ),
         code_rules=CodeRules(
             ttl=timedelta(minutes=settings.code_minutes),

@@ -37,6 +37,8 @@ class AuthSettings(ServiceSettings):
     lockout_threshold: int = Field(5, ge=1)
     lockout_minutes: float = Field(15.0, gt=0)
     lockout_max_hours: float = Field(24.0, gt=0)
+    lockout_lease_seconds: float = Field(60.0, gt=0)
+    """An attempt left unsettled this long (its process died mid-check) counts as failed."""
 
     access_token_minutes: float = Field(5.0, gt=0)
     refresh_token_days: float = Field(14.0, gt=0)

@@ -21,7 +21,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -110,6 +111,11 @@ class Markers:
     async def count(self, query: Document) -> int:
         return await self.coll.count_documents(query)
 
+    async def newest(self, group: str) -> datetime | None:
+        """When the latest claim of ``group`` was made; None when it has none."""
+        doc = await self.coll.find_one({"group": group}, {"at": 1}, sort=[("at", DESCENDING)])
+        return None if doc is None else aware(doc.get("at"))
+
     async def claim_slot(
         self,
         prefix: str,
@@ -196,37 +202,49 @@ class UserRepository:
         The attempt takes one of ``threshold`` slots of the current epoch by a claim, so
         concurrent attempts can never get more checks than the threshold. The hourly hard
         cap is a count (it can be exceeded by at most the number of in-flight attempts).
+        Slots nobody settled (their process died) count as failures once the newest is
+        older than the lease: the epoch is then locked as its last attempt would have.
         """
-        found, window = await asyncio.gather(
-            self.lockout(user_id), self.failures_last_hour(user_id, now)
-        )
-        state = found or {}
-        if aware(state.get("locked_until")) > now or window >= HOURLY_HARD_CAP:
-            return None
-        epoch = int(state.get("epoch", 0))
-        slot = await self.markers.claim_slot(
-            f"attempt:{user_id}:{epoch}",
-            policy.effective_threshold,
-            group=f"attempt:{user_id}:{epoch}",
-            user_id=user_id,
-            kind="attempt",
-            at=now,
-        )
-        if slot is None:
-            return None
-        return Reservation(
-            attempt=slot[0],
-            lockouts=int(state.get("lockouts", 0)),
-            window_failures=window + 1,
-            key=slot[1],
-            epoch=epoch,
-        )
+        for _ in range(2):
+            found, window = await asyncio.gather(
+                self.lockout(user_id), self.failures_last_hour(user_id, now)
+            )
+            state = found or {}
+            if aware(state.get("locked_until")) > now or window >= HOURLY_HARD_CAP:
+                return None
+            epoch, lockouts = int(state.get("epoch", 0)), int(state.get("lockouts", 0))
+            group = f"attempt:{user_id}:{epoch}"
+            slot = await self.markers.claim_slot(
+                group,
+                policy.effective_threshold,
+                group=group,
+                user_id=user_id,
+                kind="attempt",
+                at=now,
+            )
+            if slot is not None:
+                return Reservation(
+                    attempt=slot[0],
+                    lockouts=lockouts,
+                    window_failures=window + 1,
+                    key=slot[1],
+                    epoch=epoch,
+                )
+            newest = await self.markers.newest(group)
+            if newest is None or now - newest < policy.attempt_lease:
+                return None  # the last attempts may still be in flight
+            await self.lock(user_id, newest + policy.lock_period(lockouts), epoch, lockouts)
+        return None
 
-    async def lock(self, user_id: str, until: datetime, epoch: int) -> None:
-        """Start a lockout: a new epoch (fresh slots once it ends), one more lockout."""
+    async def lock(self, user_id: str, until: datetime, epoch: int, lockouts: int) -> None:
+        """Lock ``epoch``: a new epoch (fresh slots once it ends), one more lockout.
+
+        Idempotent (values, no increments), so a late holder of the last slot and the
+        lease's recovery of the same epoch agree.
+        """
         await self.lockouts.update_one(
             {"_id": user_id},
-            {"$set": {"locked_until": until, "epoch": epoch + 1}, "$inc": {"lockouts": 1}},
+            {"$set": {"locked_until": until, "epoch": epoch + 1, "lockouts": lockouts + 1}},
             upsert=True,
         )
 
@@ -409,6 +427,17 @@ class CodeRepository:
         return CodeResult.OK if used else CodeResult.INVALID
 
 
+async def _live_owner(
+    coll: AsyncCollection[Document], markers: Markers, digest: str, spent: str, now: datetime
+) -> str | None:
+    """The ``user_id`` of document ``digest`` if it has not expired and claim ``spent`` is
+    not taken; None otherwise."""
+    doc = await coll.find_one({"_id": digest, "expires_at": {"$gt": now}})
+    if doc is None or await markers.exists(spent):
+        return None
+    return str(doc["user_id"])
+
+
 class TokenRepository:
     """High-entropy single-use tokens (password reset, invitation), stored by digest."""
 
@@ -422,15 +451,20 @@ class TokenRepository:
             {"_id": self.hasher.digest(token), "user_id": user_id, "expires_at": expires_at}
         )
 
+    async def peek(self, token: str, now: datetime) -> str | None:
+        """The user id of a live, unspent token; nothing is spent."""
+        digest = self.hasher.digest(token)
+        return await _live_owner(self.coll, self.markers, digest, f"reset:{digest}", now)
+
     async def consume(self, token: str, now: datetime) -> str | None:
         """The user id of a live token, which is spent by this call; None otherwise."""
-        digest = self.hasher.digest(token)
-        doc = await self.coll.find_one({"_id": digest, "expires_at": {"$gt": now}})
-        if doc is None:
+        user_id = await self.peek(token, now)
+        if user_id is None:
             return None
+        digest = self.hasher.digest(token)
         if not await self.markers.claim(f"reset:{digest}", kind="reset", at=now):
             return None
-        return str(doc["user_id"])
+        return user_id
 
     async def discard_for_user(self, user_id: str) -> None:
         await self.coll.delete_many({"user_id": user_id})
@@ -457,10 +491,7 @@ class ChallengeRepository:
 
     async def peek(self, challenge_id: str, now: datetime) -> str | None:
         digest = self.hasher.digest(challenge_id)
-        doc = await self.coll.find_one({"_id": digest, "expires_at": {"$gt": now}})
-        if doc is None or await self.markers.exists(f"challenge-done:{digest}"):
-            return None
-        return str(doc["user_id"])
+        return await _live_owner(self.coll, self.markers, digest, f"challenge-done:{digest}", now)
 
     async def take_attempt(self, challenge_id: str, now: datetime) -> str | None:
         """Spend one of the challenge's attempts; the user id, or None if it is spent."""

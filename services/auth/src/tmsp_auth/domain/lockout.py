@@ -3,7 +3,9 @@
 Failures (wrong password, wrong second factor) are counted per user. The counting itself is
 atomic in the repository (a reservation is taken *before* the expensive check, so N
 concurrent wrong attempts cannot get more guesses than the threshold); this module only
-holds the numbers, so they are unit-testable with a fake clock.
+holds the numbers, so they are unit-testable with a fake clock. A reservation that is
+never settled (its process died) counts as a failure once its lease is over, so a lockout
+is always temporary.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class LockoutPolicy:
     base_period: timedelta = timedelta(minutes=15)
     max_period: timedelta = timedelta(hours=24)
     growth: float = 2.0
+    attempt_lease: timedelta = timedelta(minutes=1)
+    """How long a reserved attempt may stay unsettled before it counts as a failure."""
 
     @property
     def effective_threshold(self) -> int:

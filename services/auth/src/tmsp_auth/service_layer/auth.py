@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from tmsp_auth.adapters.events import AuditKind, NotificationKind
 from tmsp_auth.adapters.metrics import CODES_SENT, LOCKOUTS, LOGIN_ATTEMPTS
@@ -67,6 +69,55 @@ def _name(user: Document) -> str:
     return str(user.get("display_name") or user.get("email", ""))
 
 
+_SETTLING: set[asyncio.Task[None]] = set()
+"""Settlements under way (a reference each, so a cancelled caller's task is not collected)."""
+
+
+class Attempt:
+    """An attempt reserved against the lockout counters (:meth:`AuthUseCases._attempt`).
+
+    Settled exactly once: :meth:`failed`, :meth:`release` or :meth:`succeeded`. A
+    settlement runs to its end even if the call is cancelled meanwhile (``asyncio.shield``).
+    """
+
+    def __init__(
+        self, uc: AuthUseCases, user: Document, reservation: Reservation, kind: int, source_ip: str
+    ) -> None:
+        self._uc, self._user, self._kind, self._source_ip = uc, user, kind, source_ip
+        self.reservation = reservation
+        self.settled = False
+
+    async def failed(self, detail: str) -> None:
+        """A wrong password or code: the slot stays spent, the last one locks the user."""
+        await self._settle(
+            lambda: self._uc._failed(
+                self._user,
+                self.reservation,
+                kind=self._kind,
+                detail=detail,
+                source_ip=self._source_ip,
+            )
+        )
+
+    async def release(self) -> None:
+        """The check passed but completed no login: the slot is given back."""
+        await self._settle(lambda: self._uc.ctx.users.release_attempt(self.reservation))
+
+    async def succeeded(self) -> None:
+        """A completed login: failures and consecutive lockouts start over."""
+        uid = str(self._user["_id"])
+        await self._settle(lambda: self._uc.ctx.users.clear_failures(uid, self.reservation))
+
+    async def _settle(self, settlement: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if self.settled:
+            raise RuntimeError("the attempt is already settled")
+        self.settled = True
+        task = asyncio.ensure_future(settlement())
+        _SETTLING.add(task)
+        task.add_done_callback(_SETTLING.discard)
+        await asyncio.shield(task)
+
+
 class AuthUseCases:
     def __init__(self, ctx: AuthContext) -> None:
         self.ctx = ctx
@@ -91,21 +142,27 @@ class AuthUseCases:
         detail: str,
         source_ip: str = "",
     ) -> None:
-        """Record a failed check; lock the user when this was the last allowed attempt."""
+        """Record a failed check; lock the user when this was the last allowed attempt.
+
+        The lock is stored before any event is published, so a bus outage (Unavailable
+        raised from here) loses events, never the lock.
+        """
         ctx, now = self.ctx, self._now()
         uid, acct, email = str(user["_id"]), str(user["account_id"]), str(user["email"])
-        await ctx.events.audit(
-            kind, user_id=uid, account_id=acct, email=email, source_ip=source_ip, detail=detail
-        )
         policy = ctx.config.lockout
         cap_hit = reservation.window_failures >= HOURLY_HARD_CAP
-        if reservation.attempt < policy.effective_threshold and not cap_hit:
-            return
+        locks = reservation.attempt >= policy.effective_threshold or cap_hit
         until = now + policy.lock_period(reservation.lockouts)
         if cap_hit:
             until = max(until, now + HOUR)
-        await ctx.users.lock(uid, until, reservation.epoch)
-        LOCKOUTS.inc()
+        if locks:
+            await ctx.users.lock(uid, until, reservation.epoch, reservation.lockouts)
+            LOCKOUTS.inc()
+        await ctx.events.audit(
+            kind, user_id=uid, account_id=acct, email=email, source_ip=source_ip, detail=detail
+        )
+        if not locks:
+            return
         seconds = int((until - now).total_seconds())
         await ctx.events.all(
             ctx.events.audit(
@@ -129,18 +186,54 @@ class AuthUseCases:
             ),
         )
 
-    async def _reserve(self, user: Document, *, tell: bool) -> Reservation:
-        """Reserve one attempt; RateLimited (when ``tell``) or Unauthenticated if locked."""
-        reservation = await self.ctx.users.reserve_attempt(
-            str(user["_id"]), self.ctx.config.lockout, self._now()
-        )
+    @asynccontextmanager
+    async def _attempt(
+        self, user: Document, *, kind: int, source_ip: str = "", login_password: str = ""
+    ) -> AsyncIterator[Attempt]:
+        """Reserve one attempt (refused as :meth:`_reserve` says) and settle it on every exit.
+
+        The body settles it; leaving without doing so (an exception, a cancelled call)
+        counts as a failure, recorded even under cancellation. Slots of a process that died
+        meanwhile are recovered after a lease by ``UserRepository.reserve_attempt``.
+        """
+        reservation = await self._reserve(user, login_password=login_password, source_ip=source_ip)
+        attempt = Attempt(self, user, reservation, kind, source_ip)
+        try:
+            yield attempt
+        finally:
+            if not attempt.settled:
+                try:
+                    await attempt.failed("attempt interrupted")
+                except Exception as exc:  # the lock is stored first; only events are lost
+                    log.warning(
+                        "interrupted attempt not fully recorded",
+                        user_id=str(user["_id"]),
+                        error=type(exc).__name__,
+                    )
+
+    async def _reserve(
+        self, user: Document, *, login_password: str = "", source_ip: str = ""
+    ) -> Reservation:
+        """Reserve one attempt. Refused: at login (``login_password``) the answer of a wrong
+        password after the same hash cost; elsewhere RateLimited with a retry hint."""
+        ctx, now, uid = self.ctx, self._now(), str(user["_id"])
+        reservation = await ctx.users.reserve_attempt(uid, ctx.config.lockout, now)
         if reservation is not None:
             return reservation
-        if not tell:
+        if login_password:
+            await ctx.burn_hash(login_password)
+            await ctx.events.audit(
+                AuditKind.AUTH_AUDIT_KIND_LOGIN_FAILED,
+                user_id=uid,
+                account_id=str(user["account_id"]),
+                email=str(user["email_norm"]),
+                source_ip=source_ip,
+                detail="locked",
+            )
+            LOGIN_ATTEMPTS.labels("refused_locked").inc()
             raise Unauthenticated(INVALID_LOGIN)
-        now, uid = self._now(), str(user["_id"])
-        window = await self.ctx.users.failures_last_hour(uid, now)
-        wait = lock_state(await self.ctx.users.lockout(uid), window, now).retry_after(now)
+        window = await ctx.users.failures_last_hour(uid, now)
+        wait = lock_state(await ctx.users.lockout(uid), window, now).retry_after(now)
         raise RateLimited(
             "too many failed attempts; try again later",
             retry_after_seconds=max(1.0, wait.total_seconds()),
@@ -150,17 +243,12 @@ class AuthUseCases:
         """Check the current password of a signed-in user; failures count toward lockout."""
         if not password:
             raise InvalidArgument(field, "is required")
-        reservation = await self._reserve(user, tell=True)
-        stored = user.get("password_hash")
-        if not stored or not await self.ctx.verify_password(str(stored), password):
-            await self._failed(
-                user,
-                reservation,
-                kind=AuditKind.AUTH_AUDIT_KIND_LOGIN_FAILED,
-                detail="wrong password (re-authentication)",
-            )
-            raise Unauthenticated("the password is wrong")
-        await self.ctx.users.release_attempt(reservation)
+        async with self._attempt(user, kind=AuditKind.AUTH_AUDIT_KIND_LOGIN_FAILED) as attempt:
+            stored = user.get("password_hash")
+            if not stored or not await self.ctx.verify_password(str(stored), password):
+                await attempt.failed("wrong password (re-authentication)")
+                raise Unauthenticated("the password is wrong")
+            await attempt.release()
 
     async def _check_totp(self, user: Document, code: str, *, pending: bool = False) -> bool:
         """A code of the user's (pending) device, accepted at most once per time step."""
@@ -237,43 +325,32 @@ class AuthUseCases:
             LOGIN_ATTEMPTS.labels("unknown_user").inc()
             raise Unauthenticated(INVALID_LOGIN)
         uid = str(user["_id"])
-        reservation = await ctx.users.reserve_attempt(uid, ctx.config.lockout, now)
-        if reservation is None:
-            await ctx.burn_hash(password)
-            await ctx.events.audit(
-                AuditKind.AUTH_AUDIT_KIND_LOGIN_FAILED,
-                user_id=uid,
-                account_id=str(user["account_id"]),
-                email=email_norm,
-                source_ip=source_ip,
-                detail="locked",
+        async with self._attempt(
+            user,
+            kind=AuditKind.AUTH_AUDIT_KIND_LOGIN_FAILED,
+            source_ip=source_ip,
+            login_password=password,
+        ) as attempt:
+            stored = str(user["password_hash"])
+            if not await ctx.verify_password(stored, password):
+                await attempt.failed("wrong password")
+                LOGIN_ATTEMPTS.labels("failed").inc()
+                raise Unauthenticated(INVALID_LOGIN)
+            if ctx.hasher.needs_rehash(stored):
+                await ctx.users.set_fields(
+                    uid, {"password_hash": await ctx.hash_password(password)}
+                )
+            if user.get("totp"):
+                # The password attempt is given back; the second factor reserves its own.
+                await attempt.release()
+                challenge = code_gen.token()
+                expires = now + ctx.config.challenge_ttl
+                await ctx.challenges.create(challenge, uid, expires)
+                LOGIN_ATTEMPTS.labels("challenge").inc()
+                return LoginResult(challenge_id=challenge, challenge_expires_at=expires)
+            _, session = await asyncio.gather(
+                attempt.succeeded(), self._open_session(user, ("pwd",))
             )
-            LOGIN_ATTEMPTS.labels("refused_locked").inc()
-            raise Unauthenticated(INVALID_LOGIN)
-        stored = str(user["password_hash"])
-        if not await ctx.verify_password(stored, password):
-            await self._failed(
-                user,
-                reservation,
-                kind=AuditKind.AUTH_AUDIT_KIND_LOGIN_FAILED,
-                detail="wrong password",
-                source_ip=source_ip,
-            )
-            LOGIN_ATTEMPTS.labels("failed").inc()
-            raise Unauthenticated(INVALID_LOGIN)
-        if ctx.hasher.needs_rehash(stored):
-            await ctx.users.set_fields(uid, {"password_hash": await ctx.hash_password(password)})
-        if user.get("totp"):
-            # The password attempt is given back; the second factor reserves its own.
-            await ctx.users.release_attempt(reservation)
-            challenge = code_gen.token()
-            expires = now + ctx.config.challenge_ttl
-            await ctx.challenges.create(challenge, uid, expires)
-            LOGIN_ATTEMPTS.labels("challenge").inc()
-            return LoginResult(challenge_id=challenge, challenge_expires_at=expires)
-        _, session = await asyncio.gather(
-            ctx.users.clear_failures(uid, reservation), self._open_session(user, ("pwd",))
-        )
         await ctx.events.audit(
             AuditKind.AUTH_AUDIT_KIND_LOGIN_SUCCEEDED,
             user_id=uid,
@@ -310,39 +387,35 @@ class AuthUseCases:
         uid = await ctx.challenges.take_attempt(challenge_id, now)
         if uid is None:
             raise Unauthenticated("the login challenge is invalid or expired; log in again")
-        user, reservation = await asyncio.gather(
-            self._user(uid), self._reserve({"_id": uid}, tell=True)
-        )
+        user = await self._user(uid)
         if not user.get("totp"):
-            await ctx.users.release_attempt(reservation)
             raise Unauthenticated("the login challenge is invalid or expired; log in again")
         acct, email = str(user["account_id"]), str(user["email"])
-        expired = False
-        if totp_code:
-            ok, factor = await self._check_totp(user, totp_code), "otp"
-            expired = not ok and totp.is_stale(ctx.open_totp(uid, user["totp"]), totp_code, now)
-        elif emergency_code:
-            result = await ctx.codes.consume(uid, CodePurpose.EMERGENCY, emergency_code, now)
-            ok, factor, expired = result is CodeResult.OK, "email", result is CodeResult.EXPIRED
-        else:
-            digest = ctx.code_hasher.digest(recovery_code)
-            ok = await ctx.users.consume_recovery_code(user, digest, now)
-            factor = "recovery"
-        if not ok:
-            await self._failed(
-                user,
-                reservation,
-                kind=AuditKind.AUTH_AUDIT_KIND_SECOND_FACTOR_FAILED,
-                detail=f"wrong {factor} code",
-                source_ip=source_ip,
+        async with self._attempt(
+            user, kind=AuditKind.AUTH_AUDIT_KIND_SECOND_FACTOR_FAILED, source_ip=source_ip
+        ) as attempt:
+            expired = False
+            if totp_code:
+                ok, factor = await self._check_totp(user, totp_code), "otp"
+                expired = not ok and totp.is_stale(ctx.open_totp(uid, user["totp"]), totp_code, now)
+            elif emergency_code:
+                result = await ctx.codes.consume(uid, CodePurpose.EMERGENCY, emergency_code, now)
+                ok, factor = result is CodeResult.OK, "email"
+                expired = result is CodeResult.EXPIRED
+            else:
+                digest = ctx.code_hasher.digest(recovery_code)
+                ok = await ctx.users.consume_recovery_code(user, digest, now)
+                factor = "recovery"
+            if not ok:
+                await attempt.failed(f"wrong {factor} code")
+                LOGIN_ATTEMPTS.labels("second_factor_failed").inc()
+                raise Unauthenticated("the code has expired" if expired else "the code is invalid")
+            if not await ctx.challenges.complete(challenge_id):
+                await attempt.release()  # the code was right; another request won the race
+                raise Unauthenticated("the login challenge is invalid or expired; log in again")
+            _, session = await asyncio.gather(
+                attempt.succeeded(), self._open_session(user, ("pwd", factor))
             )
-            LOGIN_ATTEMPTS.labels("second_factor_failed").inc()
-            raise Unauthenticated("the code has expired" if expired else "the code is invalid")
-        if not await ctx.challenges.complete(challenge_id):
-            raise Unauthenticated("the login challenge is invalid or expired; log in again")
-        _, session = await asyncio.gather(
-            ctx.users.clear_failures(uid, reservation), self._open_session(user, ("pwd", factor))
-        )
         LOGIN_ATTEMPTS.labels("second_factor_ok").inc()
         left = 0
         publications: list[Awaitable[None]] = [
@@ -456,16 +529,13 @@ class AuthUseCases:
             raise InvalidArgument("totp_code", "is required while 2FA is enabled")
         await self._reauthenticate(user, current, "current_password")
         if user.get("totp"):
-            reservation = await self._reserve(user, tell=True)
-            if not await self._check_totp(user, totp_code):
-                await self._failed(
-                    user,
-                    reservation,
-                    kind=AuditKind.AUTH_AUDIT_KIND_SECOND_FACTOR_FAILED,
-                    detail="wrong otp code (password change)",
-                )
-                raise Unauthenticated("the code is invalid")
-            await ctx.users.release_attempt(reservation)
+            async with self._attempt(
+                user, kind=AuditKind.AUTH_AUDIT_KIND_SECOND_FACTOR_FAILED
+            ) as attempt:
+                if not await self._check_totp(user, totp_code):
+                    await attempt.failed("wrong otp code (password change)")
+                    raise Unauthenticated("the code is invalid")
+                await attempt.release()
         await ctx.users.set_fields(
             principal.user_id, {"password_hash": await ctx.hash_password(new)}
         )
@@ -535,12 +605,14 @@ class AuthUseCases:
         ctx, now = self.ctx, self._now()
         if not token:
             raise InvalidArgument("token", "is required")
-        check_password_policy(new_password, field="new_password")
-        uid = await ctx.tokens.consume(token, now)
-        if uid is None:
+        uid = await ctx.tokens.peek(token, now)
+        user = None if uid is None else await ctx.users.get(uid)
+        if uid is None or user is None or user.get("disabled"):
             raise InvalidArgument("token", "is invalid, expired or already used")
-        user = await ctx.users.get(uid)
-        if user is None or user.get("disabled"):
+        # Invited users set their first password here: the same rules as everywhere else,
+        # checked before the token is spent so a rejected password keeps the link usable.
+        check_password_policy(new_password, field="new_password", email=str(user["email"]))
+        if await ctx.tokens.consume(token, now) != uid:
             raise InvalidArgument("token", "is invalid, expired or already used")
         await ctx.users.set_fields(uid, {"password_hash": await ctx.hash_password(new_password)})
         await ctx.tokens.discard_for_user(uid)
@@ -734,20 +806,19 @@ class AuthUseCases:
         else:
             if not ctx.config.emergency_codes_enabled:
                 raise FailedPrecondition("emergency codes are disabled")
-            reservation = await self._reserve(user, tell=True)
-            result = await ctx.codes.consume(
-                principal.user_id, CodePurpose.EMERGENCY, emergency_code, now
-            )
-            if result is not CodeResult.OK:
-                await self._failed(
-                    user,
-                    reservation,
-                    kind=AuditKind.AUTH_AUDIT_KIND_SECOND_FACTOR_FAILED,
-                    detail="wrong emergency code (disable 2FA)",
+            async with self._attempt(
+                user, kind=AuditKind.AUTH_AUDIT_KIND_SECOND_FACTOR_FAILED
+            ) as attempt:
+                result = await ctx.codes.consume(
+                    principal.user_id, CodePurpose.EMERGENCY, emergency_code, now
                 )
-                expired = result is CodeResult.EXPIRED
-                raise InvalidArgument("emergency_code", "has expired" if expired else "is invalid")
-            await ctx.users.release_attempt(reservation)
+                if result is not CodeResult.OK:
+                    await attempt.failed("wrong emergency code (disable 2FA)")
+                    expired = result is CodeResult.EXPIRED
+                    raise InvalidArgument(
+                        "emergency_code", "has expired" if expired else "is invalid"
+                    )
+                await attempt.release()
             detail = "emergency code"
         swapped = await ctx.users.compare_and_set(
             principal.user_id,
