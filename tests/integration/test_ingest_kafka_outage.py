@@ -1,7 +1,8 @@
 """Kafka stopped during an upload: the upload fails (SFTP close and HTTPS both); after the
 broker is back the retried upload lands exactly once. Once with the broker gone before the
 file is closed, once killed while the upload's records are being published (some already
-in the topic).
+in the topic). And a syslog-over-TLS stream, which must be closed (not left hanging) when
+Kafka does not acknowledge its batch.
 
 Runs its own throwaway KRaft broker (the shared one is never stopped) from the jars that
 ``deploy/local/infra.py`` installed under ``.local/kafka/libs``.
@@ -19,17 +20,18 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from tmsp.events.v1 import detections_pb2, status_pb2
+from tmsp.events.v1 import detections_pb2, products_pb2, status_pb2
 from tmsp_common.kafka import topics
 from tmsp_common.kafka.envelope import unwrap
 from tmsp_common.testing import REPO_ROOT, TopicReader
-from tmsp_ingest.harness import Gateway, PrivateKafka
+from tmsp_ingest.harness import Gateway, PrivateKafka, closed_by_server
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.kafka,
     pytest.mark.mongo,
     pytest.mark.ssh,
+    pytest.mark.tls,
     pytest.mark.slow,
 ]
 
@@ -154,3 +156,33 @@ async def test_kafka_killed_while_the_records_are_published_then_the_retry_lands
     await put_until_accepted(gateway, user, password, "mid.log", data, within_s=90)
 
     await assert_landed_once(kafka, gateway, records, timeout=60)
+
+
+async def test_a_syslog_stream_is_closed_when_kafka_does_not_acknowledge_its_batch(
+    gateway: Gateway, kafka: PrivateKafka, tmp_path: Path
+) -> None:
+    """aiokafka's idempotent producer retries a batch forever while the broker is down; the
+    session must be closed after ACK_TIMEOUT_SECONDS (4 here), not wait with it."""
+    reg = await gateway.register(
+        "acct-a", "owner@a.example", protocol=products_pb2.UPLOAD_PROTOCOL_SSL
+    )
+    reader, writer = await gateway.syslog_connect(gateway.syslog_context(reg.credentials, tmp_path))
+    line = b"<13>1 - h a - - - streamed"
+    writer.write(b"%d %s" % (len(line), line))
+    await writer.drain()
+    async with TopicReader(kafka.bootstrap, topics.DETECTIONS, gateway.prefix) as r:
+        await r.read_until(lambda rs: len(rs) > 0, timeout=30)
+    async with TopicReader(kafka.bootstrap, topics.UPLOADS, gateway.prefix) as r:
+        await r.read_until(lambda rs: len(rs) > 0, timeout=30)  # nothing else in flight
+
+    kafka.kill()
+    writer.write(b"%d %s" % (len(line), line))
+    await writer.drain()
+    started = time.monotonic()
+    try:
+        assert await closed_by_server(reader, timeout=20), "the session hangs"
+    finally:
+        writer.close()
+    assert time.monotonic() - started < 15
+    assert gateway.process is not None
+    gateway.process.wait_for_log("not acknowledged the batch within 4s", 5)

@@ -7,6 +7,7 @@ Needs ``sftp`` (openssh-client) and ``sshpass`` on the PATH: CI must
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -256,3 +257,89 @@ async def test_an_interrupted_upload_is_discarded_and_the_retry_lands_once(
     async with TopicReader(gateway.kafka_bootstrap, topics.UPLOADS, gateway.prefix) as r:
         (done,) = await r.read_events(status_pb2.UploadReceived, 1, timeout=20)
     assert done.records_accepted == 5
+
+
+async def test_open_sessions_are_refused_and_closed_once_the_product_is_disabled(
+    gateway: Gateway,
+) -> None:
+    """Sessions opened before the disabling: the next open is refused, a file already open
+    is not committed at its close, and both connections are ended."""
+    reg = await gateway.register("acct-a", "owner@a.example")
+    user, password = reg.credentials.user_name, reg.credentials.password
+    opener = await gateway.sftp_connect(user, password=password)
+    opener_sftp = await opener.start_sftp_client()
+    async with opener_sftp.open("before.log", "wb") as fh:
+        await fh.write(CEF)
+    writer = await gateway.sftp_connect(user, password=password)
+    writer_sftp = await writer.start_sftp_client()
+    open_file = await writer_sftp.open("open.log", "wb")
+    await open_file.write(CEF.replace(b"Worm", b"Late"))
+
+    chan, stub = gateway.stub()
+    await stub.DisableProduct(
+        ingest_pb2.DisableProductRequest(product_id=reg.product.product_id),
+        metadata=bearer(gateway.token()),
+    )
+    await chan.close()
+
+    with pytest.raises(asyncssh.SFTPError, match="product disabled"):
+        await open_file.close()
+    with pytest.raises(asyncssh.SFTPError, match="product disabled"):
+        await opener_sftp.open("after.log", "wb")
+    for conn in (opener, writer):
+        await asyncio.wait_for(conn.wait_closed(), 10)
+    uploads = gateway.workdir / "data" / "uploads" / reg.product.product_id
+    assert list(uploads.iterdir()) == []
+    async with TopicReader(gateway.kafka_bootstrap, topics.DETECTIONS, gateway.prefix) as r:
+        records = await r.read_until(lambda rs: len(rs) >= 5, timeout=20)
+        with pytest.raises(TimeoutError):
+            await r.read_until(lambda rs: len(rs) > 5, timeout=3)
+    assert len(records) == 5
+    assert gateway.process is not None
+    assert "session closed: the product may no longer connect" in gateway.process.logs
+
+
+class PublicKeyOnly(asyncssh.SSHKeyPair):
+    """What anyone may hold: a product's public key without its private half. asyncssh asks
+    the server whether it would accept the key (unsigned), then cannot sign."""
+
+    def __init__(self, public: asyncssh.SSHKey) -> None:
+        super().__init__(
+            public.algorithm,
+            public.algorithm,
+            public.sig_algorithms,
+            public.sig_algorithms,
+            public.public_data,
+            None,
+        )
+
+    def sign(self, data: bytes) -> bytes:
+        raise ValueError("no private key")
+
+
+async def test_a_public_key_probe_does_not_reset_the_failed_login_throttle(
+    gateway: Gateway,
+) -> None:
+    """Password guesses interleaved with "would you accept this key?" probes for the
+    product's (public) key must still run into AUTH_FAILURE_LIMIT (10)."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    reg = await gateway.register(
+        "acct-a", "owner@a.example", ssh_public_key=key.export_public_key().decode().strip()
+    )
+    user, password = reg.credentials.user_name, reg.credentials.password
+
+    async def login(**how: object) -> None:
+        conn = await asyncssh.connect(
+            "127.0.0.1", gateway.ports["sftp"], username=user, known_hosts=None, **how
+        )
+        conn.close()
+
+    for guess in range(9):
+        with pytest.raises(asyncssh.PermissionDenied):
+            await login(password=f"guess-{guess}", client_keys=None)
+    with pytest.raises(asyncssh.PermissionDenied):  # the probe is answered "yes", no login
+        await login(client_keys=[PublicKeyOnly(key.convert_to_public())])
+    with pytest.raises(asyncssh.PermissionDenied):
+        await login(password="guess-9", client_keys=None)
+    with pytest.raises(asyncssh.PermissionDenied):  # throttled: even the right password
+        await login(password=password, client_keys=None)

@@ -1,20 +1,23 @@
-"""Syslog over TLS (RFC 5425) with a Python TLS client holding the product's certificate."""
+"""Syslog over TLS (RFC 5425) with a Python TLS client holding the product's certificate:
+framing, refusals, an open stream ended when the product loses its standing, "Last
+Received" for a stream."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tmsp.events.v1 import detections_pb2, products_pb2
+from tmsp.events.v1 import detections_pb2, products_pb2, status_pb2
 from tmsp.ingest.v1 import ingest_pb2
 from tmsp_common.grpc_client import bearer
 from tmsp_common.kafka import topics
 from tmsp_common.testing import TopicReader
-from tmsp_ingest.harness import Gateway
+from tmsp_ingest.harness import Gateway, closed_by_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.mongo, pytest.mark.tls]
 
@@ -27,23 +30,15 @@ async def gateway(infra, names, tmp_path: Path) -> AsyncIterator[Gateway]:  # ty
         names.prefix,
         names.database("ingest"),
         tmp_path,
-        extra_env={"TMSP_INGEST_SYSLOG_BATCH_SECONDS": "0.2"},
+        extra_env={
+            "TMSP_INGEST_SYSLOG_BATCH_SECONDS": "0.2",
+            "TMSP_INGEST_SYSLOG_STANDING_RECHECK_SECONDS": "0",
+        },
     )
     gw.start()
     await gw.publish_account("acct-a", "owner@a.example")
     yield gw
     gw.stop()
-
-
-def client_context(gw: Gateway, creds: ingest_pb2.ServerCredentials, tmp: Path) -> ssl.SSLContext:
-    cert, key = tmp / "client.pem", tmp / "client.key"
-    cert.write_bytes(creds.client_certificate_pem)
-    key.write_bytes(creds.client_private_key_pem)
-    ca = tmp / "ca-from-registration.pem"
-    ca.write_bytes(creds.ca_certificate_pem)
-    context = ssl.create_default_context(cafile=str(ca))
-    context.load_cert_chain(str(cert), str(key))
-    return context
 
 
 def octets(message: bytes) -> bytes:
@@ -54,10 +49,8 @@ async def test_rfc5425_stream_is_published(gateway: Gateway, tmp_path: Path) -> 
     reg = await gateway.register(
         "acct-a", "owner@a.example", protocol=products_pb2.UPLOAD_PROTOCOL_SSL
     )
-    context = client_context(gateway, reg.credentials, tmp_path)
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", gateway.ports["syslog"], ssl=context, server_hostname="localhost"
-    )
+    context = gateway.syslog_context(reg.credentials, tmp_path)
+    reader, writer = await gateway.syslog_connect(context)
     first = b"<165>1 2026-11-20T10:00:00Z tda-1 tda - ID1 - CEF:0|TM|TDA|1|9|Worm|9|src=1.2.3.4"
     second = b'<13>1 2026-11-20T10:00:01Z tda-1 tda - ID2 [x@1 src="5.6.7.8"] spaced out msg'
     writer.write(octets(first) + octets(second)[:10])
@@ -74,9 +67,7 @@ async def test_rfc5425_stream_is_published(gateway: Gateway, tmp_path: Path) -> 
     writer.close()
 
     # Bad framing closes the connection.
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", gateway.ports["syslog"], ssl=context, server_hostname="localhost"
-    )
+    reader, writer = await gateway.syslog_connect(context)
     writer.write(b"99999999 x")
     await writer.drain()
     assert await asyncio.wait_for(reader.read(), 10) == b""
@@ -89,16 +80,14 @@ async def test_rotated_certificate_and_no_certificate_are_refused(
     reg = await gateway.register(
         "acct-a", "owner@a.example", protocol=products_pb2.UPLOAD_PROTOCOL_SSL
     )
-    old_context = client_context(gateway, reg.credentials, tmp_path)
+    old_context = gateway.syslog_context(reg.credentials, tmp_path)
     chan, stub = gateway.stub()
     await stub.RotateProductCredentials(
         ingest_pb2.RotateProductCredentialsRequest(product_id=reg.product.product_id),
         metadata=bearer(gateway.token()),
     )
     await chan.close()
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", gateway.ports["syslog"], ssl=old_context, server_hostname="localhost"
-    )
+    reader, writer = await gateway.syslog_connect(old_context)
     writer.write(octets(b"<13>1 - h a - - - should not land"))
     await writer.drain()
     assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
@@ -106,9 +95,7 @@ async def test_rotated_certificate_and_no_certificate_are_refused(
 
     bare = ssl.create_default_context(cafile=str(gateway.ca))
     try:
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", gateway.ports["syslog"], ssl=bare, server_hostname="localhost"
-        )
+        reader, writer = await gateway.syslog_connect(bare)
         writer.write(octets(b"<13>1 - h a - - - no certificate"))
         await writer.drain()
         # TLS 1.3: the server's refusal arrives on the first read (alert or EOF).
@@ -118,3 +105,86 @@ async def test_rotated_certificate_and_no_certificate_are_refused(
     async with TopicReader(gateway.kafka_bootstrap, topics.DETECTIONS, gateway.prefix) as r:
         with pytest.raises(TimeoutError):
             await r.read_until(lambda rs: len(rs) > 0, timeout=3)
+
+
+async def change(gw: Gateway, what: str, product_id: str) -> None:
+    """What an operator (or the account's deletion in auth) does to a streaming product."""
+    if what == "delete account":
+        await gw.publish_account("acct-a", "owner@a.example", deleted=True, version=2)
+        return
+    chan, stub = gw.stub()
+    try:
+        if what == "rotate":
+            await stub.RotateProductCredentials(
+                ingest_pb2.RotateProductCredentialsRequest(product_id=product_id),
+                metadata=bearer(gw.token()),
+            )
+        else:
+            await stub.DisableProduct(
+                ingest_pb2.DisableProductRequest(product_id=product_id),
+                metadata=bearer(gw.token()),
+            )
+    finally:
+        await chan.close()
+
+
+@pytest.mark.parametrize("what", ["rotate", "disable", "delete account"])
+async def test_an_open_stream_is_closed_once_the_product_loses_its_standing(
+    gateway: Gateway, tmp_path: Path, what: str
+) -> None:
+    """A leaked certificate's open stream must not go on publishing after rotation,
+    disabling or the account's deletion."""
+    reg = await gateway.register(
+        "acct-a", "owner@a.example", protocol=products_pb2.UPLOAD_PROTOCOL_SSL
+    )
+    reader, writer = await gateway.syslog_connect(gateway.syslog_context(reg.credentials, tmp_path))
+    writer.write(octets(b"<13>1 - h a - - - before the change"))
+    await writer.drain()
+    async with TopicReader(gateway.kafka_bootstrap, topics.DETECTIONS, gateway.prefix) as r:
+        await r.read_events(detections_pb2.Detection, 1, timeout=20)
+    await change(gateway, what, reg.product.product_id)
+
+    async def keep_streaming() -> None:  # the accounts projection applies a deletion later
+        for n in range(200):
+            writer.write(octets(b"<13>1 - h a - - - after the change %d" % n))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    streaming = asyncio.create_task(keep_streaming())
+    try:
+        assert await closed_by_server(reader)
+    finally:
+        streaming.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, ssl.SSLError):
+            await streaming
+        writer.close()
+    assert gateway.process is not None
+    gateway.process.wait_for_log("session closed: the product may no longer connect", 5)
+    if what != "delete account":  # synchronous with the change: nothing after it lands
+        async with TopicReader(gateway.kafka_bootstrap, topics.DETECTIONS, gateway.prefix) as r:
+            with pytest.raises(TimeoutError):
+                await r.read_until(lambda rs: len(rs) > 1, timeout=3)
+
+
+async def test_a_stream_updates_last_received(gateway: Gateway, tmp_path: Path) -> None:
+    """ "Last Received" refreshes as soon as logs arrive: right after the first acknowledged
+    batch, and at the end of the session for what was not reported yet."""
+    reg = await gateway.register(
+        "acct-a", "owner@a.example", protocol=products_pb2.UPLOAD_PROTOCOL_SSL
+    )
+    reader, writer = await gateway.syslog_connect(gateway.syslog_context(reg.credentials, tmp_path))
+    writer.write(octets(b"<13>1 - h a - - - one") + octets(b"<13>1 - h a - - - two"))
+    await writer.drain()
+    async with TopicReader(gateway.kafka_bootstrap, topics.UPLOADS, gateway.prefix) as r:
+        (first,) = await r.read_events(status_pb2.UploadReceived, 1, timeout=20)
+        assert first.product_id == reg.product.product_id
+        assert first.account_id == "acct-a"
+        assert first.protocol == products_pb2.UPLOAD_PROTOCOL_SSL
+        assert first.file_name.startswith("syslog-tls:") and first.finished_at.seconds > 0
+        writer.write(octets(b"<13>1 - h a - - - three"))
+        await writer.drain()
+        await asyncio.sleep(0.6)  # batched and acknowledged: throttled, not reported yet
+        writer.close()
+        _, last = await r.read_events(status_pb2.UploadReceived, 2, timeout=20)
+    assert first.records_accepted + last.records_accepted == 3
+    assert last.file_name == first.file_name

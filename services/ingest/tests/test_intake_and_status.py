@@ -197,3 +197,63 @@ async def test_a_task_reaches_only_its_own_accounts_product(world: World) -> Non
         with pytest.raises(InvalidEvent, match=reason):
             await handle([bad])
     assert set(world.tasks.items) == {"t1"}
+
+
+LINES = [b"CEF:0|TM|TDA|1|1|A|5|src=1.1.1.1", b"bad line"]
+
+
+async def test_a_stream_reports_last_received_after_its_first_batch_then_once_a_minute(
+    world: World,
+) -> None:
+    product, _ = await world.registry.register(OPERATOR, REG)
+    stream = world.intake.stream(product, "syslog-tls:s1", 2)
+    await stream.publish(LINES, 100)
+    (first,) = world.publisher.uploads
+    assert (first.records_accepted, first.records_rejected, first.bytes) == (1, 1, 100)
+    assert (first.file_name, first.protocol) == ("syslog-tls:s1", 2)
+    assert first.product_id == product.product_id
+    world.clock.advance(30)
+    await stream.publish(LINES, 50)
+    await stream.publish(LINES[:1], 10)
+    assert len(world.publisher.uploads) == 1  # throttled
+    world.clock.advance(30)
+    await stream.publish(LINES[:1], 5)
+    second = world.publisher.uploads[1]
+    assert (second.records_accepted, second.records_rejected, second.bytes) == (3, 1, 65)
+    assert second.finished_at.seconds == int(world.clock.now().timestamp())
+    await stream.close()
+    assert len(world.publisher.uploads) == 2  # nothing left to report
+    await stream.publish(LINES[1:], 7)
+    await stream.close()
+    assert world.publisher.uploads[2].records_rejected == 1
+    assert [e.line for e in world.publisher.rejections] == [2, 4, 7]  # one numbering
+
+
+async def test_a_stream_batch_kafka_does_not_acknowledge_fails_after_the_ack_timeout(
+    world: World,
+) -> None:
+    """The idempotent producer never fails a send while the broker is down: the session
+    must be told, not left waiting."""
+    product, _ = await world.registry.register(OPERATOR, REG)
+    never = asyncio.Event()
+
+    async def unacknowledged(*args: Any, **kwargs: Any) -> Any:
+        await never.wait()
+
+    world.publisher.publish_records = unacknowledged  # type: ignore[method-assign]
+    world.intake.ack_timeout = 0.05
+    stream = world.intake.stream(product, "syslog-tls:s2", 2)
+    with pytest.raises(Unavailable, match="not acknowledged the batch"):
+        await asyncio.wait_for(stream.publish(LINES, 10), 5)
+    await stream.close()
+    assert world.publisher.uploads == []
+
+
+async def test_a_stream_reports_only_acknowledged_batches(world: World) -> None:
+    product, _ = await world.registry.register(OPERATOR, REG)
+    stream = world.intake.stream(product, "syslog-tls:s3", 2)
+    world.publisher.fail = True
+    with pytest.raises(Unavailable):
+        await stream.publish(LINES, 10)
+    await stream.close()
+    assert world.publisher.uploads == []

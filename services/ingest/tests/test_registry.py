@@ -7,7 +7,13 @@ from datetime import timedelta
 
 import pytest
 
-from tmsp_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from tmsp_common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from tmsp_ingest.domain.products import State
 from tmsp_ingest.testing import ADMIN_A, ADMIN_B, OPERATOR, REG, World
 
@@ -117,3 +123,29 @@ async def test_a_second_product_may_use_a_recorded_registration_email(world: Wor
         world.accounts.items["acct-a"], managed_by_email="third@a.example"
     )
     await world.registry.register(OPERATOR, replace(REG, registration_email="NEW-owner@a.example"))
+
+
+async def test_a_retried_state_change_publishes_what_the_failed_publication_did_not(
+    world: World,
+) -> None:
+    """Stored, then Kafka failed: the operator's retry finds the state already stored and
+    must still publish it, or other services think the product active forever."""
+    product, _ = await world.registry.register(OPERATOR, REG)
+    world.publisher.fail_snapshots = True
+    with pytest.raises(Unavailable):
+        await world.registry.set_state(OPERATOR, product.product_id, State.DEREGISTERED)
+    assert world.products.items[product.product_id].state is State.DEREGISTERED
+    world.publisher.fail_snapshots = False
+    again = await world.registry.set_state(OPERATOR, product.product_id, State.DEREGISTERED)
+    last = world.publisher.snapshots[-1]
+    assert (last.state, last.version) == (State.DEREGISTERED, again.version)
+
+
+async def test_a_retried_rotation_publishes_a_newer_snapshot(world: World) -> None:
+    product, _ = await world.registry.register(OPERATOR, REG)
+    world.publisher.fail_snapshots = True
+    with pytest.raises(Unavailable):
+        await world.registry.rotate_credentials(OPERATOR, product.product_id)
+    world.publisher.fail_snapshots = False
+    rotated, _ = await world.registry.rotate_credentials(OPERATOR, product.product_id)
+    assert world.publisher.snapshots[-1].version == rotated.version == 3

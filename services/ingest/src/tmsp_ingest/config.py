@@ -42,6 +42,11 @@ class IngestSettings(ServiceSettings):
     max_syslog_frame_bytes: int = Field(64 * 1024, ge=512)
     syslog_batch_lines: int = Field(500, ge=1)
     syslog_batch_seconds: float = Field(0.5, gt=0)
+    syslog_standing_recheck_seconds: float = Field(5.0, ge=0)
+    """How long an open syslog-over-TLS session may go on publishing after its product lost
+    its standing (credentials rotated, disabled, deregistered, account deleted or expired):
+    the registry is asked again before a batch at most this often (0: before every batch).
+    SFTP sessions ask before every file."""
     credential_cache_seconds: float = Field(60.0, ge=0)
     auth_failure_limit: int = Field(10, ge=1)
     auth_failure_window_seconds: float = Field(60.0, gt=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,18 @@ from tmsp_common.testing import ServiceProcess, free_port
 from tmsp_common.tokens import TokenSigner, public_pem
 
 OPERATOR = Principal("op-1", "provider", frozenset({Role.PROVIDER_OPERATOR}))
+
+
+async def closed_by_server(reader: asyncio.StreamReader, timeout: float = 15.0) -> bool:
+    """True once the gateway closed the stream (EOF or a reset), False while it stays open
+    after ``timeout`` seconds; data the server sends is read and ignored."""
+    try:
+        await asyncio.wait_for(reader.read(), timeout)
+    except TimeoutError:
+        return False
+    except (ConnectionError, ssl.SSLError):
+        pass
+    return True
 
 
 @dataclass
@@ -142,6 +155,27 @@ class Gateway:
             async with sftp.open(name, "wb", block_size=block_size) as fh:
                 await fh.write(data)
             return time.perf_counter() - started
+
+    def syslog_context(
+        self, credentials: ingest_pb2.ServerCredentials, directory: Path
+    ) -> ssl.SSLContext:
+        """A syslog-over-TLS client context with the certificate, key and CA handed out at
+        registration (written to ``directory``)."""
+        cert, key = directory / "client.pem", directory / "client.key"
+        cert.write_bytes(credentials.client_certificate_pem)
+        key.write_bytes(credentials.client_private_key_pem)
+        ca = directory / "ca-from-registration.pem"
+        ca.write_bytes(credentials.ca_certificate_pem)
+        context = ssl.create_default_context(cafile=str(ca))
+        context.load_cert_chain(str(cert), str(key))
+        return context
+
+    async def syslog_connect(
+        self, context: ssl.SSLContext
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(
+            "127.0.0.1", self.ports["syslog"], ssl=context, server_hostname="localhost"
+        )
 
     async def publish_account(
         self,

@@ -86,8 +86,13 @@ class MemoryPublisher:
         self.uploads: list[status_pb2.UploadReceived] = []
         self.heartbeats: list[status_pb2.Heartbeat] = []
         self.fail = False
+        self.fail_snapshots = False
 
     async def product_changed(self, product: Product) -> None:
+        from tmsp_common.errors import Unavailable
+
+        if self.fail_snapshots:
+            raise Unavailable("bus down")
         self.snapshots.append(replace(product))
 
     async def publish_records(

@@ -11,10 +11,14 @@ published and acknowledged by Kafka, the upload recorded; only then does the clo
 If Kafka fails the close returns an SFTP failure, so the appliance uploads again. A file
 still open when the session ends (connection lost, client killed) is discarded, never
 ingested: its retry is the whole file.
+
+Every open and every commit first confirms the product's standing again: a session opened
+before a rotation, a disabling or an account's deletion is refused and closed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,11 @@ from tmsp_common.logging import get_logger
 from tmsp_ingest import metrics
 from tmsp_ingest.domain.intake import UploadTooLarge
 from tmsp_ingest.domain.products import Refusal
-from tmsp_ingest.service_layer.authenticate import Authenticated, AuthenticationFailed
+from tmsp_ingest.service_layer.authenticate import (
+    Authenticated,
+    AuthenticationFailed,
+    SessionStanding,
+)
 from tmsp_ingest.service_layer.gateway import Gateway
 
 log = get_logger(__name__)
@@ -64,13 +72,26 @@ class _OpenFile:
 class ProductSFTPServer(asyncssh.SFTPServer):
     def __init__(self, chan: asyncssh.SSHServerChannel[bytes], gateway: Gateway, root: Path):
         who: Authenticated = chan.get_extra_info(AUTH_INFO)
-        self.who = who
+        self.standing = SessionStanding(gateway.auth, who, "sftp")
         self.chan = chan
         self.gateway = gateway
         home = root / who.product.product_id
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.home = os.path.realpath(home).encode()
         super().__init__(chan, chroot=self.home)
+
+    @property
+    def who(self) -> Authenticated:
+        return self.standing.who
+
+    async def _confirm_standing(self) -> None:
+        """Raises SFTPPermissionDenied and ends the connection (once the answer is sent) when
+        the product lost its standing since the login."""
+        try:
+            await self.standing.confirm()
+        except AuthenticationFailed as exc:
+            asyncio.get_running_loop().call_soon(self.chan.get_connection().close)
+            raise asyncssh.SFTPPermissionDenied(f"refused: {exc.reason}") from None
 
     def map_path(self, path: bytes) -> bytes:
         mapped = super().map_path(path)
@@ -83,6 +104,7 @@ class ProductSFTPServer(asyncssh.SFTPServer):
         mapped = self.map_path(path)
         if os.path.islink(mapped):
             raise asyncssh.SFTPPermissionDenied("links are not allowed")
+        await self._confirm_standing()
         file_obj = super().open(path, pflags, attrs)
         name = os.path.basename(mapped).decode(errors="replace")
         return _OpenFile(
@@ -136,6 +158,7 @@ class ProductSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPFailure("upload refused: file too large")
         hold = self.gateway.intake.hold()
         try:
+            await self._confirm_standing()  # the file is discarded below when refused
             path = Path(file_obj.path)
             await hold.add(path.stat().st_size)
             data = path.read_bytes()
@@ -214,6 +237,12 @@ class ProductSSHServer(asyncssh.SSHServer):
             return False
         self.conn.set_extra_info(**{AUTH_INFO: who})
         return True
+
+    def auth_completed(self) -> None:
+        """asyncssh calls this only once authentication succeeded: for a public key after
+        the signature was verified, never for the unsigned "would you accept this key?"
+        probe, which must not clear the source's failed-login count."""
+        self.gateway.auth.succeeded(self.source)
 
     async def validate_password(self, username: str, password: str) -> bool:
         try:

@@ -4,7 +4,13 @@ The client must present a certificate issued by the deployment's CA at registrat
 is the product id and its SHA-256 must be the product's current certificate (rotation
 revokes). Messages are framed (octet counting or LF), batched (by count or time) and each
 batch is published and acknowledged by Kafka before more is read from the socket, which is
-the backpressure: a slow broker slows the sender, memory stays bounded.
+the backpressure: a slow broker slows the sender, memory stays bounded. A batch Kafka does
+not acknowledge within the intake's ``ack_timeout`` closes the session.
+
+Before each batch the product's standing is confirmed again (at most every
+``recheck_seconds``): a rotated certificate, a disabled or deregistered product, a deleted or
+expired account close a session that is already open. "Last Received" is reported by the
+session's :class:`~tmsp_ingest.service_layer.intake.Stream`.
 """
 
 from __future__ import annotations
@@ -18,13 +24,18 @@ import uuid
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from tmsp.events.v1 import products_pb2
 from tmsp_common.errors import Unavailable
 from tmsp_common.logging import get_logger
 from tmsp_ingest import metrics
 from tmsp_ingest.domain.framing import FrameDecoder, FramingError
-from tmsp_ingest.domain.intake import UploadContext
-from tmsp_ingest.service_layer.authenticate import Authenticated, AuthenticationFailed
+from tmsp_ingest.service_layer.authenticate import (
+    Authenticated,
+    AuthenticationFailed,
+    SessionStanding,
+)
 from tmsp_ingest.service_layer.gateway import Gateway
+from tmsp_ingest.service_layer.intake import Stream
 
 log = get_logger(__name__)
 READ_SIZE = 64 * 1024
@@ -51,27 +62,18 @@ class SyslogTlsServer:
         max_frame: int,
         batch_lines: int,
         batch_seconds: float,
+        recheck_seconds: float = 5.0,
     ) -> None:
         self.gateway = gateway
         self.max_frame = max_frame
         self.batch_lines = batch_lines
         self.batch_seconds = batch_seconds
+        self.recheck_seconds = recheck_seconds
         self.sessions: set[asyncio.Task[None]] = set()
 
-    async def _flush(
-        self, who: Authenticated, session: str, lines: list[bytes], first: int
-    ) -> None:
-        product = who.product
-        now = self.gateway.intake.clock.now()
-        ctx = UploadContext(
-            product.product_id,
-            product.account_id,
-            int(product.kind),
-            session,
-            now.timestamp(),
-            now.year,
-        )
-        stats = await self.gateway.intake.sink.publish_records(lines, ctx, first_line=first)
+    @staticmethod
+    async def _flush(stream: Stream, lines: list[bytes], nbytes: int) -> None:
+        stats = await stream.publish(lines, nbytes)
         for label, count in stats.accepted.items():
             metrics.RECORDS_ACCEPTED.labels(label, "syslog-tls").inc(count)
         for label, count in stats.rejected.items():
@@ -103,9 +105,24 @@ class SyslogTlsServer:
 
     async def _serve(self, who: Authenticated, reader: asyncio.StreamReader) -> None:
         session = f"syslog-tls:{uuid.uuid4().hex}"
+        standing = SessionStanding(self.gateway.auth, who, "syslog-tls", self.recheck_seconds)
+        stream = self.gateway.intake.stream(who.product, session, products_pb2.UPLOAD_PROTOCOL_SSL)
+        try:
+            await self._pump(standing, stream, reader)
+        finally:
+            try:
+                await stream.close()
+            except Unavailable as exc:
+                log.warning("syslog session end not reported", reason=exc.message)
+
+    async def _pump(
+        self, standing: SessionStanding, stream: Stream, reader: asyncio.StreamReader
+    ) -> None:
+        """Read, frame and publish until the client closes, the framing breaks, Kafka does
+        not acknowledge a batch or the product loses its standing."""
         decoder = FrameDecoder(self.max_frame)
         batch: list[bytes] = []
-        first = 1
+        nbytes = 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.batch_seconds
         while True:
@@ -118,24 +135,29 @@ class SyslogTlsServer:
                 data = b""
             if data:
                 metrics.UPLOAD_BYTES.labels("syslog-tls").inc(len(data))
-                await self.gateway.bandwidth.upload(who.product, len(data))
+                await self.gateway.bandwidth.upload(standing.who.product, len(data))
+                nbytes += len(data)
                 try:
                     batch.extend(decoder.feed(data))
                 except FramingError as exc:
                     log.info(
-                        "syslog framing error", product_id=who.product.product_id, reason=str(exc)
+                        "syslog framing error",
+                        product_id=standing.who.product.product_id,
+                        reason=str(exc),
                     )
                     data = b""
             closing = data == b""
             if batch and (closing or data is None or len(batch) >= self.batch_lines):
                 try:
-                    await self._flush(who, session, batch, first)
+                    await standing.confirm()
+                    await self._flush(stream, batch, nbytes)
+                except AuthenticationFailed:
+                    return  # logged by confirm(); the batch is not published
                 except Unavailable as exc:
                     # Nothing more is read: the sender's own buffer holds the rest.
                     log.warning("syslog batch not acknowledged", reason=exc.message)
                     return
-                first += len(batch)
-                batch = []
+                batch, nbytes = [], 0
             if closing:
                 return
             if not batch:

@@ -131,6 +131,7 @@ async def serve(settings: IngestSettings, stop: asyncio.Event) -> None:
         max_frame=settings.max_syslog_frame_bytes,
         batch_lines=settings.syslog_batch_lines,
         batch_seconds=settings.syslog_batch_seconds,
+        recheck_seconds=settings.syslog_standing_recheck_seconds,
     )
     syslog_server = await asyncio.start_server(
         syslog.handle, settings.bind_host, settings.syslog_tls_port, ssl=syslog_context

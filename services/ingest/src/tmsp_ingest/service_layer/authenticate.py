@@ -6,6 +6,10 @@ stream reconnecting) should not pay it every time. A successful verification is 
 so the cache holds nothing an attacker could reuse offline) together with the product's
 credentials version; later attempts compare digests in constant time. Rotating credentials
 bumps the version and so invalidates the cache entry immediately.
+
+A session stays open for minutes or days (a syslog stream, an SFTP session uploading file after
+file), so its right to go on is confirmed again while it runs (:class:`SessionStanding`):
+rotation, disabling, deregistration and account deletion or expiry end open sessions too.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import secrets
 from dataclasses import dataclass
 
 from tmsp_common.clock import Clock
+from tmsp_common.logging import get_logger
 from tmsp_ingest.domain.products import (
     AccountView,
     PasswordHasher,
@@ -24,6 +29,8 @@ from tmsp_ingest.domain.products import (
 )
 from tmsp_ingest.domain.throttle import FailureThrottle
 from tmsp_ingest.service_layer.ports import AccountRepository, ProductRepository
+
+log = get_logger(__name__)
 
 
 class AuthenticationFailed(Exception):
@@ -119,8 +126,13 @@ class ProductAuthenticator:
             if not self.hasher.verify(product.password_hash, password):
                 raise self._fail(source, Refusal.BAD_CREDENTIALS)
             self._cache[user_name] = _Cached(digest, product.credentials_version, now + self.ttl)
-        self.throttle.succeeded(source)
+        self.succeeded(source)
         return await self._standing(product)
+
+    def succeeded(self, source: str) -> None:
+        """Authentication really completed (a password verified, an SSH signature checked):
+        clear the failures counted for ``source``."""
+        self.throttle.succeeded(source)
 
     async def with_public_key(self, user_name: str, key_blob: str, source: str) -> Authenticated:
         """``key_blob`` is the OpenSSH ``type base64`` form of the offered key."""
@@ -132,7 +144,8 @@ class ProductAuthenticator:
             for k in product.ssh_public_keys
         ):
             raise self._fail(source, Refusal.BAD_CREDENTIALS)
-        self.throttle.succeeded(source)
+        # Not succeeded() here: SSH asks this for the unsigned "would you accept this key?"
+        # probe too, before any signature is verified (the SSH server calls succeeded()).
         return await self._standing(product)
 
     async def with_certificate(
@@ -148,5 +161,58 @@ class ProductAuthenticator:
             raise self._fail(source, Refusal.BAD_CREDENTIALS)
         return await self._standing(product)
 
+    async def recheck(self, who: Authenticated) -> Authenticated:
+        """``who`` as the registry has it now: the same product, still registered, with the
+        credentials it authenticated with (any rotation bumps ``credentials_version`` and
+        replaces the certificate) and in good standing. Raises :class:`AuthenticationFailed`;
+        not counted as a failed authentication (nobody tried credentials)."""
+        product = await self.products.get(who.product.product_id)
+        if (
+            product is None
+            or product.credentials_version != who.product.credentials_version
+            or not hmac.compare_digest(
+                product.client_cert_sha256.encode(), who.product.client_cert_sha256.encode()
+            )
+        ):
+            raise AuthenticationFailed(Refusal.BAD_CREDENTIALS)
+        return await self._standing(product)
+
     async def user_exists(self, user_name: str) -> bool:
         return await self.products.by_user_name(user_name) is not None
+
+
+class SessionStanding:
+    """An open session's right to go on, confirmed before each batch or file is accepted.
+
+    :meth:`confirm` asks the registry at most every ``every`` seconds (0: every time), so a
+    session whose product lost its standing publishes for at most ``every`` seconds after
+    the change, plus the batch already being published.
+    """
+
+    def __init__(
+        self, auth: ProductAuthenticator, who: Authenticated, protocol: str, every: float = 0.0
+    ) -> None:
+        self.auth = auth
+        self.who = who
+        self.protocol = protocol
+        self.every = every
+        self._confirmed_at = auth.clock.now().timestamp()  # the login just checked it
+
+    async def confirm(self) -> Authenticated:
+        """The session's current standing (the product as stored now); raises
+        :class:`AuthenticationFailed` once it has lost it, and the caller ends the session."""
+        now = self.auth.clock.now().timestamp()
+        if self.every > 0 and now - self._confirmed_at < self.every:
+            return self.who
+        try:
+            self.who = await self.auth.recheck(self.who)
+        except AuthenticationFailed as exc:
+            log.warning(
+                "session closed: the product may no longer connect",
+                protocol=self.protocol,
+                product_id=self.who.product.product_id,
+                reason=exc.reason,
+            )
+            raise
+        self._confirmed_at = now
+        return self.who

@@ -12,14 +12,19 @@ upload (product + content hash) runs as one background task; a retry of the same
 the hash in the ledger. Each record lands once. If the task itself fails (the producer gave
 up), it is forgotten and the next retry publishes afresh; event ids are deterministic, so
 consumers deduplicate anything the failed attempt wrote.
+
+A streaming session (syslog over TLS) has no file to commit: :class:`Stream` publishes its
+batches, each bounded by the same ``ack_timeout``, and reports "Last Received" for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from tmsp.events.v1 import status_pb2
 from tmsp_common.clock import Clock
@@ -30,6 +35,35 @@ from tmsp_ingest.domain.intake import UploadContext, decompress
 from tmsp_ingest.domain.products import Product
 from tmsp_ingest.domain.records import Format, InvalidRecord
 from tmsp_ingest.service_layer.ports import LedgerEntry, UploadLedger, UploadSink, UploadStats
+
+T = TypeVar("T")
+STREAM_REPORT_SECONDS = 60.0
+"""A streaming session reports "Last Received" at most this often (and at its end)."""
+
+
+def upload_received(
+    product: Product,
+    *,
+    protocol: int,
+    file_name: str,
+    content_sha256: str,
+    stats: UploadStats,
+    nbytes: int,
+    finished_at: datetime,
+) -> status_pb2.UploadReceived:
+    """The "Last Received" event for records of ``product`` that Kafka acknowledged."""
+    event = status_pb2.UploadReceived(
+        product_id=product.product_id,
+        account_id=product.account_id,
+        protocol=protocol,  # type: ignore[arg-type]
+        file_name=file_name,
+        content_sha256=content_sha256,
+        records_accepted=stats.accepted_total,
+        records_rejected=stats.rejected_total,
+        bytes=nbytes,
+    )
+    event.finished_at.CopyFrom(to_timestamp(finished_at))
+    return event
 
 
 class UploadBuffer:
@@ -184,12 +218,23 @@ class Intake:
             self._inflight[key] = task
             task.add_done_callback(lambda t: self._forget(key, t))
             task.add_done_callback(lambda _: owned.release())
+        return await self.acknowledged(asyncio.shield(task), "the upload")
+
+    async def acknowledged(self, work: Awaitable[T], what: str) -> T:
+        """``work``'s result if it ends within ``ack_timeout`` seconds, else
+        :class:`Unavailable` (the idempotent producer never fails a send by itself while the
+        broker is down)."""
         try:
-            return await asyncio.wait_for(asyncio.shield(task), self.ack_timeout)
+            async with asyncio.timeout(self.ack_timeout):
+                return await work
         except TimeoutError:
             raise Unavailable(
-                f"Kafka has not acknowledged the upload within {self.ack_timeout:g}s"
+                f"Kafka has not acknowledged {what} within {self.ack_timeout:g}s"
             ) from None
+
+    def stream(self, product: Product, session: str, protocol: int) -> Stream:
+        """The intake of one streaming session named ``session``."""
+        return Stream(self, product, session, protocol)
 
     def _forget(self, key: tuple[str, str], task: asyncio.Task[UploadOutcome]) -> None:
         self._inflight.pop(key, None)
@@ -217,17 +262,15 @@ class Intake:
             forced_format=forced_format,
         )
         stats = await self.sink.publish_records(plain.split(b"\n"), ctx)
-        event = status_pb2.UploadReceived(
-            product_id=product.product_id,
-            account_id=product.account_id,
-            protocol=protocol,  # type: ignore[arg-type]
+        event = upload_received(
+            product,
+            protocol=protocol,
             file_name=file_name,
             content_sha256=sha,
-            records_accepted=stats.accepted_total,
-            records_rejected=stats.rejected_total,
-            bytes=len(data),
+            stats=stats,
+            nbytes=len(data),
+            finished_at=self.clock.now(),
         )
-        event.finished_at.CopyFrom(to_timestamp(self.clock.now()))
         await self.sink.upload_received(event, f"{product.product_id}:{sha}")
         await self.ledger.record(
             LedgerEntry(
@@ -235,3 +278,92 @@ class Intake:
             )
         )
         return UploadOutcome(stats.accepted_total, stats.rejected_total, False, sha, stats)
+
+
+class Stream:
+    """One streaming session's intake: batches of lines, and "Last Received" for them.
+
+    :meth:`publish` returns once Kafka acknowledged every record of the batch, or raises
+    :class:`Unavailable` after ``ack_timeout`` seconds. An ``UploadReceived`` for the
+    acknowledged records (``file_name`` = the session, no content hash) follows the first
+    batch, then at most every ``report_every`` seconds; :meth:`close` reports the rest.
+    """
+
+    def __init__(
+        self,
+        intake: Intake,
+        product: Product,
+        session: str,
+        protocol: int,
+        report_every: float = STREAM_REPORT_SECONDS,
+    ) -> None:
+        self.intake = intake
+        self.product = product
+        self.session = session
+        self.protocol = protocol
+        self.report_every = report_every
+        self._next_line = 1
+        self._unreported: UploadStats | None = None
+        self._unreported_bytes = 0
+        self._reported_at: float | None = None
+        self._bus_failed = False
+
+    async def publish(self, lines: Sequence[bytes], nbytes: int) -> UploadStats:
+        """Publish ``lines`` (``nbytes`` read from the client for them); raises Unavailable."""
+        now = self.intake.clock.now()
+        ctx = UploadContext(
+            self.product.product_id,
+            self.product.account_id,
+            int(self.product.kind),
+            self.session,
+            now.timestamp(),
+            now.year,
+        )
+        try:
+            stats = await self.intake.acknowledged(
+                self.intake.sink.publish_records(lines, ctx, first_line=self._next_line),
+                "the batch",
+            )
+        except Unavailable:
+            self._bus_failed = True
+            raise
+        self._next_line += len(lines)
+        if self._unreported is None:
+            self._unreported = UploadStats()
+        self._unreported.merge(stats)
+        self._unreported_bytes += nbytes
+        due = self._reported_at is None or (
+            self.intake.clock.now().timestamp() - self._reported_at >= self.report_every
+        )
+        if due:
+            await self._report()
+        return stats
+
+    async def close(self) -> None:
+        """At the session's end: report what is unreported. Nothing when the bus just
+        failed (the report would wait ``ack_timeout`` again); raises Unavailable."""
+        if self._unreported is not None and not self._bus_failed:
+            await self._report()
+
+    async def _report(self) -> None:
+        assert self._unreported is not None  # noqa: S101 - publish() set it
+        finished = self.intake.clock.now()
+        event = upload_received(
+            self.product,
+            protocol=self.protocol,
+            file_name=self.session,
+            content_sha256="",
+            stats=self._unreported,
+            nbytes=self._unreported_bytes,
+            finished_at=finished,
+        )
+        event_id = f"{self.product.product_id}:{self.session}:{self._next_line - 1}"
+        try:
+            await self.intake.acknowledged(
+                self.intake.sink.upload_received(event, event_id), "Last Received"
+            )
+        except Unavailable:
+            self._bus_failed = True
+            raise
+        self._unreported, self._unreported_bytes = None, 0
+        self._reported_at = finished.timestamp()

@@ -2,7 +2,10 @@
 
 Provider operators register, rotate, disable, enable and deregister products; account
 administrators (and analysts) list and read their own account's products. Every change is
-stored, then published as a snapshot to the compacted products topic.
+stored, then published as a snapshot to the compacted products topic. When the publication
+fails after the store, the caller gets Unavailable and retries: a retried state change finds
+the state already stored and publishes it again; a retried rotation rotates again (new
+version, published).
 """
 
 from __future__ import annotations
@@ -146,6 +149,9 @@ class Registry:
         caller.require_role(Role.PROVIDER_OPERATOR)
         product = await self._load(caller, product_id)
         if product.state is state:
+            # Maybe a retry after the publication failed (the stored change stays): publish
+            # the snapshot again; its event id is product:version, so consumers dedupe it.
+            await self.publisher.product_changed(product)
             return product
         if product.state is State.DEREGISTERED:
             raise FailedPrecondition("product deregistered")
