@@ -456,15 +456,10 @@ class TokenRepository:
         digest = self.hasher.digest(token)
         return await _live_owner(self.coll, self.markers, digest, f"reset:{digest}", now)
 
-    async def consume(self, token: str, now: datetime) -> str | None:
-        """The user id of a live token, which is spent by this call; None otherwise."""
-        user_id = await self.peek(token, now)
-        if user_id is None:
-            return None
+    async def spend(self, token: str, now: datetime) -> bool:
+        """Spend a token :meth:`peek` found live; False if another call spent it first."""
         digest = self.hasher.digest(token)
-        if not await self.markers.claim(f"reset:{digest}", kind="reset", at=now):
-            return None
-        return user_id
+        return await self.markers.claim(f"reset:{digest}", kind="reset", at=now)
 
     async def discard_for_user(self, user_id: str) -> None:
         await self.coll.delete_many({"user_id": user_id})

@@ -612,7 +612,7 @@ class AuthUseCases:
         # Invited users set their first password here: the same rules as everywhere else,
         # checked before the token is spent so a rejected password keeps the link usable.
         check_password_policy(new_password, field="new_password", email=str(user["email"]))
-        if await ctx.tokens.consume(token, now) != uid:
+        if not await ctx.tokens.spend(token, now):
             raise InvalidArgument("token", "is invalid, expired or already used")
         await ctx.users.set_fields(uid, {"password_hash": await ctx.hash_password(new_password)})
         await ctx.tokens.discard_for_user(uid)

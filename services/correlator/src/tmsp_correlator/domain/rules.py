@@ -123,17 +123,6 @@ class Condition:
         """The comparisons, looked up once (``holds`` runs for every hit)."""
         return tuple((_COMPARE[op], bound) for op, bound in self.ops)
 
-    @functools.cached_property
-    def least_count(self) -> int:
-        """The smallest whole count for which gt/gte operators hold (others ignored)."""
-        need = 0
-        for op, bound in self.ops:
-            if op == "gt":
-                need = max(need, math.floor(bound) + 1)
-            elif op == "gte":
-                need = max(need, math.ceil(bound))
-        return need
-
 
 _COMPARE = {
     "gt": operator.gt,
@@ -186,8 +175,15 @@ class CorrelationRule:
 
     @functools.cached_property
     def distinct_values_needed(self) -> int:
-        """For a value_count that grows with distinct values: how many it needs to hold."""
-        return max(1, self.condition.least_count)
+        """For a value_count that grows with distinct values (only gt/gte): the least count
+        of distinct values, at least one, for which its condition holds."""
+        need = 1
+        for op, bound in self.condition.ops:
+            if op == "gt":
+                need = max(need, math.floor(bound) + 1)
+            elif op == "gte":
+                need = max(need, math.ceil(bound))
+        return need
 
     @functools.cached_property
     def distinct_rules(self) -> int:
