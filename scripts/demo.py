@@ -43,6 +43,7 @@ import ssl
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -700,6 +701,7 @@ async def step_products(c: Clients, run: Run, operator: auth_pb2.Session) -> Non
     for name, kind, protocol in specs:
         with stage(f"ingest: RegisterProduct {name}"):
             request = ingest_pb2.RegisterProductRequest(
+                request_id=uuid.uuid4().hex,  # makes the retries below safe
                 account_id=run.account_id,
                 kind=kind,
                 name=f"{name}",
@@ -718,8 +720,10 @@ async def step_products(c: Clients, run: Run, operator: auth_pb2.Session) -> Non
                     )
                     break
                 except grpc.aio.AioRpcError as exc:
-                    # the gateway learns of the account from the accounts topic
+                    # the gateway learns of the account from the accounts topic; the bus
+                    # may be briefly unavailable (the request id makes a retry safe)
                     waiting = "account unknown" in (exc.details() or "")
+                    waiting |= exc.code() is grpc.StatusCode.UNAVAILABLE
                     if not waiting or time.monotonic() > deadline:
                         progress.done()
                         raise

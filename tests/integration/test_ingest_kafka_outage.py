@@ -16,11 +16,15 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncssh
+import grpc
 import pytest
 
 from tmsp.events.v1 import detections_pb2, products_pb2, status_pb2
+from tmsp.ingest.v1 import ingest_pb2
+from tmsp_common.grpc_client import bearer
 from tmsp_common.kafka import topics
 from tmsp_common.kafka.envelope import unwrap
 from tmsp_common.testing import REPO_ROOT, TopicReader
@@ -186,3 +190,46 @@ async def test_a_syslog_stream_is_closed_when_kafka_does_not_acknowledge_its_bat
     assert time.monotonic() - started < 15
     assert gateway.process is not None
     gateway.process.wait_for_log("not acknowledged the batch within 4s", 5)
+
+
+async def test_a_registration_retried_after_kafka_was_down_is_one_product(
+    gateway: Gateway, kafka: PrivateKafka
+) -> None:
+    """RegisterProduct stored the product, then could not publish it: the operator's retry
+    (same request id) returns that product with working credentials, not a second one."""
+    first = await gateway.register("acct-a", "owner@a.example", name="known")  # account known
+    kafka.kill()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await gateway.register("acct-a", "owner@a.example", name="HQ", request_id="r-1", timeout=0)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    kafka.start()
+    await kafka.wait_ready()
+    reg = await gateway.register(
+        "acct-a", "owner@a.example", name="HQ", request_id="r-1", timeout=90
+    )
+    chan, stub = gateway.stub()
+    try:
+        listed = await stub.ListProducts(
+            ingest_pb2.ListProductsRequest(account_id="acct-a"), metadata=bearer(gateway.token())
+        )
+    finally:
+        await chan.close()
+    assert sorted(p.name for p in listed.products) == ["HQ", "known"]
+    assert reg.product.product_id != first.product.product_id
+    assert reg.product.version == 2  # stored, then stored again with fresh credentials
+    await gateway.sftp_put(
+        reg.credentials.user_name, "hello.log", CEF, password=reg.credentials.password
+    )
+
+    # The timed-out first snapshot (version 1) may still land once the broker is back: the
+    # producer kept it queued. What counts is that the retry's snapshot comes last.
+    def snapshots(records: list[Any]) -> list[products_pb2.ProductSnapshot]:
+        snaps = (unwrap(x.value, products_pb2.ProductSnapshot)[1] for x in records)
+        return [s for s in snaps if s.product_id == reg.product.product_id]
+
+    async with TopicReader(kafka.bootstrap, topics.PRODUCTS, gateway.prefix) as r:
+        records = await r.read_until(
+            lambda rs: any(s.version == reg.product.version for s in snapshots(rs)), timeout=30
+        )
+    assert snapshots(records)[-1].version == reg.product.version

@@ -149,3 +149,60 @@ async def test_a_retried_rotation_publishes_a_newer_snapshot(world: World) -> No
     world.publisher.fail_snapshots = False
     rotated, _ = await world.registry.rotate_credentials(OPERATOR, product.product_id)
     assert world.publisher.snapshots[-1].version == rotated.version == 3
+
+
+async def test_a_retried_registration_returns_the_stored_product_with_fresh_credentials(
+    world: World,
+) -> None:
+    """Stored, then Kafka failed: the retry (same request id) must not register a second
+    product; the first attempt's credentials never reached the operator, so new ones."""
+    reg = replace(REG, request_id="op-42:reg-1")
+    world.publisher.fail_snapshots = True
+    with pytest.raises(Unavailable):
+        await world.registry.register(OPERATOR, reg)
+    [stored] = world.products.items.values()
+    world.publisher.fail_snapshots = False
+    product, creds = await world.registry.register(OPERATOR, reg)
+    assert list(world.products.items) == [stored.product_id] == [product.product_id]
+    assert product.credentials_version == stored.credentials_version + 1
+    assert world.hasher.verify(product.password_hash, creds.password)
+    assert not world.hasher.verify(stored.password_hash, creds.password)
+    assert [(s.product_id, s.version) for s in world.publisher.snapshots] == [
+        (product.product_id, product.version)
+    ]
+    # a retry after a lost response (the first attempt did publish) is just as safe
+    again, _ = await world.registry.register(OPERATOR, reg)
+    assert list(world.products.items) == [product.product_id]
+    assert world.publisher.snapshots[-1].version == again.version == product.version + 1
+
+
+async def test_registrations_without_a_request_id_or_with_new_ones_are_new_products(
+    world: World,
+) -> None:
+    a, _ = await world.registry.register(OPERATOR, REG)
+    b, _ = await world.registry.register(OPERATOR, REG)
+    c, _ = await world.registry.register(OPERATOR, replace(REG, request_id="r1"))
+    d, _ = await world.registry.register(OPERATOR, replace(REG, request_id="r2"))
+    assert len({a.product_id, b.product_id, c.product_id, d.product_id}) == 4
+
+
+async def test_a_request_id_names_one_registration_per_account(world: World) -> None:
+    reg = replace(REG, request_id="r1")
+    first, _ = await world.registry.register(OPERATOR, reg)
+    with pytest.raises(FailedPrecondition, match="different registration"):
+        await world.registry.register(OPERATOR, replace(reg, name="another appliance"))
+    other, _ = await world.registry.register(
+        OPERATOR, replace(reg, account_id="acct-b", registration_email="owner@b.example")
+    )
+    assert other.product_id != first.product_id and other.account_id == "acct-b"
+    await world.registry.set_state(OPERATOR, first.product_id, State.DEREGISTERED)
+    with pytest.raises(FailedPrecondition, match="deregistered"):
+        await world.registry.register(OPERATOR, reg)
+
+
+@pytest.mark.parametrize("request_id", ["x" * 65, "has space", "semi;colon"])
+async def test_a_malformed_request_id_is_refused(world: World, request_id: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        await world.registry.register(OPERATOR, replace(REG, request_id=request_id))
+    assert info.value.field == "request_id"
+    assert world.products.items == {}

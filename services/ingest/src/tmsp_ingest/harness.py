@@ -12,6 +12,7 @@ import asyncio
 import json
 import ssl
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -208,8 +209,10 @@ class Gateway:
         timeout: float = 30.0,
         **fields: Any,
     ) -> ingest_pb2.RegisterProductResponse:
-        """Register a product, waiting for the account projection to know the account."""
+        """Register a product, waiting for the account projection to know the account (and
+        retrying while the bus is unavailable: the request id makes a retry safe)."""
         request = ingest_pb2.RegisterProductRequest(
+            request_id=fields.pop("request_id", uuid.uuid4().hex),
             account_id=account_id,
             kind=kind,  # type: ignore[arg-type]
             name=fields.pop("name", "appliance"),
@@ -230,7 +233,8 @@ class Gateway:
                     return response
                 except grpc.aio.AioRpcError as exc:
                     unknown = "account unknown" in (exc.details() or "")
-                    if not unknown or time.monotonic() > deadline:
+                    unavailable = exc.code() is grpc.StatusCode.UNAVAILABLE
+                    if not (unknown or unavailable) or time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(0.3)
         finally:
@@ -270,7 +274,6 @@ class PrivateKafka:
     def format(self) -> None:
         import base64
         import subprocess
-        import uuid
 
         self.dir.mkdir(parents=True, exist_ok=True)
         props = self.dir / "server.properties"

@@ -16,7 +16,12 @@ from tmsp_ingest.domain.products import AccountView, Kind, Product, Protocol_, R
 from tmsp_ingest.domain.throttle import FailureThrottle
 from tmsp_ingest.service_layer.authenticate import ProductAuthenticator
 from tmsp_ingest.service_layer.intake import Intake
-from tmsp_ingest.service_layer.ports import LedgerEntry, UploadStats, VersionConflict
+from tmsp_ingest.service_layer.ports import (
+    LedgerEntry,
+    ProductExists,
+    UploadStats,
+    VersionConflict,
+)
 from tmsp_ingest.service_layer.registry import Registry
 from tmsp_ingest.service_layer.status import StatusService
 
@@ -46,6 +51,8 @@ class MemoryProducts:
         return next((p for p in self.items.values() if p.user_name == user_name), None)
 
     async def add(self, product: Product) -> None:
+        if product.product_id in self.items:
+            raise ProductExists(product.product_id)
         self.items[product.product_id] = product
 
     async def update(self, product: Product, expected_version: int) -> None:

@@ -18,7 +18,7 @@ from pymongo.errors import DuplicateKeyError
 from tmsp.events.v1 import status_pb2
 from tmsp_common.mongo import Document, insert_idempotent
 from tmsp_ingest.domain.products import AccountView, Kind, Product, Protocol_, State
-from tmsp_ingest.service_layer.ports import LedgerEntry, VersionConflict
+from tmsp_ingest.service_layer.ports import LedgerEntry, ProductExists, VersionConflict
 
 INDEXES: dict[str, list[IndexModel]] = {
     "products": [
@@ -105,7 +105,12 @@ class MongoProducts:
         return product_from_doc(doc) if doc else None
 
     async def add(self, product: Product) -> None:
-        await self.coll.insert_one(product_to_doc(product))
+        try:
+            await self.coll.insert_one(product_to_doc(product))
+        except DuplicateKeyError as exc:
+            if await self.coll.find_one({"_id": product.product_id}, {"_id": 1}) is None:
+                raise  # another unique key (a user name drawn twice): not a retry
+            raise ProductExists(product.product_id) from exc
 
     async def update(self, product: Product, expected_version: int) -> None:
         result = await self.coll.replace_one(

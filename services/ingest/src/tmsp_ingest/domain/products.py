@@ -6,6 +6,8 @@ Pure: no storage, no clock of its own (times are passed in), no hashing library 
 
 from __future__ import annotations
 
+import hashlib
+import re
 import secrets
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -135,6 +137,26 @@ class Registration:
     download_bandwidth: int
     ssh_public_key: str = ""
     heartbeat_interval_seconds: int = DEFAULT_HEARTBEAT_INTERVAL
+    request_id: str = ""
+    """Client-chosen idempotency key (AIP-155): a retry with the same key registers nothing
+    new (see :func:`new_product_id`)."""
+
+    def describes(self, product: Product) -> bool:
+        """Whether ``product`` is what this registration asks for (a retry's check)."""
+        return (
+            product.account_id == self.account_id
+            and product.kind == self.kind
+            and product.name == self.name.strip()
+            and product.protocol == self.protocol
+            and product.upload_frequency_seconds == self.upload_frequency_seconds
+            and product.heartbeat_interval_seconds == self.heartbeat_interval_seconds
+            and product.registration_email == self.registration_email.strip().lower()
+            and product.upload_bandwidth == self.upload_bandwidth
+            and product.download_bandwidth == self.download_bandwidth
+        )
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def validate(reg: Registration) -> None:
@@ -163,6 +185,8 @@ def validate(reg: Registration) -> None:
     bare_address(reg.registration_email, "registration_email")
     if reg.ssh_public_key and not reg.ssh_public_key.startswith(("ssh-", "ecdsa-", "sk-")):
         raise InvalidArgument("ssh_public_key", "not an OpenSSH public key")
+    if reg.request_id and not _REQUEST_ID.fullmatch(reg.request_id):
+        raise InvalidArgument("request_id", "1-64 characters: letters, digits and . _ : -")
 
 
 def check_registration_email(email: str, account: AccountView, recorded_emails: set[str]) -> None:
@@ -193,5 +217,10 @@ def new_password() -> str:
     return secrets.token_urlsafe(18)
 
 
-def new_product_id() -> str:
-    return f"prd-{secrets.token_hex(8)}"
+def new_product_id(account_id: str = "", request_id: str = "") -> str:
+    """A random id; with a ``request_id``, the one id that key names in ``account_id`` (so a
+    retried registration finds the product its first attempt stored)."""
+    if not request_id:
+        return f"prd-{secrets.token_hex(8)}"
+    digest = hashlib.sha256(f"{account_id}\0{request_id}".encode()).hexdigest()
+    return f"prd-{digest[:16]}"

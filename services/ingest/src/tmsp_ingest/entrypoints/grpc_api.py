@@ -48,6 +48,7 @@ class ProductRegistryServicer(ingest_pb2_grpc.ProductRegistryServiceServicer):
             ssh_public_key=request.ssh_public_key,
             heartbeat_interval_seconds=request.heartbeat_interval_seconds
             or DEFAULT_HEARTBEAT_INTERVAL,
+            request_id=request.request_id,
         )
         product, issued = await self.registry.register(current_principal(), reg)
         return ingest_pb2.RegisterProductResponse(

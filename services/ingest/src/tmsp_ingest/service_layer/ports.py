@@ -15,12 +15,17 @@ class VersionConflict(Exception):
     """Someone else changed the product first; reload and retry."""
 
 
+class ProductExists(Exception):
+    """A product with this id is stored already."""
+
+
 class ProductRepository(Protocol):
     async def get(self, product_id: str) -> Product | None: ...
 
     async def by_user_name(self, user_name: str) -> Product | None: ...
 
-    async def add(self, product: Product) -> None: ...
+    async def add(self, product: Product) -> None:
+        """Store a new product; :class:`ProductExists` if its id is taken."""
 
     async def update(self, product: Product, expected_version: int) -> None:
         """Replace the stored product if it is still at ``expected_version``;

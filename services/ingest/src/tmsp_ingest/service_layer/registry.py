@@ -5,7 +5,9 @@ administrators (and analysts) list and read their own account's products. Every 
 stored, then published as a snapshot to the compacted products topic. When the publication
 fails after the store, the caller gets Unavailable and retries: a retried state change finds
 the state already stored and publishes it again; a retried rotation rotates again (new
-version, published).
+version, published); a retried registration with the same ``request_id`` finds the product
+the first attempt stored and issues it fresh credentials (the first ones never reached the
+caller), so a retry never registers a second product.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from tmsp_ingest.domain.products import (
 from tmsp_ingest.service_layer.ports import (
     AccountRepository,
     CertificateIssuer,
+    ProductExists,
     ProductPublisher,
     ProductRepository,
     VersionConflict,
@@ -81,7 +84,11 @@ class Registry:
             p.registration_email for p in await self.products.list_for_account(account.account_id)
         }
         check_registration_email(reg.registration_email, account, recorded)
-        product_id = new_product_id()
+        product_id = new_product_id(account.account_id, reg.request_id)
+        if reg.request_id:
+            stored = await self.products.get(product_id)
+            if stored is not None:
+                return await self._registered_again(stored, reg)
         password = new_password()
         cert, key, ca, fingerprint = self.certificates.issue(product_id)
         product = Product(
@@ -103,9 +110,25 @@ class Registry:
             ssh_public_keys=(reg.ssh_public_key.strip(),) if reg.ssh_public_key else (),
             client_cert_sha256=fingerprint,
         )
-        await self.products.add(product)
+        try:
+            await self.products.add(product)
+        except ProductExists:
+            stored = await self.products.get(product_id)
+            if stored is None or not reg.request_id:
+                raise
+            return await self._registered_again(stored, reg)  # a concurrent retry won
         await self.publisher.product_changed(product)
         return product, IssuedCredentials(product.user_name, password, cert, key, ca)
+
+    async def _registered_again(
+        self, product: Product, reg: Registration
+    ) -> tuple[Product, IssuedCredentials]:
+        """A retried registration: the same product, with fresh credentials, published."""
+        if not reg.describes(product):
+            raise FailedPrecondition("request_id was used for a different registration")
+        if product.state is State.DEREGISTERED:
+            raise FailedPrecondition("product deregistered")
+        return await self._reissue(product, product.ssh_public_keys)
 
     async def _load(self, caller: Principal, product_id: str) -> Product:
         product = await self.products.get(product_id)
@@ -130,11 +153,16 @@ class Registry:
         product = await self._load(caller, product_id)
         if product.state is State.DEREGISTERED:
             raise FailedPrecondition("product deregistered")
-        password = new_password()
-        cert, key, ca, fingerprint = self.certificates.issue(product.product_id)
         keys = product.ssh_public_keys
         if ssh_public_key is not None:
             keys = (ssh_public_key.strip(),) if ssh_public_key.strip() else ()
+        return await self._reissue(product, keys)
+
+    async def _reissue(
+        self, product: Product, keys: tuple[str, ...]
+    ) -> tuple[Product, IssuedCredentials]:
+        password = new_password()
+        cert, key, ca, fingerprint = self.certificates.issue(product.product_id)
         updated = product.changed(
             self._now(),
             password_hash=self.hasher.hash(password),
