@@ -580,7 +580,7 @@ async def step_account(c: Clients, run: Run) -> tuple[auth_pb2.Session, auth_pb2
     sink = MailSink(cfg.mail_dir)
     invite = await sink.wait_for(
         run.admin_email,
-        ("Set your TMSP password", "Reset your TMSP password"),
+        ("Your invitation to TMSP", "Reset your TMSP password"),
         cfg.timeout_s,
         run.seen_mail,
     )

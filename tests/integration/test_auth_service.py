@@ -615,7 +615,7 @@ async def test_tenant_isolation_and_roles(
     op = await operator(client)
     a, b = await new_account(client, op), await new_account(client, op)
     _ua, email_a, pw_a = await new_user(client, mail, op, a.account_id)
-    ub, _email_b, _pw_b = await new_user(client, mail, op, b.account_id)
+    ub, email_b, pw_b = await new_user(client, mail, op, b.account_id)
     admin_a = await client.session(email_a, pw_a)
     m = md(admin_a)
     for call in (
@@ -688,6 +688,21 @@ async def test_tenant_isolation_and_roles(
         )
     )
     assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+    # B's user's address, added in A: answered like any invitation (no probe of B's users);
+    # B's user still signs in, and A lists its held user as one more invited user.
+    held = await client.accounts.CreateUser(
+        auth_pb2.CreateUserRequest(
+            account_id=a.account_id, email=email_b.upper(), roles=[auth_pb2.ROLE_ANALYST]
+        ),
+        metadata=m,
+    )
+    assert held.user.account_id == a.account_id and not held.user.disabled
+    assert (await client.session(email_b, pw_b)) is not None
+    users_a = await client.accounts.ListUsers(
+        auth_pb2.ListUsersRequest(account_id=a.account_id), metadata=m
+    )
+    assert held.user.user_id in [u.user_id for u in users_a.users]
+    assert ub not in [u.user_id for u in users_a.users]
 
     # Delete needs the explicit confirmation; every change is a snapshot on the topic.
     err = await error_of(

@@ -646,3 +646,47 @@ async def test_email_matches_in_any_case_unicode_form_or_punycode(
         await a.accounts.add_user(
             str(account["_id"]), f"{local.upper()}@xn--exmple-cua.com", "", [Role.ANALYST]
         )
+
+
+async def test_creating_a_user_does_not_reveal_an_address_of_another_account(
+    app: tuple[App, FakeClock], infra: Infra
+) -> None:
+    """Account B's administrator adds an address that signs in to account A: answered like
+    any invitation (no AlreadyExists to probe with); the user is held (it can never sign
+    in, no link is sent) and A's user is untouched. The invitee is told why by email."""
+    a, _clock = app
+    uid_a, email = await user(a)
+    account_b = str(
+        (await a.accounts.create_account(None, AccountFields(name=unique("B "))))["_id"]
+    )
+    fresh = f"{unique('fresh')}@example.com"
+    async with Mailbox(infra.kafka_bootstrap, a.ctx.events.producer.prefix) as mail:
+        invited = await a.accounts.add_user(account_b, fresh, "Ann", [Role.ANALYST])
+        held = await a.accounts.add_user(account_b, email.upper(), "Bob", [Role.ANALYST])
+        link = await mail.next(NotificationKind.NOTIFICATION_KIND_PASSWORD_RESET, fresh)
+        notice = await mail.next(NotificationKind.NOTIFICATION_KIND_PASSWORD_RESET, email)
+    assert link.params["invite"] == "true" and link.account_id == notice.account_id
+    assert dict(notice.params) == {"user_name": "Bob", "invite": "in_use"}
+    admin_b = Principal("admin-b", account_b, frozenset({Role.ACCOUNT_ADMINISTRATOR}), "sid")
+    listed = {str(u["_id"]): u for u in await a.accounts.list_users(admin_b, account_b)}
+    assert set(listed) == {str(invited["_id"]), str(held["_id"])}
+    shape = {k for k, v in listed[str(invited["_id"])].items() if v}
+    assert {k for k, v in listed[str(held["_id"])].items() if v} - shape == {"email_held"}
+    # A's user still signs in; the held one never does, not even by a reset
+    assert (await a.auth.login(email, PASSWORD)).session is not None
+    found = await a.ctx.users.by_email(email.lower())
+    assert found is not None and found["_id"] == uid_a
+    # the same address twice in one account is a duplicate, held or not
+    for address in (email, fresh):
+        with pytest.raises(AlreadyExists):
+            await a.accounts.add_user(account_b, address, "", [Role.ANALYST])
+    # a provider operator (or the operators' bootstrap CLI) sees every account: told plainly
+    account_c = str(
+        (await a.accounts.create_account(None, AccountFields(name=unique("C "))))["_id"]
+    )
+    with pytest.raises(AlreadyExists, match="another account"):
+        await a.accounts.add_user(account_c, email, "", [Role.ANALYST], password=PASSWORD)
+    operator = Principal("op", "", frozenset({Role.PROVIDER_OPERATOR}), "sid")
+    with pytest.raises(AlreadyExists, match="another account"):
+        await a.accounts.create_user(operator, account_c, email, "", [Role.ANALYST])
+    assert await a.accounts.list_users(operator, account_c) == []

@@ -221,7 +221,7 @@ def test_demo_shows_the_main_job_end_to_end_and_runs_again(stack: Stack) -> None
     (admin_row,) = summary_rows(out, "administrator")
     admin = admin_row.split(":")[0]
     subjects = mails_to(stack.mail_dir, admin)
-    assert subjects[:2] == ["Set your TMSP password", "Your TMSP confirmation code"]
+    assert subjects[:2] == ["Your invitation to TMSP", "Your TMSP confirmation code"]
     assert "Two-Factor Authentication enabled" in subjects
     assert "Nonconforming endpoint: hr-lt-03 (10.10.9.3)" in subjects
     incident_mails = {s for s in subjects if "Incident:" in s}
@@ -290,7 +290,7 @@ def test_demo_names_what_did_not_arrive_when_a_service_is_missing(
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert re.fullmatch(
-        r"demo: FAILED: no mail 'Set your TMSP password' or 'Reset your TMSP password' to "
+        r"demo: FAILED: no mail 'Your invitation to TMSP' or 'Reset your TMSP password' to "
         r"secops-[0-9a-f-]+@demo-corp\.example\.com arrived in \S+ within 6s \(is the "
         r"notifier running and the SMTP sink up\?\)",
         line,

@@ -125,11 +125,27 @@ def test_auth_parameters_reach_text_and_html(
 def test_invitation_reads_as_an_invitation() -> None:
     params = {"reset_url": "https://p/r/t", "expires_minutes": "1440", "invite": "true"}
     email = R.render(Kind.PASSWORD_RESET, params)
-    assert email.subject == "Set your TMSP password"
+    assert email.subject == "Your invitation to TMSP"
     assert "invited" in email.text and "invited" in email.html
     assert R.render(Kind.PASSWORD_RESET, {"reset_url": "https://p/r/t"}).subject == (
         "Reset your TMSP password"
     )
+
+
+def test_an_invitation_to_an_address_in_use_says_why_and_has_no_link() -> None:
+    """Auth holds a user whose address signs in to another account: its account sees an
+    invitation like any other (same subject in the deliveries), the invitee learns why."""
+    held = R.render(
+        Kind.PASSWORD_RESET, {"invite": "in_use", "user_name": "Bob"}, account_name="Acme"
+    )
+    invited = R.render(Kind.PASSWORD_RESET, {"invite": "true", "reset_url": "https://p/r/t"})
+    assert held.subject == invited.subject
+    for body in (held.text, held.html):
+        assert "Bob" in body and "Acme" in body
+        assert "already signs in to another TMSP account" in body
+        assert "choose your password" not in body and "https://p/r/" not in body
+    with pytest.raises(InvalidArgument, match="reset_url"):  # only in_use goes without a link
+        R.render(Kind.PASSWORD_RESET, {"invite": "true"})
 
 
 def test_report_ready_links_or_attaches_and_never_puts_the_link_in_the_subject() -> None:

@@ -18,7 +18,13 @@ from tmsp_auth.domain.passwords import check_password_policy
 from tmsp_auth.service_layer.auth import AuthUseCases
 from tmsp_auth.service_layer.context import AuthContext, normalize_email
 from tmsp_common.authn import Principal, Role
-from tmsp_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from tmsp_common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from tmsp_common.mongo import Document
 
 ADMIN_FIELDS = {"company_name", "time_zone", "managed_by_user_id"}
@@ -213,8 +219,12 @@ class AccountUseCases:
         roles: list[Role],
         *,
         password: str | None = None,
+        reveal_conflicts: bool = False,
     ) -> Document:
-        """Store a user; with ``password`` (bootstrap CLI) it is set, else an invite is sent."""
+        """Store a user; with ``password`` (bootstrap CLI) it is set, else an invite is sent.
+
+        ``reveal_conflicts``: the caller sees every account (a provider operator), so an
+        address in use in another account is AlreadyExists rather than a held user."""
         if not roles:
             raise InvalidArgument("roles", "give at least one role")
         email_norm = normalize_email(email, strict=True)
@@ -225,6 +235,7 @@ class AccountUseCases:
             "account_id": account_id,
             "email": email.strip(),
             "email_norm": email_norm,
+            "email_key": email_norm,
             "display_name": display_name.strip()[:200],
             "roles": sorted({r.value for r in roles}),
             "created_at": self._now(),
@@ -232,7 +243,8 @@ class AccountUseCases:
         }
         if password is not None:
             doc["password_hash"] = await self.ctx.hash_password(password)
-        await self.ctx.users.insert(doc)
+        reveal = reveal_conflicts or password is not None  # the bootstrap CLI: an operator
+        held = await self._insert_user(doc, email_norm, reveal=reveal)
         publications = [
             self.ctx.events.audit(
                 AuditKind.AUTH_AUDIT_KIND_USER_CREATED,
@@ -243,9 +255,39 @@ class AccountUseCases:
             )
         ]
         await self.ctx.events.all(*publications)
-        if password is None:
+        if held:
+            await self.auth.notify_address_in_use(doc)
+        elif password is None:
             await self.auth.issue_password_link(doc, invite=True)
         return doc
+
+    async def _insert_user(self, doc: Document, email_norm: str, *, reveal: bool) -> bool:
+        """Store a new user; True when it is stored held (see ``UserRepository.held_fields``).
+
+        An address signs in to one user. When it already does in another account, telling
+        the administrator so would reveal that account's user: the new user is stored held
+        instead and answered like any invitation (its invitee is told by email why no link
+        came). Only the same address twice in one account is AlreadyExists."""
+        users, account_id = self.ctx.users, str(doc["account_id"])
+        duplicate = AlreadyExists("a user with this email already exists")
+        if await users.in_account_with_email(account_id, email_norm) is not None:
+            raise duplicate
+        try:
+            await users.insert(doc)
+            return False
+        except AlreadyExists:
+            holder = await users.by_email(email_norm)
+            if holder is None or str(holder["account_id"]) == account_id:
+                raise
+        if reveal:
+            raise AlreadyExists("this email signs in to a user of another account")
+        # one held user per address and account, however many concurrent requests
+        claim = f"held-email:{account_id}:{self.ctx.code_hasher.digest(email_norm)}"
+        if not await users.markers.claim(claim, user_id=str(doc["_id"]), kind="held-email"):
+            raise duplicate
+        doc.update(UserRepository.held_fields(str(doc["_id"])))
+        await users.insert(doc)
+        return True
 
     async def create_user(
         self,
@@ -261,7 +303,9 @@ class AccountUseCases:
             principal.is_operator and account.get("provider")
         ):
             raise PermissionDenied("provider operators exist only in the provider account")
-        return await self.add_user(account_id, email, display_name, roles)
+        return await self.add_user(
+            account_id, email, display_name, roles, reveal_conflicts=principal.is_operator
+        )
 
     async def disable_user(self, principal: Principal, user_id: str) -> None:
         user = await self._target_user(principal, user_id)

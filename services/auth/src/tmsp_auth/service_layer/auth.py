@@ -578,6 +578,28 @@ class AuthUseCases:
             ),
         )
 
+    async def notify_address_in_use(self, user: Document) -> None:
+        """The invitation of a held user (``UserRepository.held_fields``): no link (it could
+        never sign in), the mail says why; to its account, like any invitation (the same
+        notification kind and subject, audit record and metric)."""
+        ctx = self.ctx
+        CODES_SENT.labels("invitation").inc()
+        await ctx.events.all(
+            ctx.events.notify(
+                NotificationKind.NOTIFICATION_KIND_PASSWORD_RESET,
+                account_id=str(user["account_id"]),
+                recipients=[str(user["email"])],
+                params={"user_name": _name(user), "invite": "in_use"},
+            ),
+            ctx.events.audit(
+                AuditKind.AUTH_AUDIT_KIND_PASSWORD_RESET_REQUESTED,
+                user_id=str(user["_id"]),
+                account_id=str(user["account_id"]),
+                email=str(user["email"]),
+                detail="invitation",
+            ),
+        )
+
     async def request_password_reset(self, email: str) -> None:
         """Same answer (and a published event either way) whether or not the address exists."""
         ctx, now = self.ctx, self._now()

@@ -64,6 +64,15 @@ REQUIRED_PARAMS: dict[Kind, frozenset[str]] = {
     Kind.EMERGENCY_CODE: frozenset({"code"}),
     Kind.PASSWORD_RESET: frozenset({"reset_url"}),
 }
+IN_USE = "in_use"
+"""``invite`` of a password_reset that carries no link: auth's invitation of an address that
+already signs in to another account (see ``tmsp_auth.service_layer.auth``)."""
+
+
+def required_params(kind: Kind, params: Mapping[str, str]) -> frozenset[str]:
+    if kind is Kind.PASSWORD_RESET and params.get("invite") == IN_USE:
+        return frozenset()
+    return REQUIRED_PARAMS.get(kind, frozenset())
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,7 @@ class Renderer:
     ) -> RenderedEmail:
         """Render one kind; InvalidArgument when a required parameter is missing."""
         allowed = ALLOWED_PARAMS[kind]
-        missing = sorted(p for p in REQUIRED_PARAMS.get(kind, ()) if not params.get(p))
+        missing = sorted(p for p in required_params(kind, params) if not params.get(p))
         if missing:
             raise InvalidArgument("params", f"{kind.value} needs {', '.join(missing)}")
         body_ctx: dict[str, Any] = dict.fromkeys(allowed, "")
