@@ -35,13 +35,6 @@ from typing import Any
 KEYCLOAK_LOGINS_PER_VCPU = 15.0
 
 
-def process_cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
-
-
 def raw_hash_rate(memory_kib: int, time_cost: int, seconds: float) -> dict[str, float]:
     from argon2 import PasswordHasher, Type
 
@@ -76,7 +69,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         service_env,
         start_service,
     )
-    from tmsp_common.testing import local_infra, unique
+    from tmsp_common.testing import local_infra, process_cpu_seconds, unique
 
     K = n_pb2.NotificationKind
     reference = raw_hash_rate(args.memory_kib, args.time_cost, args.reference_seconds)

@@ -7,7 +7,9 @@ Measured side by side in the same run:
   against decoding the same envelopes (``unwrap`` + flatten) - what matching costs.
 * ``kafka`` (needs the local stack): N detections are pre-published; one correlator worker
   (a real ``python -m tmsp_correlator`` faust worker) consumes them; its rate is compared
-  with a consumer that only reads and decodes the same topic. Then detections are
+  with a consumer that only reads and decodes the same topic, per wall second and per CPU
+  second (the worker's own CPU time: on a small machine the broker, FerretDB and this
+  script share its cores, so wall rates understate the worker). Then detections are
   published at a fixed rate (default 10k/s) and the latency from publishing the event
   that completes a burst to receiving the incident on INCIDENTS is measured (p50/p99).
 
@@ -46,6 +48,7 @@ from tmsp_common.testing import (
     group_behind,
     kafka_reachable,
     local_infra,
+    process_cpu_seconds,
     unique,
 )
 from tmsp_correlator.domain.correlation import MemoryCorrelator, hits_for_event
@@ -163,9 +166,12 @@ def hits_in(rules_root: Path, dets: list[detections_pb2.Detection]) -> int:
     return n
 
 
-async def decode_only(bootstrap: str, topic: str, n: int, *, decode: bool = True) -> float:
-    """Records/s of a plain aiokafka ``getmany`` consumer that decodes and flattens each
-    detection (``decode=False``: reads only; ``bench/faust_ceiling.py``)."""
+async def decode_only(
+    bootstrap: str, topic: str, n: int, *, decode: bool = True
+) -> tuple[float, float]:
+    """Records per wall second and per CPU second of a plain aiokafka ``getmany`` consumer
+    (in this process) that decodes and flattens each detection (``decode=False``: reads
+    only; ``bench/faust_ceiling.py``)."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -181,7 +187,7 @@ async def decode_only(bootstrap: str, topic: str, n: int, *, decode: bool = True
         while seen < n:
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             if started is None and batch:
-                started = time.perf_counter()
+                started, cpu0 = time.perf_counter(), time.process_time()
             for part in batch.values():
                 if not decode:
                     seen += len(part)
@@ -191,7 +197,7 @@ async def decode_only(bootstrap: str, topic: str, n: int, *, decode: bool = True
                     detection_event(env, det)
                     seen += 1
         assert started is not None
-        return n / (time.perf_counter() - started)
+        return n / (time.perf_counter() - started), n / (time.process_time() - cpu0)
     finally:
         await consumer.stop()
 
@@ -215,7 +221,7 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
     for meta in await asyncio.gather(*futs):
         ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
 
-    decode_rate = await decode_only(infra.kafka_bootstrap, topic, args.events)
+    decode_rate, decode_cpu_rate = await decode_only(infra.kafka_bootstrap, topic, args.events)
 
     env = {
         **infra.env(),
@@ -243,6 +249,7 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
                 raise RuntimeError(worker.logs[-3000:])
             await asyncio.sleep(0.1)
         started = time.perf_counter()
+        cpu0 = [process_cpu_seconds(w.pid()) for w in workers]
         # done = every detection committed by the match stage AND every hit it produced
         # committed by the correlate stage (its window states and incidents written)
         hits_topic = f"{app_id}-hits"
@@ -272,7 +279,11 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
                         f"\n{worker.logs[-2000:]}"
                     )
                 await asyncio.sleep(0.25)
-            worker_rate = args.events / (time.perf_counter() - started)
+            drained_s = time.perf_counter() - started
+            worker_rate = args.events / drained_s
+            worker_cpu = sum(
+                process_cpu_seconds(w.pid()) - c for w, c in zip(workers, cpu0, strict=True)
+            )
             hit_records = sum(hit_ends.values())
             # and the store stage: every published incident written to Mongo (committed)
             incidents_topic = INCIDENTS.qualified(prefix)
@@ -310,6 +321,12 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
         "hit_records": hit_records,
         "incident_versions_published": sum(inc_ends.values()),
         "ratio_worker_to_decode": round(worker_rate / decode_rate, 3),
+        "decode_only_events_per_cpu_s": round(decode_cpu_rate),
+        "worker_cpu_s": round(worker_cpu, 2),
+        "worker_cpu_utilisation": round(worker_cpu / drained_s / args.workers, 2),
+        "worker_events_per_cpu_s": round(args.events / worker_cpu),
+        "ratio_worker_to_decode_per_cpu_s": round(args.events / worker_cpu / decode_cpu_rate, 3),
+        "cpu_note": "worker CPU = utime+stime of the worker processes while draining; utilisation = cores used per worker",
         "worker_rate_note": "both stages drained (detections and hits committed); includes up to ~1s commit interval",
         "stored_events_per_s": round(stored_rate),
         "stored_rate_note": "until the store stage had also written every published incident to Mongo",

@@ -112,7 +112,7 @@ def main() -> None:
     print(f"publishing {args.records} records to {topic} ...", file=sys.stderr)
     asyncio.run(publish(bootstrap, topic, args.records))
     print("reading with aiokafka getmany ...", file=sys.stderr)
-    getmany = asyncio.run(decode_only(bootstrap, topic, args.records, decode=False))
+    getmany, _per_cpu_s = asyncio.run(decode_only(bootstrap, topic, args.records, decode=False))
     print("reading with a faust agent that only counts ...", file=sys.stderr)
     faust_rate = read_with_faust(bootstrap, topic, args.records, args.timeout)
     print(

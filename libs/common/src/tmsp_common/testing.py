@@ -117,6 +117,14 @@ def free_port() -> int:
         return port
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used so far (Linux ``/proc``): what a
+    benchmark divides by, where the broker and FerretDB share the machine's cores."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class ServiceProcess:
     """A service started as a subprocess (``python -m <module>``), as in production."""
@@ -126,6 +134,11 @@ class ServiceProcess:
     args: list[str] = field(default_factory=list)
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.module} was not started")
+        return self.proc.pid
 
     def start(self) -> ServiceProcess:
         full_env = {**os.environ, **self.env}
