@@ -136,7 +136,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # Each user logs in twice (steps 0 and +1 of the window; each step works once):
         # phase 1 one at a time (TOTP latency without queueing), phase 2 concurrently
         # (throughput, and latency under load).
-        pid = proc.proc.pid if proc.proc else 0
+        pid = proc.pid()
 
         async def phase(offset: int, workers: int) -> dict[str, Any]:
             queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()

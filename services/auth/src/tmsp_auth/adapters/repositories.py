@@ -168,7 +168,8 @@ class UserRepository:
         return await self.coll.find_one({"email_norm": email_norm})
 
     async def in_account_with_email(self, account_id: str, email_norm: str) -> Document | None:
-        """A user of ``account_id`` with this address, signing in with it or held."""
+        """A user of ``account_id`` with this address, signing in with it or held (a held
+        user keeps the address in ``email_key``)."""
         return await self.coll.find_one(
             {
                 "account_id": account_id,
@@ -177,11 +178,12 @@ class UserRepository:
         )
 
     @staticmethod
-    def held_fields(user_id: str) -> Document:
+    def held_fields(user_id: str, email_norm: str) -> Document:
         """A user whose address already signs in to a user of another account: stored (its
         account sees it as invited) but it can never sign in, and no link is ever sent for
-        it. ``email_norm`` must stay unique, so it holds a placeholder that is no address."""
-        return {"email_norm": f"held:{user_id}", "email_held": True}
+        it. ``email_norm`` must stay unique, so it holds a placeholder that is no address;
+        the address is kept in ``email_key``."""
+        return {"email_norm": f"held:{user_id}", "email_key": email_norm, "email_held": True}
 
     async def list_for_account(self, account_id: str) -> list[Document]:
         return [d async for d in self.coll.find({"account_id": account_id}).sort("email_norm")]

@@ -83,6 +83,7 @@ async def _bootstrap_operator(app: App, args: argparse.Namespace, password: str)
         args.name,
         [Role.PROVIDER_OPERATOR],
         password=password,
+        reveal_conflicts=True,  # operators see every account
     )
     return f"provider operator created: {user['_id']} (account {account['_id']})"
 
@@ -103,6 +104,7 @@ async def _create_account(app: App, args: argparse.Namespace, password: str) -> 
         args.admin_name,
         [Role.ACCOUNT_ADMINISTRATOR],
         password=password,
+        reveal_conflicts=True,  # operators see every account
     )
     doc = await app.ctx.accounts.update(
         str(account["_id"]),

@@ -235,7 +235,6 @@ class AccountUseCases:
             "account_id": account_id,
             "email": email.strip(),
             "email_norm": email_norm,
-            "email_key": email_norm,
             "display_name": display_name.strip()[:200],
             "roles": sorted({r.value for r in roles}),
             "created_at": self._now(),
@@ -243,8 +242,7 @@ class AccountUseCases:
         }
         if password is not None:
             doc["password_hash"] = await self.ctx.hash_password(password)
-        reveal = reveal_conflicts or password is not None  # the bootstrap CLI: an operator
-        held = await self._insert_user(doc, email_norm, reveal=reveal)
+        held = await self._insert_user(doc, email_norm, reveal=reveal_conflicts)
         publications = [
             self.ctx.events.audit(
                 AuditKind.AUTH_AUDIT_KIND_USER_CREATED,
@@ -255,10 +253,8 @@ class AccountUseCases:
             )
         ]
         await self.ctx.events.all(*publications)
-        if held:
-            await self.auth.notify_address_in_use(doc)
-        elif password is None:
-            await self.auth.issue_password_link(doc, invite=True)
+        if password is None:
+            await self.auth.issue_password_link(doc, invite=True, held=held)
         return doc
 
     async def _insert_user(self, doc: Document, email_norm: str, *, reveal: bool) -> bool:
@@ -285,7 +281,7 @@ class AccountUseCases:
         claim = f"held-email:{account_id}:{self.ctx.code_hasher.digest(email_norm)}"
         if not await users.markers.claim(claim, user_id=str(doc["_id"]), kind="held-email"):
             raise duplicate
-        doc.update(UserRepository.held_fields(str(doc["_id"])))
+        doc.update(UserRepository.held_fields(str(doc["_id"]), email_norm))
         await users.insert(doc)
         return True
 

@@ -550,24 +550,32 @@ class AuthUseCases:
             session_id=principal.session_id,
         )
 
-    async def issue_password_link(self, user: Document, *, invite: bool) -> None:
-        """Email a single-use link that sets the password (reset or invitation)."""
+    async def issue_password_link(
+        self, user: Document, *, invite: bool, held: bool = False
+    ) -> None:
+        """Email a single-use link that sets the password (reset or invitation).
+
+        ``held``: the invitation of a held user (``UserRepository.held_fields``): no link (it
+        could never sign in), the mail says why; to its account it is like any invitation
+        (the same notification kind and subject, audit record and metric)."""
         ctx, now = self.ctx, self._now()
-        token = code_gen.token()
-        ttl = ctx.config.invite_ttl if invite else ctx.config.reset_ttl
-        await ctx.tokens.issue(str(user["_id"]), token, now + ttl)
+        params = {"user_name": _name(user), "invite": "in_use"}
+        if not held:
+            token = code_gen.token()
+            ttl = ctx.config.invite_ttl if invite else ctx.config.reset_ttl
+            await ctx.tokens.issue(str(user["_id"]), token, now + ttl)
+            params.update(
+                reset_url=ctx.config.reset_url_base + token,
+                expires_minutes=str(int(ttl.total_seconds() // 60)),
+                invite="true" if invite else "false",
+            )
         CODES_SENT.labels("invitation" if invite else "password_reset").inc()
         await ctx.events.all(
             ctx.events.notify(
                 NotificationKind.NOTIFICATION_KIND_PASSWORD_RESET,
                 account_id=str(user["account_id"]),
                 recipients=[str(user["email"])],
-                params={
-                    "user_name": _name(user),
-                    "reset_url": ctx.config.reset_url_base + token,
-                    "expires_minutes": str(int(ttl.total_seconds() // 60)),
-                    "invite": "true" if invite else "false",
-                },
+                params=params,
             ),
             ctx.events.audit(
                 AuditKind.AUTH_AUDIT_KIND_PASSWORD_RESET_REQUESTED,
@@ -575,28 +583,6 @@ class AuthUseCases:
                 account_id=str(user["account_id"]),
                 email=str(user["email"]),
                 detail="invitation" if invite else "reset link sent",
-            ),
-        )
-
-    async def notify_address_in_use(self, user: Document) -> None:
-        """The invitation of a held user (``UserRepository.held_fields``): no link (it could
-        never sign in), the mail says why; to its account, like any invitation (the same
-        notification kind and subject, audit record and metric)."""
-        ctx = self.ctx
-        CODES_SENT.labels("invitation").inc()
-        await ctx.events.all(
-            ctx.events.notify(
-                NotificationKind.NOTIFICATION_KIND_PASSWORD_RESET,
-                account_id=str(user["account_id"]),
-                recipients=[str(user["email"])],
-                params={"user_name": _name(user), "invite": "in_use"},
-            ),
-            ctx.events.audit(
-                AuditKind.AUTH_AUDIT_KIND_PASSWORD_RESET_REQUESTED,
-                user_id=str(user["_id"]),
-                account_id=str(user["account_id"]),
-                email=str(user["email"]),
-                detail="invitation",
             ),
         )
 

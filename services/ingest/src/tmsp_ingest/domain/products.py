@@ -141,19 +141,23 @@ class Registration:
     """Client-chosen idempotency key (AIP-155): a retry with the same key registers nothing
     new (see :func:`new_product_id`)."""
 
+    def product_fields(self) -> dict[str, object]:
+        """The :class:`Product` fields this registration sets, normalised as stored."""
+        return {
+            "account_id": self.account_id,
+            "kind": Kind(self.kind),
+            "name": self.name.strip(),
+            "protocol": Protocol_(self.protocol),
+            "upload_frequency_seconds": self.upload_frequency_seconds,
+            "heartbeat_interval_seconds": self.heartbeat_interval_seconds,
+            "registration_email": self.registration_email.strip().lower(),
+            "upload_bandwidth": self.upload_bandwidth,
+            "download_bandwidth": self.download_bandwidth,
+        }
+
     def describes(self, product: Product) -> bool:
         """Whether ``product`` is what this registration asks for (a retry's check)."""
-        return (
-            product.account_id == self.account_id
-            and product.kind == self.kind
-            and product.name == self.name.strip()
-            and product.protocol == self.protocol
-            and product.upload_frequency_seconds == self.upload_frequency_seconds
-            and product.heartbeat_interval_seconds == self.heartbeat_interval_seconds
-            and product.registration_email == self.registration_email.strip().lower()
-            and product.upload_bandwidth == self.upload_bandwidth
-            and product.download_bandwidth == self.download_bandwidth
-        )
+        return all(getattr(product, k) == v for k, v in self.product_fields().items())
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")

@@ -19,10 +19,8 @@ from tmsp_common.authn import Principal, Role
 from tmsp_common.clock import Clock
 from tmsp_common.errors import FailedPrecondition, NotFound
 from tmsp_ingest.domain.products import (
-    Kind,
     PasswordHasher,
     Product,
-    Protocol_,
     Registration,
     State,
     check_account,
@@ -93,15 +91,7 @@ class Registry:
         cert, key, ca, fingerprint = self.certificates.issue(product_id)
         product = Product(
             product_id=product_id,
-            account_id=account.account_id,
-            kind=Kind(reg.kind),
-            name=reg.name.strip(),
-            protocol=Protocol_(reg.protocol),
-            upload_frequency_seconds=reg.upload_frequency_seconds,
-            heartbeat_interval_seconds=reg.heartbeat_interval_seconds,
-            registration_email=reg.registration_email.strip().lower(),
-            upload_bandwidth=reg.upload_bandwidth,
-            download_bandwidth=reg.download_bandwidth,
+            **reg.product_fields(),  # type: ignore[arg-type]  # typed per field in Product
             state=State.ACTIVE,
             user_name=new_user_name(),
             password_hash=self.hasher.hash(password),
