@@ -83,6 +83,14 @@ SEVERITY_NAME = {
 }
 
 
+STATUS_NAME = {
+    incidents_pb2.INCIDENT_STATUS_NEW: "new",
+    incidents_pb2.INCIDENT_STATUS_INVESTIGATING: "investigating",
+    incidents_pb2.INCIDENT_STATUS_RESOLVED: "resolved",
+    incidents_pb2.INCIDENT_STATUS_FALSE_POSITIVE: "false positive",
+}
+
+
 class DemoError(Exception):
     """What broke, in one line."""
 
@@ -1012,6 +1020,53 @@ async def step_respond(
         ok(f"{FAILED_HOST} conforms again: the portal lists no nonconforming endpoint")
 
 
+async def step_triage(c: Clients, run: Run, admin: Signed) -> None:
+    """The administrator resolves the incident on the cleaned endpoint (a triage decision
+    with a note); the correlator applies it and the portal shows the incident resolved."""
+    cfg = run.cfg
+    cleaned = [i for i in run.incidents.values() if FAILED_HOST in {e.host for e in i.endpoints}]
+    target = max(cleaned or run.incidents.values(), key=lambda i: i.severity)
+    resolved = incidents_pb2.INCIDENT_STATUS_RESOLVED
+    note = f"{FAILED_HOST} cleaned by the custom cleanup pattern; conforms again"
+    with stage("reporter: SetIncidentStatus"):
+        await c.portal.SetIncidentStatus(
+            reporter_pb2.SetIncidentStatusRequest(
+                account_id=run.account_id,
+                incident_id=target.incident_id,
+                status=resolved,
+                note=note,
+            ),
+            metadata=await admin.md(),
+            timeout=30,
+        )
+        progress = Progress(f"waiting for the portal to show {target.title!r} resolved")
+        deadline = time.monotonic() + cfg.timeout_s
+        while True:
+            got = await c.portal.GetIncident(
+                reporter_pb2.GetIncidentRequest(
+                    account_id=run.account_id, incident_id=target.incident_id
+                ),
+                metadata=await admin.md(),
+                timeout=30,
+            )
+            if got.incident.status == resolved:
+                break
+            if time.monotonic() > deadline:
+                progress.done()
+                raise DemoError(
+                    f"after {cfg.timeout_s:.0f}s the portal does not show {target.title!r} "
+                    "resolved (see the correlator's and the reporter's logs)"
+                )
+            progress.update("not applied yet")
+            await asyncio.sleep(0.5)
+        progress.done()
+    run.incidents[target.incident_id] = got.incident
+    ok(
+        f"incident {target.title!r} resolved by the administrator (version "
+        f"{got.incident.version}, note: {got.incident.status_note!r})"
+    )
+
+
 async def portal_view(c: Clients, run: Run, admin: Signed) -> None:
     """What the administrator sees in the portal now: incidents, nonconforming endpoints,
     products (with the correlator's liveness), into ``run``."""
@@ -1022,7 +1077,10 @@ async def portal_view(c: Clients, run: Run, admin: Signed) -> None:
     )
     for summary in listed.incidents:
         known = run.incidents.get(summary.incident_id)
-        if known is None or known.event_count != summary.event_count:
+        if known is None or (known.event_count, known.status) != (
+            summary.event_count,
+            summary.status,
+        ):
             full = await c.portal.GetIncident(
                 reporter_pb2.GetIncidentRequest(
                     account_id=run.account_id, incident_id=summary.incident_id
@@ -1140,6 +1198,8 @@ async def step_report(c: Clients, run: Run, admin: Signed) -> None:
     to a report recipient."""
     cfg = run.cfg
     pb2 = reporter_pb2
+    open_statuses = (incidents_pb2.INCIDENT_STATUS_NEW, incidents_pb2.INCIDENT_STATUS_INVESTIGATING)
+    open_now = sum(i.status in open_statuses for i in run.incidents.values())
     with stage("reporter: ListCustomerAccounts"):
         progress = Progress("waiting for the Customer Accounts row")
         deadline = time.monotonic() + cfg.timeout_s
@@ -1152,13 +1212,24 @@ async def step_report(c: Clients, run: Run, admin: Signed) -> None:
                 )
             ).accounts
             row = rows[0] if rows else None
-            if row is not None and row.last_received.seconds and row.product_count >= 3:
+            if (
+                row is not None
+                and row.last_received.seconds
+                and row.product_count >= 3
+                and row.open_incidents_live == open_now
+            ):
                 break
             if time.monotonic() > deadline:
                 progress.done()
                 raise DemoError(
                     f"reporter: after {cfg.timeout_s:.0f}s the Customer Accounts screen has "
-                    + ("no row for the account" if row is None else "no upload or products")
+                    + (
+                        "no row for the account"
+                        if row is None
+                        else "no upload or products"
+                        if not (row.last_received.seconds and row.product_count >= 3)
+                        else f"{row.open_incidents_live} open incidents, not {open_now}"
+                    )
                 )
             progress.update("the read model is catching up")
             await asyncio.sleep(0.5)
@@ -1252,7 +1323,8 @@ def step_summary(run: Run) -> None:
         rule = run.rules.names.get(inc.rule_ids[0], inc.rule_ids[0]) if inc.rule_ids else "?"
         print(
             f"  incident       [{SEVERITY_NAME.get(inc.severity, '?')}] {inc.title} "
-            f"(rule {rule}, {', '.join(e.host for e in inc.endpoints)})"
+            f"(rule {rule}, {', '.join(e.host for e in inc.endpoints)}) "
+            f"{STATUS_NAME.get(inc.status, '?')}"
         )
     for nce in run.flagged.values():
         cleaned = (
@@ -1300,8 +1372,9 @@ async def demo(cfg: Config) -> Run:
                 4, total, "Incidents in the portal and the mails (correlator, reporter, notifier)"
             )
             await step_results(c, run, admin)
-            header(5, total, "Response: a custom cleanup pattern through Threat Mitigator")
+            header(5, total, "Response: a custom cleanup pattern through Threat Mitigator, triage")
             await step_respond(c, run, fleet, operator, admin)
+            await step_triage(c, run, admin)
         header(6, total, "Customer Accounts screen and an on-demand report (reporter)")
         await step_report(c, run, admin)
     finally:

@@ -79,16 +79,33 @@ async def test_batch_upsert_stores_new_and_newer_versions_and_skips_stale_ones(
     assert b is not None and b["version"] == 2 and b["event_count"] == 3
 
 
-async def test_analyst_status_survives_later_updates(
+async def test_a_triaged_version_stores_its_decision_and_loads_back_as_the_state(
     db: AsyncDatabase[Document], repo_of: Repo
 ) -> None:
+    """The correlator owns an incident's status (triage decisions reach it as status hits):
+    a stored version carries status, note, who and when, and ``load`` gives back the state
+    dict it was stored from (what a change to an incident its group left behind reads)."""
     repo = repo_of(db)
     await repo.upsert_many([incident("a", 1)])
-    await db["incidents"].update_one({"_id": "a"}, {"$set": {"status": "investigating"}})
-    await repo.upsert_many([incident("a", 2, count=5)])
-    doc = await repo.get("a")
-    assert doc is not None and doc["status"] == "investigating" and doc["event_count"] == 5
     assert await repo.counts("acc1") == (1, 1)
+    triaged = {
+        **incident("a", 2, count=4),
+        "status": "false_positive",
+        "key": 'acc1|burst|["pc1"]',
+        "note": "scanner",
+        "by": "analyst-1",
+        "changed_at": 1_790_000_100.25,
+    }
+    await repo.upsert_many([triaged])
+    doc = await repo.get("a")
+    assert doc is not None and doc["status"] == "false_positive" and doc["event_count"] == 4
+    assert await repo.counts("acc1") == (0, 1)
+    assert await repo.load("a") == triaged
+    assert await repo.load("missing") is None
+    # a later version without a decision (none was made) keeps the "new" it says
+    await repo.upsert_many([incident("b", 1)])
+    b = await repo.load("b")
+    assert b is not None and b["status"] == "new" and "changed_at" not in b
 
 
 async def test_a_repeated_incident_in_one_batch_is_stored_in_its_newest_version(
@@ -122,14 +139,13 @@ async def test_new_incidents_are_inserted_as_an_upsert_would_store_them(
     assert inserted["status"] == "new" and inserted["created_at"] == inserted["updated_at"]
 
 
-async def test_a_worker_that_remembers_nothing_skips_what_is_stored_and_keeps_the_status(
+async def test_a_worker_that_remembers_nothing_skips_what_is_stored(
     db: AsyncDatabase[Document],
     repo_of: Repo,
 ) -> None:
     """After a restart every id is unknown: the inserts meet duplicate keys (FerretDB reports
     them per document in an unordered bulk insert) and only newer versions are written."""
     await repo_of(db).upsert_many([incident("a", 1), incident("b", 3)])
-    await db["incidents"].update_one({"_id": "a"}, {"$set": {"status": "investigating"}})
     restarted = repo_of(db)
     stored = await restarted.upsert_many(
         [incident("a", 1), incident("b", 2, count=9), incident("c", 1)]
@@ -137,7 +153,8 @@ async def test_a_worker_that_remembers_nothing_skips_what_is_stored_and_keeps_th
     assert stored == {"c"}
     b = await restarted.get("b")
     assert b is not None and b["version"] == 3 and b["event_count"] == 3
-    assert await repo_of(db).upsert_many([incident("a", 2, count=5)]) == {"a"}
+    investigating = {**incident("a", 2, count=5), "status": "investigating"}
+    assert await repo_of(db).upsert_many([investigating]) == {"a"}
     a = await restarted.get("a")
     assert a is not None and a["version"] == 2 and a["event_count"] == 5
     assert a["status"] == "investigating"
@@ -151,11 +168,11 @@ async def test_counts_per_account_for_the_daily_update(
     await repo.upsert_many(
         [incident("a1", 1), incident("a2", 1), incident("b1", 1, account="acc2")]
     )
-    await db["incidents"].update_one({"_id": "a2"}, {"$set": {"status": "resolved"}})
+    await repo.upsert_many([{**incident("a2", 2), "status": "resolved"}])
     assert await repo.all_counts() == {"acc1": (1, 2), "acc2": (1, 1)}
     assert await repo.counts("acc1") == (1, 2)
     await repo.upsert_many([incident("a3", 1)])
-    await db["incidents"].update_one({"_id": "a3"}, {"$set": {"status": "investigating"}})
+    await repo.upsert_many([{**incident("a3", 2), "status": "investigating"}])
     assert await repo.counts("acc1") == (2, 3)
     assert await repo.counts("acc2") == (1, 1)
     assert await repo.counts("nobody") == (0, 0)
@@ -205,14 +222,14 @@ async def test_a_worker_forgets_remembered_versions_when_its_partitions_are_revo
     assert stored is not None and stored["version"] == 5 and stored["event_count"] == 5
 
 
-async def test_a_batch_replace_keeps_status_and_creation_time_and_writes_each_newer_version(
+async def test_a_batch_replace_keeps_creation_time_and_writes_each_newer_version(
     db: AsyncDatabase[Document],
 ) -> None:
     repo = MongoIncidents(db, replace_in_bulk=True)
     await repo.upsert_many([incident(f"r{n}", 1) for n in range(30)])
     before = {d["_id"]: d async for d in db["incidents"].find({})}
-    await db["incidents"].update_one({"_id": "r7"}, {"$set": {"status": "false_positive"}})
     batch = [incident(f"r{n}", 2, count=9) for n in range(20)] + [incident("r25", 1)]
+    batch[7]["status"] = "false_positive"
     assert await repo.upsert_many(batch) == {f"r{n}" for n in range(20)}
     after = {d["_id"]: d async for d in db["incidents"].find({})}
     assert len(after) == 30

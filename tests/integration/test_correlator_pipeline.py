@@ -27,6 +27,7 @@ from tmsp_common.kafka.topics import (
     DETECTIONS,
     HEARTBEATS,
     INCIDENT_COUNTS,
+    INCIDENT_STATUS_CHANGES,
     INCIDENTS,
     MITIGATION_RESULTS,
     NONCONFORMING_ENDPOINTS,
@@ -98,7 +99,7 @@ def correlators(infra: Infra, names: Any, tmp_path: Path) -> Iterator[Correlator
 async def producer(infra: Infra, names: Any) -> Any:
     await ensure_topics(
         infra.kafka_bootstrap,
-        [DETECTIONS, MITIGATION_RESULTS, HEARTBEATS, UPLOADS],
+        [DETECTIONS, MITIGATION_RESULTS, HEARTBEATS, UPLOADS, INCIDENT_STATUS_CHANGES],
         prefix=names.prefix,
     )
     p = EventProducer(infra.kafka_bootstrap, service="test", topic_prefix=names.prefix)
@@ -466,3 +467,117 @@ async def test_the_stages_share_one_producer_until_the_last_one_stops(
     assert again is not first
     await (await again.send_raw(topic, b"new", key=b"k"))
     await shared.release()
+
+
+def status_change(
+    inc: incidents_pb2.Incident, status: incidents_pb2.IncidentStatus.ValueType, change_id: str
+) -> incidents_pb2.IncidentStatusChange:
+    ch = incidents_pb2.IncidentStatusChange(
+        change_id=change_id,
+        incident_id=inc.incident_id,
+        account_id=inc.account_id,
+        group_key=inc.group_key,
+        status=status,
+        note=f"note of {change_id}",
+        changed_by_user_id="analyst-1",
+    )
+    ch.requested_at.GetCurrentTime()
+    return ch
+
+
+async def test_triage_closes_an_incident_later_detections_open_the_next_and_bad_changes_dead_letter(
+    infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
+) -> None:
+    """A resolved burst is not extended: the next three detections open a second incident.
+    The first is then the group's past incident: a second decision on it changes its
+    stored copy and publishes its next version. Changes that cannot apply dead-letter."""
+    correlators.start(TMSP_CORRELATOR_STATUS_STORE_WAIT_S="1")
+
+    async def send(ch: incidents_pb2.IncidentStatusChange) -> None:
+        await (
+            await producer.send(
+                INCIDENT_STATUS_CHANGES,
+                ch,
+                key=ch.incident_id,
+                account_id=ch.account_id,
+                event_id=ch.change_id,
+            )
+        )
+
+    async def bursts(reader: TopicReader, done: Any) -> list[incidents_pb2.Incident]:
+        def decoded(rs: list[Any]) -> list[incidents_pb2.Incident]:
+            incs = (unwrap(r.value, incidents_pb2.Incident)[1] for r in rs)
+            return [i for i in incs if BURST in i.rule_ids]
+
+        await reader.read_until(lambda rs: done(decoded(rs)), timeout=60)
+        return decoded(reader.records)
+
+    await publish(producer, [detection(f"t{i}", T0 + i * 30, host="pc3") for i in range(3)])
+    async with TopicReader(infra.kafka_bootstrap, INCIDENTS, names.prefix) as reader:
+        (first,) = await bursts(reader, lambda bs: len(bs) >= 1)
+        assert first.group_key.startswith("acc1|") and "pc3" in first.group_key
+        await send(status_change(first, incidents_pb2.INCIDENT_STATUS_RESOLVED, "chg-1"))
+        out = await bursts(reader, lambda bs: len(bs) >= 2)
+        resolved = out[-1]
+        assert resolved.incident_id == first.incident_id and resolved.version == 2
+        assert resolved.status == incidents_pb2.INCIDENT_STATUS_RESOLVED
+        assert (resolved.status_note, resolved.status_changed_by_user_id) == (
+            "note of chg-1",
+            "analyst-1",
+        )
+        assert resolved.HasField("status_changed_at") and resolved.event_count == 3
+        # within the resolved incident's window: a new incident, not a fourth event of it
+        await publish(producer, [detection(f"t{i}", T0 + i * 30, host="pc3") for i in range(3, 6)])
+        out = await bursts(reader, lambda bs: len({b.incident_id for b in bs}) >= 2)
+        second = out[-1]
+        assert second.incident_id != first.incident_id
+        assert sorted(second.event_ids) == ["t3", "t4", "t5"]
+        assert second.status == incidents_pb2.INCIDENT_STATUS_NEW
+        assert max(b.version for b in out if b.incident_id == first.incident_id) == 2
+        # the first is the group's past incident now: changed through its stored copy
+        await send(status_change(first, incidents_pb2.INCIDENT_STATUS_FALSE_POSITIVE, "chg-2"))
+        out = await bursts(
+            reader,
+            lambda bs: any(b.incident_id == first.incident_id and b.version == 3 for b in bs),
+        )
+    (fp,) = [b for b in out if b.incident_id == first.incident_id and b.version == 3]
+    assert fp.status == incidents_pb2.INCIDENT_STATUS_FALSE_POSITIVE
+    assert fp.status_note == "note of chg-2" and fp.event_count == 3
+
+    async def stored() -> dict[str, dict[str, Any]] | None:
+        docs = {d["_id"]: d for d in await incidents_in_db(infra, correlators.db_name)}
+        done = docs.get(first.incident_id, {}).get("version") == 3 and second.incident_id in docs
+        return docs if done else None
+
+    docs = await wait_until(stored, timeout=30)
+    assert docs[first.incident_id]["status"] == "false_positive"
+    assert docs[first.incident_id]["status_note"] == "note of chg-2"
+    assert docs[second.incident_id]["status"] == "new"
+    # the live count leaves the false positive out of the open incidents (the pack's
+    # "repeated bursts" correlation made an incident of the two bursts as well)
+    total = len(docs)
+    async with TopicReader(infra.kafka_bootstrap, INCIDENT_COUNTS, names.prefix) as counts:
+        await counts.read_until(
+            lambda rs: any(
+                (c.open_incidents, c.total_incidents) == (total - 1, total)
+                for c in (unwrap(r.value, incidents_pb2.IncidentCount)[1] for r in rs)
+            ),
+            timeout=30,
+        )
+
+    # an incident nobody stored, and a change without the group key
+    ghost = incidents_pb2.Incident(
+        incident_id="no-such-incident", account_id="acc1", group_key=first.group_key
+    )
+    await send(status_change(ghost, incidents_pb2.INCIDENT_STATUS_RESOLVED, "chg-3"))
+    keyless = incidents_pb2.Incident(incident_id=first.incident_id, account_id="acc1")
+    await send(status_change(keyless, incidents_pb2.INCIDENT_STATUS_RESOLVED, "chg-4"))
+    async with TopicReader(
+        infra.kafka_bootstrap,
+        INCIDENT_STATUS_CHANGES.dead_letter,  # type: ignore[arg-type]
+        names.prefix,
+    ) as dlq:
+        records = await dlq.read_until(lambda rs: len(rs) >= 2, timeout=40)
+    reasons = sorted(dict(r.headers)[DLQ_REASON].decode() for r in records)
+    assert "not found in the correlator's store" in reasons[0]
+    assert "without group_key" in reasons[1]

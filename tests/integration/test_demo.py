@@ -216,6 +216,12 @@ def test_demo_shows_the_main_job_end_to_end_and_runs_again(stack: Stack) -> None
     assert "administrator may not issue tasks: PERMISSION_DENIED 'provider operators only'" in out
     assert "TMI-HQ got the task with its heartbeat: custom cleanup pattern" in out
     assert "hr-lt-03 conforms again" in out
+    # triage: the administrator resolves an incident on the cleaned endpoint
+    (resolved,) = [row for row in incidents if row.endswith(" resolved")]
+    assert "hr-lt-03" in resolved
+    assert sum(row.endswith(" new") for row in incidents) == len(incidents) - 1
+    assert "resolved by the administrator (version " in out
+    assert "note: 'hr-lt-03 cleaned by the custom cleanup pattern; conforms again'" in out
 
     # the mails really are in the sink, addressed to the account's administrator
     (admin_row,) = summary_rows(out, "administrator")
@@ -233,7 +239,7 @@ def test_demo_shows_the_main_job_end_to_end_and_runs_again(stack: Stack) -> None
 
     # the portal's read model and the report
     assert "Customer Accounts row:" in out
-    assert "5 open now" in out
+    assert "4 open now" in out  # the resolved one is not open
     assert "3 products, 0 nonconforming" in out
     assert "another tenant's account, asked for by this administrator: NOT_FOUND" in out
     (report_mail,) = [r for r in mail_rows if r.startswith("Report ready: ")]

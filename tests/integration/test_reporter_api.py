@@ -1,6 +1,7 @@
 """The reporter as deployed (subprocess, TLS gRPC, real Ed25519 tokens) over Kafka and
 FerretDB: projections from published events, the Customer Accounts screen, tenant
-isolation, read-only analysts, operator-only mitigation tasks, reports end to end."""
+isolation, read-only analysts, analysts' incident triage, operator-only mitigation tasks,
+reports end to end."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from tmsp_common.kafka.topics import (
     ACCOUNTS,
     HEARTBEATS,
     INCIDENT_COUNTS,
+    INCIDENT_STATUS_CHANGES,
     INCIDENTS,
     MITIGATION_TASKS,
     NONCONFORMING_ENDPOINTS,
@@ -554,6 +556,92 @@ async def test_tenant_isolation_and_roles_over_grpc(
     assert read.log_retention_days == 7
 
 
+async def test_analyst_sets_an_incident_status_published_for_the_correlator(
+    reporter: tuple[ServiceProcess, Stub],
+    producer: EventProducer,
+    signer: TokenSigner,
+    infra: Infra,
+    names: Any,
+) -> None:
+    """An analyst's triage decision is on incident-status-changes (key: the incident id) as
+    answered, with the stored incident's group key and the analyst as its author;
+    another tenant, a bad status or note and an incident without a group key are refused and
+    publish nothing."""
+    proc, stub = reporter
+    at = NOW - timedelta(hours=2)
+    triaged = incident("inc-t1", "acct-a", detections_pb2.SEVERITY_HIGH, at)
+    triaged.group_key = "acct-a|rule-worm|pc-inc-t1"
+    foreign = incident("inc-tb", "acct-b", detections_pb2.SEVERITY_HIGH, at)
+    foreign.group_key = "acct-b|rule-worm|pc-inc-tb"
+    before_triage = incident("inc-t0", "acct-a", detections_pb2.SEVERITY_LOW, at)
+    for inc in (triaged, foreign, before_triage):
+        await producer.publish(INCIDENTS, inc, key=inc.incident_id, account_id=inc.account_id)
+    analyst_a = token(signer, "acct-a", Role.ANALYST)
+    admin_b = token(signer, "acct-b", Role.ACCOUNT_ADMINISTRATOR)
+    operator = token(signer, "provider", Role.PROVIDER_OPERATOR)
+    await incidents_projected(stub, operator, 3)
+
+    resolved = incidents_pb2.INCIDENT_STATUS_RESOLVED
+    pb = reporter_pb2
+    nf, bad = grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT
+    set_status = stub.SetIncidentStatus
+    to_a1 = pb.SetIncidentStatusRequest(incident_id="inc-t1", status=resolved)
+    assert await status_of(set_status, to_a1, admin_b) == nf
+    a1_in_a = pb.SetIncidentStatusRequest(
+        account_id="acct-a", incident_id="inc-t1", status=resolved
+    )
+    assert await status_of(set_status, a1_in_a, admin_b) == nf
+    to_b = pb.SetIncidentStatusRequest(incident_id="inc-tb", status=resolved)
+    assert await status_of(set_status, to_b, analyst_a) == nf
+    unset = pb.SetIncidentStatusRequest(incident_id="inc-t1")
+    assert await status_of(set_status, unset, analyst_a) == bad
+    control = pb.SetIncidentStatusRequest(incident_id="inc-t1", status=resolved, note="a\x1bb")
+    assert await status_of(set_status, control, analyst_a) == bad
+    assert await status_of(set_status, to_a1, operator) == bad  # operators name the account
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await set_status(
+            pb.SetIncidentStatusRequest(incident_id="inc-t0", status=resolved), metadata=analyst_a
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "before triage existed" in (err.value.details() or "")
+
+    note = "Re-imaged pc-inc-t1.\n\tNo further spread."
+    request = pb.SetIncidentStatusRequest(incident_id="inc-t1", status=resolved, note=f" {note} \n")
+    change = (await set_status(request, metadata=analyst_a)).change
+    assert change.change_id.startswith("chg-")
+    assert (change.incident_id, change.account_id, change.group_key) == (
+        "inc-t1",
+        "acct-a",
+        "acct-a|rule-worm|pc-inc-t1",
+    )
+    assert change.status == resolved and change.note == note
+    assert change.changed_by_user_id == "u-acct-a-analyst"
+    assert abs(change.requested_at.ToDatetime(UTC) - datetime.now(UTC)) < timedelta(minutes=1)
+    reopened = (
+        await set_status(
+            pb.SetIncidentStatusRequest(
+                account_id="acct-a",
+                incident_id="inc-t1",
+                status=incidents_pb2.INCIDENT_STATUS_INVESTIGATING,
+            ),
+            metadata=operator,
+        )
+    ).change
+
+    async with TopicReader(infra.kafka_bootstrap, INCIDENT_STATUS_CHANGES, names.prefix) as reader:
+        records = await reader.read_until(lambda rs: len(rs) >= 2, timeout=15)
+    decoded = [unwrap(r.value, incidents_pb2.IncidentStatusChange) for r in records]
+    assert [c.change_id for _, c in decoded] == [change.change_id, reopened.change_id]
+    env, on_bus = decoded[0]
+    assert on_bus == change  # every field as answered
+    assert records[0].key == b"inc-t1" and records[1].key == b"inc-t1"
+    assert env.account_id == "acct-a" and env.event_id == change.change_id
+    assert decoded[1][1].changed_by_user_id == "u-provider-provider_operator"
+    # one lean line per change: the note's length, never its text
+    assert proc.logs.count("incident status change published") == 2
+    assert "note_length" in proc.logs and "Re-imaged" not in proc.logged_content
+
+
 async def test_report_generated_stored_downloaded_and_notified(
     reporter: tuple[ServiceProcess, Stub],
     producer: EventProducer,
@@ -635,6 +723,11 @@ def _every_rpc(account_id: str) -> dict[str, Any]:
         "GetCustomerAccount": pb.GetCustomerAccountRequest(account_id=account_id),
         "ListIncidents": pb.ListIncidentsRequest(account_id=account_id),
         "GetIncident": pb.GetIncidentRequest(account_id=account_id, incident_id="inc-a1"),
+        "SetIncidentStatus": pb.SetIncidentStatusRequest(
+            account_id=account_id,
+            incident_id="inc-a1",
+            status=incidents_pb2.INCIDENT_STATUS_INVESTIGATING,
+        ),
         "ListNonconformingEndpoints": pb.ListNonconformingEndpointsRequest(account_id=account_id),
         "ListProducts": pb.ListProductsRequest(account_id=account_id),
         "GenerateReport": pb.GenerateReportRequest(

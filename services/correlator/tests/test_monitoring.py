@@ -20,13 +20,12 @@ from tmsp_common.kafka.topics import (
     PRODUCT_LIVENESS,
     Topic,
 )
-from tmsp_correlator.domain.correlation import MemoryCorrelator
+from tmsp_correlator.domain.correlation import OPEN_STATUSES, MemoryCorrelator
 from tmsp_correlator.domain.liveness import LivenessPolicy, due_transitions
 from tmsp_correlator.domain.nonconforming import MitigationFact, apply_result, endpoint_key
 from tmsp_correlator.domain.rules import load_rule_directory
 from tmsp_correlator.service_layer.events import detection_event
 from tmsp_correlator.service_layer.incidents import (
-    OPEN_STATUSES,
     IncidentRecorder,
     incident_from_message,
     incident_message,
@@ -237,6 +236,10 @@ class FakeIncidents:
                 self.docs[inc["id"]] = {"status": "new", **inc}
                 stored.add(inc["id"])
         return stored
+
+    async def load(self, incident_id: str) -> dict[str, Any] | None:
+        doc = self.docs.get(incident_id)
+        return None if doc is None else dict(doc)
 
     async def counts(self, account_id: str) -> tuple[int, int]:
         self.count_calls += 1

@@ -1,4 +1,4 @@
-"""Outside input (page tokens, recipient addresses) either parses or is refused with
+"""Outside input (page tokens, recipient addresses, triage notes) either parses or is refused with
 InvalidArgument naming the field: never another exception, never a header injection."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tmsp_common.errors import InvalidArgument
-from tmsp_reporter.domain.validation import normalise_email
+from tmsp_reporter.domain.validation import MAX_STATUS_NOTE, normalise_email, status_note
 from tmsp_reporter.entrypoints.grpc_api import _time_token, decode_token, encode_token
 
 json_values = st.recursive(
@@ -55,3 +55,16 @@ def test_addresses_are_bare_or_refused(raw: str) -> None:
         assert exc.field == "email"
         return
     assert not any(c in address for c in "\r\n<>,; ") and address == address.lower()
+
+
+@given(st.text(max_size=2100) | st.text(alphabet=st.characters(codec="ascii"), max_size=50))
+def test_notes_are_clean_or_refused(raw: str) -> None:
+    try:
+        note = status_note(raw)
+    except InvalidArgument as exc:
+        assert exc.field == "note"
+        return
+    # stripped, line ends as newlines, nothing else changed
+    assert note == note.strip() and "\r" not in note and len(note) <= MAX_STATUS_NOTE
+    assert "".join(note.split()) == "".join(raw.split())
+    assert all(c in "\n\t" or not (ord(c) < 32 or 127 <= ord(c) < 160) for c in note)

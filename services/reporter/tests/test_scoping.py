@@ -54,3 +54,21 @@ def test_operators_see_everything_but_name_the_account_where_one_is_needed() -> 
     authorize(m("ListIncidents"), reporter_pb2.ListIncidentsRequest(account_id="b"), OPERATOR)
     with pytest.raises(InvalidArgument, match="account_id"):
         authorize(m("GenerateReport"), reporter_pb2.GenerateReportRequest(), OPERATOR)
+
+
+def test_analysts_triage_incidents_of_their_own_account_only() -> None:
+    request = reporter_pb2.SetIncidentStatusRequest(incident_id="inc-1")
+    authorize(m("SetIncidentStatus"), request, ANALYST)
+    assert request.account_id == "acct-a"
+    authorize(m("SetIncidentStatus"), reporter_pb2.SetIncidentStatusRequest(), ADMIN)
+    with pytest.raises(NotFound):
+        authorize(
+            m("SetIncidentStatus"), reporter_pb2.SetIncidentStatusRequest(account_id="b"), ANALYST
+        )
+    with pytest.raises(InvalidArgument, match="account_id"):
+        authorize(m("SetIncidentStatus"), reporter_pb2.SetIncidentStatusRequest(), OPERATOR)
+    authorize(
+        m("SetIncidentStatus"), reporter_pb2.SetIncidentStatusRequest(account_id="b"), OPERATOR
+    )
+    with pytest.raises(PermissionDenied):
+        authorize(m("SetIncidentStatus"), reporter_pb2.SetIncidentStatusRequest(), NOBODY)

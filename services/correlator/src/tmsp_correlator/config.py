@@ -58,6 +58,9 @@ class CorrelatorSettings(ServiceSettings):
     """How long a store batch waits to fill (how far the stored copy may trail the bus)."""
     producer_linger_s: float = Field(0.005, ge=0)
     """How long the producer waits to batch records into one request."""
+    status_store_wait_s: float = Field(10.0, ge=0)
+    """How long a status change for an incident its group has left behind waits for the
+    stored copy to catch up with the bus before it is dead-lettered."""
     live_count_interval_s: float = Field(1.0, ge=0)
     """At most one live incident count per account this often (0 = after every batch)."""
     time_zone: str = "UTC"

@@ -18,6 +18,7 @@ from tmsp_reporter.service_layer.mitigation import MitigationTasks
 from tmsp_reporter.service_layer.portal import Portal
 from tmsp_reporter.service_layer.ports import Publisher
 from tmsp_reporter.service_layer.reports import ReportConfig, ReportService
+from tmsp_reporter.service_layer.triage import IncidentTriage
 
 
 @dataclass
@@ -28,6 +29,7 @@ class App:
     exports: ConsolidatedLogs
     maintenance: Maintenance
     mitigation: MitigationTasks
+    triage: IncidentTriage
 
 
 def build(
@@ -61,4 +63,5 @@ def build(
         exports=ConsolidatedLogs(read),
         maintenance=Maintenance(read, store, clock),
         mitigation=MitigationTasks(read, publisher, clock),
+        triage=IncidentTriage(read, publisher, clock),
     )

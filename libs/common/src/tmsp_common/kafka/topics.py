@@ -148,6 +148,12 @@ INCIDENTS = Topic(
     compacted=True,
     description="Incident upserts from the correlator",
 )
+INCIDENT_STATUS_CHANGES = Topic(
+    "tmsp.incident-status-changes.v1",
+    incidents_pb2.IncidentStatusChange,
+    key="incident_id",
+    description="Triage decisions from the portal (status, note), applied by the correlator",
+)
 INCIDENT_COUNTS = Topic(
     "tmsp.incident-counts.v1",
     incidents_pb2.IncidentCount,
@@ -182,6 +188,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     UPLOADS,
     MITIGATION_TASKS,
     INCIDENTS,
+    INCIDENT_STATUS_CHANGES,
     INCIDENT_COUNTS,
     NONCONFORMING_ENDPOINTS,
     PRODUCT_LIVENESS,

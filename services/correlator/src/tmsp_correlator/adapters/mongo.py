@@ -15,11 +15,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from tmsp_common.mongo import Document, ensure_indexes
+from tmsp_correlator.domain.correlation import OPEN_STATUSES as _OPEN
 
 INCIDENTS = "incidents"
 NONCONFORMING = "nonconforming_endpoints"
 LIVENESS = "product_liveness"
-OPEN_STATUSES = ["new", "investigating"]
+OPEN_STATUSES = list(_OPEN)
 
 
 async def is_ferretdb(db: AsyncDatabase[Document]) -> bool:
@@ -70,20 +71,70 @@ def incident_document(inc: dict[str, Any]) -> Document:
         ],
         "attack_tags": inc["tags"],
         "recommended_actions": inc["actions"],
+        "status": inc.get("status", "new"),
+        "group_key": inc.get("key", ""),
+        "status_note": inc.get("note", ""),
+        "status_changed_by": inc.get("by", ""),
+        "status_changed_at": _dt(inc["changed_at"]) if inc.get("changed_at") else None,
         "version": inc["version"],
         "updated_at": datetime.now(UTC),
     }
 
 
+def _ts(at: datetime) -> float:
+    """Epoch seconds of a stored time (naive datetimes from the driver are UTC)."""
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+def incident_state(doc: Document) -> dict[str, Any]:
+    """The incident state dict (see domain.correlation) of a stored incident: the inverse
+    of :func:`incident_document`."""
+
+    def ep(e: Document) -> list[str]:
+        return [e.get("host", ""), e.get("ip", ""), e.get("mac", "")]
+
+    inc: dict[str, Any] = {
+        "id": doc["_id"],
+        "account_id": doc["account_id"],
+        "rule_ids": list(doc["rule_ids"]),
+        "title": doc["title"],
+        "description": doc.get("description", ""),
+        "severity": doc["severity"],
+        "group": dict(doc.get("group") or {}),
+        "endpoints": [ep(e) for e in doc["endpoints"]],
+        "first": _ts(doc["first_seen"]),
+        "last": _ts(doc["last_seen"]),
+        "count": doc["event_count"],
+        "event_ids": list(doc["event_ids"]),
+        "timeline": [
+            [_ts(t["at"]), t["event_id"], t["rule_id"], t["summary"], *ep(t["endpoint"])]
+            for t in doc["timeline"]
+        ],
+        "tags": list(doc["attack_tags"]),
+        "actions": list(doc["recommended_actions"]),
+        "status": doc.get("status", "new"),
+        "version": int(doc["version"]),
+    }
+    if doc.get("group_key"):
+        inc["key"] = doc["group_key"]
+    if doc.get("status_changed_at"):
+        inc.update(
+            note=doc.get("status_note", ""),
+            by=doc.get("status_changed_by", ""),
+            changed_at=_ts(doc["status_changed_at"]),
+        )
+    return inc
+
+
 def incident_update(inc: dict[str, Any]) -> Document:
     doc = incident_document(inc)
-    return {"$set": doc, "$setOnInsert": {"status": "new", "created_at": doc["updated_at"]}}
+    return {"$set": doc, "$setOnInsert": {"created_at": doc["updated_at"]}}
 
 
 def _incident_insert(inc: dict[str, Any]) -> Document:
     """The document an upsert of ``incident_update(inc)`` creates."""
     doc = incident_document(inc)
-    return {"_id": inc["id"], **doc, "status": "new", "created_at": doc["updated_at"]}
+    return {"_id": inc["id"], **doc, "created_at": doc["updated_at"]}
 
 
 #: Mongo's duplicate key error code (FerretDB 1.24 reports it in bulk inserts too).
@@ -155,7 +206,7 @@ class MongoIncidents:
         read = rest if self.replace_in_bulk else [i for i in present if i["id"] not in versions]
         kept: dict[str, Document] = {}
         if read:
-            fields = {"version": 1, "status": 1, "created_at": 1}
+            fields = {"version": 1, "created_at": 1}
             async for d in self.coll.find({"_id": {"$in": [i["id"] for i in read]}}, fields):
                 kept[d["_id"]] = d
                 versions.setdefault(d["_id"], int(d.get("version", 0)))
@@ -175,7 +226,7 @@ class MongoIncidents:
 
     async def _replace(self, incidents: list[dict[str, Any]], kept: dict[str, Document]) -> None:
         """Newer versions of stored incidents: delete them and insert the new documents with
-        what the stored ones keep (``kept``: status, created_at), two statements for the
+        what the stored ones keep (``kept``: created_at), two statements for the
         whole batch.
 
         On FerretDB 1.24 (SQLite) every update or delete statement scans the collection, even
@@ -191,13 +242,16 @@ class MongoIncidents:
         for inc in incidents:
             doc = _incident_insert(inc)
             old = kept.get(inc["id"], {})
-            doc["status"] = old.get("status", doc["status"])
             doc["created_at"] = old.get("created_at", doc["created_at"])
             docs.append(doc)
         await self.coll.insert_many(docs, ordered=False)
 
     async def get(self, incident_id: str) -> Document | None:
         return await self.coll.find_one({"_id": incident_id})
+
+    async def load(self, incident_id: str) -> dict[str, Any] | None:
+        doc = await self.get(incident_id)
+        return None if doc is None else incident_state(doc)
 
     async def counts(self, account_id: str) -> tuple[int, int]:
         # one pass (by status) rather than two count_documents: each filter beyond _id

@@ -17,6 +17,11 @@ inserted in time order, so out-of-order events count. Hits are deduplicated by e
 a replay after a crash changes nothing (and re-emits the incident, whose writes are
 idempotent). Correlations that reference other correlations receive *chained hits* whose
 event id is the firing incident's id.
+
+Triage decisions (a portal user sets an incident's status) travel the same path as *status
+hits* keyed by the incident's group key, so the group's one writer applies them
+(:func:`apply_status`). A resolved or false-positive incident is closed: later matches do
+not extend it but open a new incident from events after it.
 """
 
 from __future__ import annotations
@@ -41,6 +46,15 @@ plus indexes rebuilt when missing (:data:`DERIVED_STATE`)."""
 
 # Window entry layout: [ts, rule_id, event_id, value, summary, host, ip, mac]
 _TS, _RULE, _EID, _VAL, _SUM, _HOST, _IP, _MAC = range(8)
+
+STATUSES = ("new", "investigating", "resolved", "false_positive")
+OPEN_STATUSES = ("new", "investigating")
+"""An open incident is extended by repeated matches; a closed one (resolved, false
+positive) is not."""
+STATUS_HIT = "status"
+"""The ``x`` (kind) of a status hit; a detection hit has none."""
+MAX_PAST_INCIDENTS = 8
+"""A group state remembers the ids and last versions of this many earlier incidents."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,10 @@ class Outcome:
     """The incident to upsert and publish (new, updated, or re-emitted on replay)."""
     new_incident: bool = False
     chained: list[Hit] = field(default_factory=list)
+    detached: int | None = None
+    """A status hit for an incident that is no longer its group's current one: the caller
+    changes the stored copy. The value is the last version the group published of it (0
+    if the group does not remember it): the stored copy must have caught up to it."""
 
 
 def _summary(event: Event, rule_title: str) -> str:
@@ -303,6 +321,7 @@ def _new_incident(
         "actions": list(actions),
         "status": "new",
         "version": 0,
+        "key": hit["k"],
     }
     for entry in window:
         _add_to_incident(inc, corr, entry, limits)
@@ -456,17 +475,27 @@ def apply_hit(
         # to hold: spare the scan (a noisy host's window holds up to max_window_events
         # entries while it waits for a sequence's second rule or a scan's 20th target)
         return st, out
-    window = _firing_window(corr, w, ts)
+    if inc is not None and inc.get("status", "new") not in OPEN_STATUSES:
+        # a closed incident is not extended: only events after it can open the next one
+        if ts <= inc["last"]:
+            return st, out
+        window = _firing_window(corr, w[bisect.bisect_right(w, inc["last"], key=_ts_key) :], ts)
+        open_inc = False
+    else:
+        window = _firing_window(corr, w, ts)
+        open_inc = inc is not None and inc["first"] - corr.timespan_s <= ts <= inc["until"]
     if window is None:
         return st, out
-    open_inc = inc is not None and inc["first"] - corr.timespan_s <= ts <= inc["until"]
     if open_inc and inc is not None:
         # a repeated match: the new event joins the open incident (not part of it: a
         # known event returned as a duplicate above, and the incident has not changed)
         _add_to_incident(inc, corr, entry, limits, known_new=True)
+        inc.setdefault("key", hit["k"])  # states from before incidents carried their key
         inc["version"] += 1
         out.incident = inc
     else:
+        if inc is not None:
+            _remember_past(st, inc)
         inc = _new_incident(corr, rules, hit, window, limits)
         inc["version"] = 1
         st["inc"] = inc
@@ -474,6 +503,74 @@ def apply_hit(
         out.new_incident = True
     out.chained = _chain(rules, corr, inc)
     return st, out
+
+
+def _remember_past(st: GroupState, inc: dict[str, Any]) -> None:
+    """Keep the id and last version of an incident the group leaves behind (bounded)."""
+    past: dict[str, int] = st.setdefault("past", {})
+    past[inc["id"]] = inc["version"]
+    while len(past) > MAX_PAST_INCIDENTS:
+        del past[next(iter(past))]
+
+
+def make_status_hit(
+    *,
+    group_key: str,
+    incident_id: str,
+    account_id: str,
+    status: str,
+    note: str,
+    changed_by: str,
+    changed_at: float,
+    change_id: str,
+) -> Hit:
+    """A triage decision as a hit of the incident's group (see :func:`apply_status`)."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown incident status {status!r}")
+    return {
+        "x": STATUS_HIT,
+        "k": group_key,
+        "i": incident_id,
+        "a": account_id,
+        "st": status,
+        "n": note,
+        "by": changed_by,
+        "t": changed_at,
+        "e": change_id,
+    }
+
+
+def set_status(inc: dict[str, Any], hit: Hit) -> bool:
+    """Apply a status hit's decision to ``inc``; False if it changes nothing (a replay, or
+    the same decision again)."""
+    if (inc.get("status", "new"), inc.get("note", "")) == (hit["st"], hit["n"]):
+        return False
+    inc["status"] = hit["st"]
+    inc["note"] = hit["n"]
+    inc["by"] = hit["by"]
+    inc["changed_at"] = hit["t"]
+    inc["version"] += 1
+    return True
+
+
+def apply_status(state: GroupState | None, hit: Hit) -> tuple[GroupState | None, Outcome]:
+    """Apply a status hit to its group: the group's current incident changes here (the
+    group's one writer, so a later match sees the decision); an earlier one is
+    ``detached`` (the caller changes its stored copy)."""
+    out = Outcome()
+    inc = state.get("inc") if state is not None else None
+    if state is None or inc is None or inc["id"] != hit["i"]:
+        past = state.get("past", {}) if state is not None else {}
+        out.detached = int(past.get(hit["i"], 0))
+        return state, out
+    if inc["account_id"] != hit["a"]:
+        out.late_reason = "status change names another account than its incident's"
+        return state, out
+    if set_status(inc, hit):
+        out.incident = inc
+    else:
+        out.duplicate = True
+    return state, out
 
 
 def _chain(rules: RuleSet, corr: CorrelationRule, inc: dict[str, Any]) -> list[Hit]:
@@ -527,4 +624,26 @@ class MemoryCorrelator:
                 self.published.append({"id": out.incident["id"], "v": out.incident["version"]})
                 changed.append(out.incident)
             queue.extend(out.chained)
+        return changed
+
+    def triage(self, incident_id: str, status: str, note: str = "", *, by: str = "u1") -> bool:
+        """Apply a triage decision as the app does (a status hit to the incident's group;
+        an incident the group left behind changes as stored); True if it changed."""
+        inc = self.incidents[incident_id]
+        hit = make_status_hit(
+            group_key=inc["key"],
+            incident_id=incident_id,
+            account_id=inc["account_id"],
+            status=status,
+            note=note,
+            changed_by=by,
+            changed_at=float(inc["last"]),
+            change_id=f"chg-{len(self.published)}",
+        )
+        _state, out = apply_status(self.state.get(hit["k"]), hit)
+        if out.late_reason:
+            raise ValueError(out.late_reason)
+        changed = out.incident is not None or (out.detached is not None and set_status(inc, hit))
+        if changed:
+            self.published.append({"id": inc["id"], "v": inc["version"]})
         return changed

@@ -4,8 +4,9 @@ Topology::
 
     DETECTIONS ──> match stage ──┐                 ┌─> INCIDENTS ──> store stage ─> Mongo
                    (stages.py)   ├─> <app>-hits ──>┤   correlate      (stages.py)  INCIDENT_COUNTS
-    MITIGATION ──> mitigation ───┘   (repartition) └─> chained hits back to <app>-hits
-                   agent                (keyed by group key; table: window state)
+    MITIGATION ──> mitigation ───┤   (repartition) └─> chained hits back to <app>-hits
+                   agent         │      (keyed by group key; table: window state)
+    INCIDENT_STATUS_CHANGES ─────┘ status hits (triage decisions from the portal)
     MITIGATION_RESULTS ─> NONCONFORMING_ENDPOINTS
     HEARTBEATS, UPLOADS, PRODUCTS ─> liveness ─> PRODUCT_LIVENESS (timer on the leader)
 
@@ -29,11 +30,12 @@ import faust
 import orjson
 from faust.serializers import codecs
 
-from tmsp.events.v1 import detections_pb2, products_pb2, status_pb2
+from tmsp.events.v1 import detections_pb2, incidents_pb2, products_pb2, status_pb2
 from tmsp_common.kafka.envelope import EnvelopeError, epoch_seconds, unwrap
 from tmsp_common.kafka.topics import (
     DETECTIONS,
     HEARTBEATS,
+    INCIDENT_STATUS_CHANGES,
     MITIGATION_RESULTS,
     PRODUCTS,
     UPLOADS,
@@ -46,9 +48,11 @@ from tmsp_correlator.bootstrap import Container
 from tmsp_correlator.config import CorrelatorSettings
 from tmsp_correlator.domain.correlation import (
     DERIVED_STATE,
+    STATUS_HIT,
     GroupState,
     Hit,
     apply_hit,
+    apply_status,
     hits_for_event,
 )
 from tmsp_correlator.domain.nonconforming import MitigationFact
@@ -60,7 +64,7 @@ from tmsp_correlator.entrypoints.metrics import (
     LATE,
 )
 from tmsp_correlator.entrypoints.stages import MatchStage, SharedProducer, StoreStage
-from tmsp_correlator.service_layer.events import mitigation_event
+from tmsp_correlator.service_layer.events import mitigation_event, status_hit
 
 log = get_logger(__name__)
 
@@ -203,6 +207,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     prefix = s.topic_prefix
 
     mitigations_topic = bus.topic(MITIGATION_RESULTS.qualified(prefix))
+    status_topic = bus.topic(INCIDENT_STATUS_CHANGES.qualified(prefix))
     heartbeats_topic = bus.topic(HEARTBEATS.qualified(prefix))
     uploads_topic = bus.topic(UPLOADS.qualified(prefix))
     products_topic = bus.topic(PRODUCTS.qualified(prefix))
@@ -297,6 +302,39 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
 
             await guarded(MITIGATION_RESULTS, record, handle)
 
+    @app.agent(status_topic, name="incident-status")
+    async def status_changes(stream: Any) -> None:
+        # a triage decision joins its incident's group on the hits topic: the group's one
+        # writer (the correlate agent) applies it, so a later match sees it
+        async for event in stream.events():
+            record = Record.of(event)
+
+            async def handle(event: Any = event) -> None:
+                env, change = unwrap(event.value, incidents_pb2.IncidentStatusChange)
+                await send_hits([status_hit(env, change)])
+
+            await guarded(INCIDENT_STATUS_CHANGES, record, handle)
+
+    async def change_detached(hit: Hit, known_version: int) -> bool:
+        """A status hit for an incident its group has left behind: through the stored
+        copy. Dead-lettered (on the status changes' dead-letter topic) if it cannot be
+        applied; True if the incident changed."""
+        try:
+            changed = await c.recorder.set_status_detached(
+                hit, known_version, wait_s=s.status_store_wait_s
+            )
+            return changed is not None
+        except Exception as exc:  # noqa: BLE001 - one change, not the batch
+            log.warning("status change refused", incident_id=hit["i"], reason=str(exc))
+            await bus.dead_letter(
+                INCIDENT_STATUS_CHANGES,
+                key=hit["i"].encode(),
+                value=orjson.dumps(hit),
+                reason=f"status change not applied: {exc}",
+                extra_headers=[("tmsp-dlq-content-type", b"application/json; hit")],
+            )
+            return False
+
     correlate_seconds = HANDLE_SECONDS.labels("correlate")
     changelog = changelog_topic_name(s)
 
@@ -330,6 +368,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
             changed: dict[str, tuple[dict[str, Any], bool]] = {}
             states: dict[str, GroupState] = {}
             chained: list[Hit] = []
+            detached: list[tuple[Hit, int]] = []
             # the table's store, read as write_states writes it (no per-key sensor calls)
             store = windows.data
             for event in batch:
@@ -343,6 +382,16 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                     try:
                         key = hit["k"]
                         prior = states[key] if key in states else store.get(key)
+                        if hit.get("x") == STATUS_HIT:
+                            status_state, out = apply_status(prior, hit)
+                            if out.detached is not None:
+                                detached.append((hit, out.detached))
+                            elif out.late_reason:
+                                raise ValueError(out.late_reason)
+                            elif status_state is not None and out.incident is not None:
+                                states[key] = status_state
+                                changed[out.incident["id"]] = (out.incident, False)
+                            continue
                         state, out = apply_hit(c.rules, prior, hit, c.limits)
                     except Exception as exc:  # noqa: BLE001 - one bad hit, not the batch
                         await refuse(HIT_SOURCE, record.with_hit(hit), exc)
@@ -373,6 +422,9 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                 await send_hits(chained)
             for _inc, opened in changed.values():
                 INCIDENT_WRITES.labels("new" if opened else "update").inc()
+            for hit, known_version in detached:
+                if await change_detached(hit, known_version):
+                    INCIDENT_WRITES.labels("update").inc()
             correlate_seconds.observe(time.perf_counter() - started)
 
     @app.agent(heartbeats_topic, name="heartbeats")
@@ -460,6 +512,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
 
     app.correlator_agents = [  # type: ignore[attr-defined]
         mitigations,
+        status_changes,
         correlate,
         heartbeats,
         uploads,

@@ -1,11 +1,13 @@
-"""Bus events (protobuf) to the flat event dicts the rule engine matches."""
+"""Bus events (protobuf) to the flat event dicts the rule engine matches, and triage
+decisions to status hits."""
 
 from __future__ import annotations
 
-from tmsp.events.v1 import detections_pb2, products_pb2
+from tmsp.events.v1 import detections_pb2, incidents_pb2, products_pb2
 from tmsp.events.v1.envelope_pb2 import Envelope
-from tmsp_common.kafka.envelope import epoch_seconds
+from tmsp_common.kafka.envelope import EnvelopeError, epoch_seconds
 from tmsp_common.severity import SEVERITY_NAMES
+from tmsp_correlator.domain.correlation import Hit, make_status_hit
 from tmsp_correlator.domain.fields import Event
 
 _KIND = {
@@ -71,6 +73,49 @@ def detection_event(env: Envelope, d: detections_pb2.Detection) -> Event:
         for k, v in d.extra.items():
             out[f"extra.{k}"] = v
     return out
+
+
+STATUS_NAMES: dict[incidents_pb2.IncidentStatus.ValueType, str] = {
+    incidents_pb2.INCIDENT_STATUS_NEW: "new",
+    incidents_pb2.INCIDENT_STATUS_INVESTIGATING: "investigating",
+    incidents_pb2.INCIDENT_STATUS_RESOLVED: "resolved",
+    incidents_pb2.INCIDENT_STATUS_FALSE_POSITIVE: "false_positive",
+}
+"""Bus status values, and their names as incident states spell them."""
+
+
+def status_hit(env: Envelope, ch: incidents_pb2.IncidentStatusChange) -> Hit:
+    """A triage decision as a status hit of its incident's group (EnvelopeError if it
+    cannot be applied: the agent dead-letters it with that reason)."""
+    account_id = ch.account_id or env.account_id
+    if env.account_id and ch.account_id and env.account_id != ch.account_id:
+        raise EnvelopeError("status change: envelope and change name different accounts")
+    missing = [
+        name
+        for name, value in (
+            ("incident_id", ch.incident_id),
+            ("account_id", account_id),
+            ("group_key", ch.group_key),
+        )
+        if not value
+    ]
+    if missing:
+        raise EnvelopeError(f"status change without {', '.join(missing)}")
+    if not ch.group_key.startswith(f"{account_id}|"):
+        raise EnvelopeError("status change: group key of another account")
+    status = STATUS_NAMES.get(ch.status)
+    if status is None:
+        raise EnvelopeError(f"status change to an unknown status ({int(ch.status)})")
+    return make_status_hit(
+        group_key=ch.group_key,
+        incident_id=ch.incident_id,
+        account_id=account_id,
+        status=status,
+        note=ch.note,
+        changed_by=ch.changed_by_user_id,
+        changed_at=epoch_seconds(ch.requested_at) or epoch_seconds(env.occurred_at),
+        change_id=ch.change_id or env.event_id,
+    )
 
 
 def mitigation_event(env: Envelope, m: detections_pb2.MitigationResult) -> Event:

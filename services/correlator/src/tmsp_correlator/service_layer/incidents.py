@@ -9,6 +9,7 @@ incident that changes many times while a write is under way is written once.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,19 +18,18 @@ from tmsp_common.kafka.envelope import epoch_seconds, set_epoch_seconds, to_time
 from tmsp_common.kafka.topics import INCIDENT_COUNTS, INCIDENTS
 from tmsp_common.logging import get_logger
 from tmsp_common.severity import SEVERITY_NAMES
+from tmsp_correlator.domain.correlation import Hit, set_status
 from tmsp_correlator.domain.fields import SEVERITY_RANK
+from tmsp_correlator.service_layer.events import STATUS_NAMES
 from tmsp_correlator.service_layer.ports import IncidentRepository, Publisher
 
 log = get_logger(__name__)
 
-STATUS = {
-    "new": incidents_pb2.INCIDENT_STATUS_NEW,
-    "investigating": incidents_pb2.INCIDENT_STATUS_INVESTIGATING,
-    "resolved": incidents_pb2.INCIDENT_STATUS_RESOLVED,
-    "false_positive": incidents_pb2.INCIDENT_STATUS_FALSE_POSITIVE,
-}
-OPEN_STATUSES = ("new", "investigating")
-STATUS_NAMES = {v: k for k, v in STATUS.items()}
+STATUS = {name: value for value, name in STATUS_NAMES.items()}
+
+
+class StatusChangeRefused(Exception):
+    """A status change that cannot be applied (the reason is the message)."""
 
 
 def _dt(ts: float) -> datetime:
@@ -52,7 +52,12 @@ def incident_message(inc: dict[str, Any], now: datetime) -> incidents_pb2.Incide
         status=STATUS.get(inc.get("status", "new"), incidents_pb2.INCIDENT_STATUS_NEW),
         version=inc["version"],
         group=inc.get("group", {}),
+        group_key=inc.get("key", ""),
+        status_note=inc.get("note", ""),
+        status_changed_by_user_id=inc.get("by", ""),
     )
+    if inc.get("changed_at"):
+        set_epoch_seconds(msg.status_changed_at, inc["changed_at"])
     # field by field, empty ones left unset: twice as fast as nested keyword construction
     # (an incident is published in full at each version, with up to 200 timeline entries)
     for host, ip, mac in inc["endpoints"]:
@@ -107,7 +112,22 @@ def incident_from_message(msg: incidents_pb2.Incident) -> dict[str, Any]:
         "actions": list(msg.recommended_actions),
         "status": STATUS_NAMES.get(msg.status, "new"),
         "version": msg.version,
+        **_triage_fields(msg),
     }
+
+
+def _triage_fields(msg: incidents_pb2.Incident) -> dict[str, Any]:
+    """The group key and the last triage decision, where the message has them."""
+    out: dict[str, Any] = {}
+    if msg.group_key:
+        out["key"] = msg.group_key
+    if msg.HasField("status_changed_at"):
+        out.update(
+            note=msg.status_note,
+            by=msg.status_changed_by_user_id,
+            changed_at=epoch_seconds(msg.status_changed_at),
+        )
+    return out
 
 
 class IncidentRecorder:
@@ -149,17 +169,47 @@ class IncidentRecorder:
                     title=inc["title"],
                 )
 
+    async def set_status_detached(
+        self, hit: Hit, known_version: int, *, wait_s: float = 10.0
+    ) -> dict[str, Any] | None:
+        """Apply a status hit to an incident that is no longer its group's current one
+        (nothing but this changes it any more), through its stored copy: read, changed,
+        written, then published. Written before it is published, so that the next change
+        reads this version. The stored copy may trail the bus: it is read again until it
+        has the last version the group published (``known_version``), for ``wait_s`` at
+        most. Returns the changed incident, None if the change changed nothing."""
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            inc = await self.repo.load(hit["i"])
+            if inc is not None and inc["version"] >= known_version:
+                break
+            if asyncio.get_running_loop().time() >= deadline:
+                raise StatusChangeRefused(
+                    "incident not found in the correlator's store"
+                    if inc is None
+                    else f"stored incident at version {inc['version']}, not yet {known_version}"
+                )
+            await asyncio.sleep(0.25)
+        if inc["account_id"] != hit["a"]:
+            raise StatusChangeRefused("status change names another account than its incident's")
+        if not set_status(inc, hit):
+            return None
+        await self.repo.upsert_many([inc])
+        await self.publish_many([(inc, False)])
+        return inc
+
     async def store_many(self, messages: list[incidents_pb2.Incident]) -> set[str]:
         """Store a batch of published incidents, each once in its newest version; returns
         the ids written (older or already stored versions write nothing).
 
-        Each account that gained an incident (a version 1 in the batch) is due for a live
-        count; a replayed version 1 only costs an extra count.
+        Each account that gained an incident (a version 1 in the batch) or whose incident
+        was triaged is due for a live count (open incidents change); a replayed version 1
+        only costs an extra count.
         """
         newest: dict[str, incidents_pb2.Incident] = {}
         opened: set[str] = set()
         for msg in messages:
-            if msg.version == 1:
+            if msg.version == 1 or msg.HasField("status_changed_at"):
                 opened.add(msg.account_id)
             have = newest.get(msg.incident_id)
             if have is None or have.version < msg.version:

@@ -32,6 +32,10 @@ class IncidentRepository(Protocol):
         """
         ...
 
+    async def load(self, incident_id: str) -> dict[str, Any] | None:
+        """The stored incident as a state dict (see domain.correlation), or None."""
+        ...
+
     async def counts(self, account_id: str) -> tuple[int, int]:
         """(open, total) incidents of one account."""
         ...

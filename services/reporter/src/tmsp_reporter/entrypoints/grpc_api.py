@@ -261,6 +261,18 @@ class ReporterServicer(reporter_pb2_grpc.ReporterServiceServicer):
         incident = await self.app.portal.get_incident(_account(request), request.incident_id)
         return reporter_pb2.GetIncidentResponse(incident=incident)
 
+    async def SetIncidentStatus(
+        self, request: reporter_pb2.SetIncidentStatusRequest, context: Any
+    ) -> reporter_pb2.SetIncidentStatusResponse:
+        change = await self.app.triage.set_status(
+            request.account_id,
+            request.incident_id,
+            int(request.status),
+            request.note,
+            current_principal().user_id,
+        )
+        return reporter_pb2.SetIncidentStatusResponse(change=change)
+
     async def ListNonconformingEndpoints(
         self, request: reporter_pb2.ListNonconformingEndpointsRequest, context: Any
     ) -> reporter_pb2.ListNonconformingEndpointsResponse:

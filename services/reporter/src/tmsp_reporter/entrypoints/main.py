@@ -24,6 +24,7 @@ from tmsp_common.kafka.topics import (
     ACCOUNTS,
     HEARTBEATS,
     INCIDENT_COUNTS,
+    INCIDENT_STATUS_CHANGES,
     INCIDENTS,
     MITIGATION_TASKS,
     NONCONFORMING_ENDPOINTS,
@@ -54,7 +55,7 @@ PROJECTED: dict[str, tuple[Topic, ...]] = {
     "incidents": (INCIDENTS, INCIDENT_COUNTS, NONCONFORMING_ENDPOINTS, PRODUCT_LIVENESS),
 }
 CONSUMED = tuple(t for group in PROJECTED.values() for t in group)
-PRODUCED = (NOTIFICATION_REQUESTS, MITIGATION_TASKS)
+PRODUCED = (NOTIFICATION_REQUESTS, MITIGATION_TASKS, INCIDENT_STATUS_CHANGES)
 
 
 async def serve(settings: ReporterSettings, stop: asyncio.Event) -> None:

@@ -5,7 +5,8 @@ is verified, so authentication and scoping happen in one place and before any me
 
 - a customer (account administrator, analyst) naming another account gets NOT_FOUND; an
   empty account id becomes their own, so use cases only ever see permitted accounts;
-- writes need an account administrator (or an operator); analysts only read;
+- writes need an account administrator (or an operator); analysts only read, except
+  triage (setting an incident's status);
 - operator-only methods (mitigation tasks, log maintenance changes) refuse everyone else;
 - a method missing from the table is refused (fail closed).
 """
@@ -37,6 +38,9 @@ POLICY: dict[str, Access] = {
     "GetCustomerAccount": Access(account_required=True),
     "ListIncidents": Access(),
     "GetIncident": Access(),
+    # Triage is an analyst's job: analysts (read-only for everything else) may set an
+    # incident's status. Tenant-scoped like every other method.
+    "SetIncidentStatus": Access(account_required=True),
     "ListNonconformingEndpoints": Access(),
     "ListProducts": Access(account_required=True),
     "GenerateReport": Access(write=True, account_required=True),

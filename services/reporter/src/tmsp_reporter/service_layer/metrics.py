@@ -18,3 +18,8 @@ REPORT_BYTES = Histogram(
     buckets=(10_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 4_000_000, 8_000_000),
 )
 PURGED = Counter("tmsp_reporter_purged_total", "Documents removed by log maintenance", ["what"])
+STATUS_CHANGES = Counter(
+    "tmsp_reporter_incident_status_changes_total",
+    "Incident status changes (triage) published",
+    ["status"],
+)
