@@ -20,13 +20,14 @@ from tmsp_common.kafka.topics import (
     PRODUCT_LIVENESS,
     Topic,
 )
-from tmsp_correlator.domain.correlation import OPEN_STATUSES, MemoryCorrelator
+from tmsp_correlator.domain.correlation import OPEN_STATUSES, MemoryCorrelator, make_status_hit
 from tmsp_correlator.domain.liveness import LivenessPolicy, due_transitions
 from tmsp_correlator.domain.nonconforming import MitigationFact, apply_result, endpoint_key
 from tmsp_correlator.domain.rules import load_rule_directory
 from tmsp_correlator.service_layer.events import detection_event
 from tmsp_correlator.service_layer.incidents import (
     IncidentRecorder,
+    StatusChangeRefused,
     incident_from_message,
     incident_message,
 )
@@ -414,3 +415,55 @@ def test_an_endpoint_left_empty_is_still_present_on_the_bus() -> None:
     assert (msg.first_seen.seconds, msg.first_seen.nanos) == (1_790_000_000, 250_000_000)
     assert msg.last_seen.seconds == 1_790_000_002 and msg.last_seen.nanos < 1000
     assert incident_from_message(msg)["timeline"][0][0] == 1_790_000_000.25
+
+
+def decision(iid: str, status: str, account: str = "acc1", note: str = "") -> dict[str, Any]:
+    return make_status_hit(
+        group_key=f'{account}|r|["h1"]',
+        incident_id=iid,
+        account_id=account,
+        status=status,
+        note=note,
+        changed_by="u1",
+        changed_at=1_790_000_100.0,
+        change_id="chg-1",
+    )
+
+
+async def test_a_decision_on_a_left_behind_incident_goes_through_the_stored_copy() -> None:
+    pub, repo = FakePublisher(), FakeIncidents()
+    rec = IncidentRecorder(repo, pub)
+    await repo.upsert_many([incident("a1", version=3)])
+    changed = await rec.set_status_detached(decision("a1", "resolved", note="ok"), 3, wait_s=0)
+    assert changed is not None and changed["version"] == 4
+    # stored before it is published: the next decision reads version 4
+    assert repo.docs["a1"]["version"] == 4 and repo.docs["a1"]["status"] == "resolved"
+    (published,) = [m for t, m, _ in pub.sent if t is INCIDENTS]
+    assert published.version == 4  # type: ignore[attr-defined]
+    assert published.status_note == "ok"  # type: ignore[attr-defined]
+    # the same decision again changes and publishes nothing
+    assert await rec.set_status_detached(decision("a1", "resolved", note="ok"), 4, wait_s=0) is None
+    assert len([t for t, _, _ in pub.sent if t is INCIDENTS]) == 1
+
+
+async def test_a_decision_waits_for_the_store_to_catch_up_and_refuses_what_cannot_apply() -> None:
+    pub, repo = FakePublisher(), FakeIncidents()
+    rec = IncidentRecorder(repo, pub)
+    await repo.upsert_many([incident("a1", version=2)])
+
+    async def catch_up() -> None:
+        await asyncio.sleep(0.3)
+        await repo.upsert_many([incident("a1", version=5)])
+
+    # the group published version 5; the store still has 2 until catch_up stores it
+    task = asyncio.create_task(catch_up())
+    changed = await rec.set_status_detached(decision("a1", "investigating"), 5, wait_s=5)
+    await task
+    assert changed is not None and changed["version"] == 6
+    with pytest.raises(StatusChangeRefused, match="not found in the correlator's store"):
+        await rec.set_status_detached(decision("nope", "resolved"), 0, wait_s=0)
+    with pytest.raises(StatusChangeRefused, match="version 6, not 9"):
+        await rec.set_status_detached(decision("a1", "resolved"), 9, wait_s=0.3)
+    with pytest.raises(StatusChangeRefused, match="another account"):
+        await rec.set_status_detached(decision("a1", "resolved", account="acc2"), 0, wait_s=0)
+    assert repo.docs["a1"]["status"] == "investigating"

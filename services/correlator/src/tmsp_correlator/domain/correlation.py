@@ -564,7 +564,7 @@ def apply_status(state: GroupState | None, hit: Hit) -> tuple[GroupState | None,
         out.detached = int(past.get(hit["i"], 0))
         return state, out
     if inc["account_id"] != hit["a"]:
-        out.late_reason = "status change names another account than its incident's"
+        out.late_reason = "it names another account than its incident's"
         return state, out
     if set_status(inc, hit):
         out.incident = inc

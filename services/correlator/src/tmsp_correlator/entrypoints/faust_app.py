@@ -315,25 +315,18 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
 
             await guarded(INCIDENT_STATUS_CHANGES, record, handle)
 
-    async def change_detached(hit: Hit, known_version: int) -> bool:
-        """A status hit for an incident its group has left behind: through the stored
-        copy. Dead-lettered (on the status changes' dead-letter topic) if it cannot be
-        applied; True if the incident changed."""
-        try:
-            changed = await c.recorder.set_status_detached(
+    async def change_detached(record: Record, hit: Hit, known_version: int) -> None:
+        """A status hit for an incident its group has left behind, through the stored copy:
+        retried when the store fails, dead-lettered (on the status changes' dead-letter
+        topic, the hit as the value) when it cannot apply."""
+
+        async def handle() -> None:
+            if await c.recorder.set_status_detached(
                 hit, known_version, wait_s=s.status_store_wait_s
-            )
-            return changed is not None
-        except Exception as exc:  # noqa: BLE001 - one change, not the batch
-            log.warning("status change refused", incident_id=hit["i"], reason=str(exc))
-            await bus.dead_letter(
-                INCIDENT_STATUS_CHANGES,
-                key=hit["i"].encode(),
-                value=orjson.dumps(hit),
-                reason=f"status change not applied: {exc}",
-                extra_headers=[("tmsp-dlq-content-type", b"application/json; hit")],
-            )
-            return False
+            ):
+                INCIDENT_WRITES.labels("update").inc()
+
+        await guarded(INCIDENT_STATUS_CHANGES, record.with_hit(hit), handle)
 
     correlate_seconds = HANDLE_SECONDS.labels("correlate")
     changelog = changelog_topic_name(s)
@@ -368,7 +361,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
             changed: dict[str, tuple[dict[str, Any], bool]] = {}
             states: dict[str, GroupState] = {}
             chained: list[Hit] = []
-            detached: list[tuple[Hit, int]] = []
+            detached: list[tuple[Record, Hit, int]] = []
             # the table's store, read as write_states writes it (no per-key sensor calls)
             store = windows.data
             for event in batch:
@@ -379,22 +372,27 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                     await refuse(HIT_SOURCE, record, exc)
                     continue
                 for hit in hits:
+                    status = hit.get("x") == STATUS_HIT
                     try:
                         key = hit["k"]
                         prior = states[key] if key in states else store.get(key)
-                        if hit.get("x") == STATUS_HIT:
+                        if status:
                             status_state, out = apply_status(prior, hit)
-                            if out.detached is not None:
-                                detached.append((hit, out.detached))
-                            elif out.late_reason:
-                                raise ValueError(out.late_reason)
-                            elif status_state is not None and out.incident is not None:
-                                states[key] = status_state
-                                changed[out.incident["id"]] = (out.incident, False)
-                            continue
-                        state, out = apply_hit(c.rules, prior, hit, c.limits)
+                        else:
+                            state, out = apply_hit(c.rules, prior, hit, c.limits)
                     except Exception as exc:  # noqa: BLE001 - one bad hit, not the batch
                         await refuse(HIT_SOURCE, record.with_hit(hit), exc)
+                        continue
+                    if status:
+                        # a triage decision: the group's current incident changes here
+                        if out.detached is not None:
+                            detached.append((record, hit, out.detached))
+                        elif out.late_reason:
+                            refused = EnvelopeError(f"status change not applied: {out.late_reason}")
+                            await refuse(INCIDENT_STATUS_CHANGES, record.with_hit(hit), refused)
+                        elif status_state is not None and out.incident is not None:
+                            states[key] = status_state
+                            changed[out.incident["id"]] = (out.incident, False)
                         continue
                     if out.late_reason:
                         LATE.inc()
@@ -422,9 +420,8 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                 await send_hits(chained)
             for _inc, opened in changed.values():
                 INCIDENT_WRITES.labels("new" if opened else "update").inc()
-            for hit, known_version in detached:
-                if await change_detached(hit, known_version):
-                    INCIDENT_WRITES.labels("update").inc()
+            for rec, hit, known_version in detached:
+                await change_detached(rec, hit, known_version)
             correlate_seconds.observe(time.perf_counter() - started)
 
     @app.agent(heartbeats_topic, name="heartbeats")

@@ -14,7 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tmsp.events.v1 import detections_pb2, incidents_pb2
-from tmsp_common.kafka.envelope import epoch_seconds, set_epoch_seconds, to_timestamp
+from tmsp_common.kafka.envelope import (
+    EnvelopeError,
+    epoch_seconds,
+    set_epoch_seconds,
+    to_timestamp,
+)
 from tmsp_common.kafka.topics import INCIDENT_COUNTS, INCIDENTS
 from tmsp_common.logging import get_logger
 from tmsp_common.severity import SEVERITY_NAMES
@@ -28,8 +33,9 @@ log = get_logger(__name__)
 STATUS = {name: value for value, name in STATUS_NAMES.items()}
 
 
-class StatusChangeRefused(Exception):
-    """A status change that cannot be applied (the reason is the message)."""
+class StatusChangeRefused(EnvelopeError):
+    """A status change that cannot apply (the reason is the message): like an undecodable
+    record, dead-lettered at once rather than retried."""
 
 
 def _dt(ts: float) -> datetime:
@@ -185,13 +191,18 @@ class IncidentRecorder:
                 break
             if asyncio.get_running_loop().time() >= deadline:
                 raise StatusChangeRefused(
-                    "incident not found in the correlator's store"
-                    if inc is None
-                    else f"stored incident at version {inc['version']}, not yet {known_version}"
+                    "status change not applied: "
+                    + (
+                        "incident not found in the correlator's store"
+                        if inc is None
+                        else f"stored incident at version {inc['version']}, not {known_version}"
+                    )
                 )
             await asyncio.sleep(0.25)
         if inc["account_id"] != hit["a"]:
-            raise StatusChangeRefused("status change names another account than its incident's")
+            raise StatusChangeRefused(
+                "status change not applied: it names another account than its incident's"
+            )
         if not set_status(inc, hit):
             return None
         await self.repo.upsert_many([inc])
