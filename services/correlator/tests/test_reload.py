@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from tmsp_correlator.bootstrap import Container, build
 from tmsp_correlator.config import CorrelatorSettings
 from tmsp_correlator.domain.correlation import GroupState, Limits, apply_hit, hits_for_event
+from tmsp_correlator.domain.rules import RuleRejection, reload_rules
 from tmsp_correlator.entrypoints.main import prepare_data_dir
 
 DETECTION = """title: High severity detection
@@ -142,3 +143,61 @@ def test_the_data_directory_is_created_with_its_parents_or_refused_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert str(blocker / "corr-a") in err[0] and "TMSP_CORRELATOR_DATA_DIR" in err[0]
+
+
+BROKEN_BURST = BURST.format(version="v3").replace("type: event_count", "type: event_cont")
+
+
+def test_an_edit_with_a_rejected_rule_keeps_the_files_last_clean_version(tmp_path: Path) -> None:
+    """A typo in an edited correlation must not switch the correlation off: the file's last
+    clean version keeps running (and counting) until the file loads cleanly again."""
+    (tmp_path / "det.yml").write_text(DETECTION)
+    (tmp_path / "corr.yml").write_text(BURST.format(version="v1"))
+    c = container(tmp_path)
+    states: dict[str, GroupState] = {}
+    feed(c, states, high("a", 0))
+    (tmp_path / "corr.yml").write_text(BROKEN_BURST)
+    assert c.reload_rules_if_changed()
+    assert c.rules.rejected == []  # the running set: v1 of corr.yml, no rejection
+    feed(c, states, high("b", 10))
+    (inc,) = feed(c, states, high("c", 20))
+    assert inc["title"] == "Burst v1" and inc["count"] == 3
+    # fixed: the new version runs
+    (tmp_path / "corr.yml").write_text(BURST.format(version="v4"))
+    assert c.reload_rules_if_changed()
+    assert [k.meta.title for k in c.rules.correlations.values()] == ["Burst v4"]
+    (again,) = feed(c, states, high("d", 30))
+    assert again["id"] == inc["id"] and again["count"] == 4  # the window state stayed
+
+
+def test_a_file_never_clean_loads_its_good_rules_and_a_removed_one_goes(tmp_path: Path) -> None:
+    (tmp_path / "det.yml").write_text(DETECTION)
+    c = container(tmp_path)
+    # new, with one good and one bad rule: no clean version to fall back to
+    other = DETECTION.replace("name: high", "name: other").replace("severity: high", "x: y")
+    (tmp_path / "more.yml").write_text(other + "---\n" + BROKEN_BURST)
+    assert c.reload_rules_if_changed()
+    assert "other" in {d.meta.name for d in c.rules.detections.values()}
+    assert [r.file for r in c.rules.rejected] == ["more.yml"]
+    (tmp_path / "det.yml").unlink()
+    assert c.reload_rules_if_changed()
+    assert "high" not in {d.meta.name for d in c.rules.detections.values()}
+
+
+def test_reload_rules_falls_back_per_file() -> None:
+    det, corr = ("det.yml", DETECTION), ("corr.yml", BURST.format(version="v1"))
+    first = reload_rules([det, corr], [], {})
+    assert first.kept == {} and first.clean == dict([det, corr])
+    # corr.yml edited badly, det.yml unreadable now: both keep their clean versions
+    unreadable = [RuleRejection("det.yml", "", "invalid utf-8")]
+    second = reload_rules([("corr.yml", BROKEN_BURST)], unreadable, first.clean)
+    assert sorted(second.kept) == ["corr.yml", "det.yml"]
+    assert "event_cont" in second.kept["corr.yml"][0].reason
+    assert second.rules.rejected == []
+    assert {c.meta.title for c in second.rules.correlations.values()} == {"Burst v1"}
+    assert second.clean == first.clean
+    # a file whose clean version no longer loads either (its reference is gone) stays
+    # rejected and has no clean version any more
+    third = reload_rules([("corr.yml", BROKEN_BURST)], [], {"corr.yml": corr[1]})
+    assert [r.file for r in third.rules.rejected] == ["corr.yml"]
+    assert third.clean == {} and sorted(third.kept) == ["corr.yml"]

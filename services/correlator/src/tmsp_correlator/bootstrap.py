@@ -13,7 +13,7 @@ from tmsp_common.mongo import Document
 from tmsp_correlator.config import CorrelatorSettings
 from tmsp_correlator.domain.correlation import Limits
 from tmsp_correlator.domain.liveness import LivenessPolicy
-from tmsp_correlator.domain.rules import RuleSet, load_rule_directory
+from tmsp_correlator.domain.rules import Reload, RuleSet, read_rule_directory, reload_rules
 from tmsp_correlator.service_layer.incidents import IncidentRecorder
 from tmsp_correlator.service_layer.monitoring import NonconformingEndpoints, ProductLiveness
 from tmsp_correlator.service_layer.ports import (
@@ -26,11 +26,21 @@ from tmsp_correlator.service_layer.ports import (
 log = get_logger(__name__)
 
 
-def load_rules_logged(settings: CorrelatorSettings) -> RuleSet:
-    """Load the rule directory; every rejected rule is logged with its file and reason."""
-    rules = load_rule_directory(
-        settings.rules_dir, standalone_window_s=settings.standalone_window_s
+def load_rules_logged(settings: CorrelatorSettings, clean: dict[str, str]) -> Reload:
+    """Load the rule directory, keeping the last clean version (``clean``) of a file whose
+    new version has a rejected rule; every rejected rule and every refused file version is
+    logged with its file and reason."""
+    sources, unreadable = read_rule_directory(settings.rules_dir)
+    loaded = reload_rules(
+        sources, unreadable, clean, standalone_window_s=settings.standalone_window_s
     )
+    for file, reasons in loaded.kept.items():
+        log.warning(
+            "rule file refused; its last good version keeps running",
+            file=file,
+            reasons=[f"{r.rule or '(file)'}: {r.reason}" for r in reasons],
+        )
+    rules = loaded.rules
     for r in rules.rejected:
         log.warning("rule rejected", file=r.file, rule=r.rule, reason=r.reason)
     log.info(
@@ -39,8 +49,9 @@ def load_rules_logged(settings: CorrelatorSettings) -> RuleSet:
         detections=len(rules.detections),
         correlations=len(rules.correlations),
         rejected=len(rules.rejected),
+        kept=len(loaded.kept),
     )
-    return rules
+    return loaded
 
 
 def rules_fingerprint(directory: str) -> tuple[tuple[str, int, int], ...]:
@@ -63,13 +74,17 @@ class Container:
     nonconforming: NonconformingEndpoints
     liveness: ProductLiveness
     fingerprint: tuple[tuple[str, int, int], ...] = field(default_factory=tuple)
+    clean_rule_files: dict[str, str] = field(default_factory=dict)
+    """The last version of each rule file that loaded without a rejection."""
 
     def reload_rules_if_changed(self) -> bool:
-        """Swap in a freshly loaded rule set when the directory changed; window state stays."""
+        """Swap in a freshly loaded rule set when the directory changed; window state stays.
+        A file whose new version has a rejected rule keeps its last clean version."""
         fp = rules_fingerprint(self.settings.rules_dir)
         if fp == self.fingerprint:
             return False
-        self.rules = load_rules_logged(self.settings)
+        loaded = load_rules_logged(self.settings, self.clean_rule_files)
+        self.rules, self.clean_rule_files = loaded.rules, loaded.clean
         self.fingerprint = fp
         return True
 
@@ -82,9 +97,11 @@ def build(
     nonconforming: NonconformingRepository,
     liveness: LivenessRepository,
 ) -> Container:
+    loaded = load_rules_logged(settings, {})
     return Container(
         settings=settings,
-        rules=load_rules_logged(settings),
+        rules=loaded.rules,
+        clean_rule_files=loaded.clean,
         limits=Limits(
             allowed_lateness_s=settings.allowed_lateness_s,
             max_window_events=settings.max_window_events,

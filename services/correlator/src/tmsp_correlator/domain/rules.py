@@ -679,8 +679,9 @@ def _correlation(
     )
 
 
-def load_rule_directory(directory: str | Path, **kw: Any) -> RuleSet:
-    """Load every ``*.yml``/``*.yaml`` under ``directory`` (sorted, recursive)."""
+def read_rule_directory(directory: str | Path) -> tuple[list[tuple[str, str]], list[RuleRejection]]:
+    """The ``(file name, text)`` of every ``*.yml``/``*.yaml`` under ``directory`` (sorted,
+    recursive), and the files that could not be read."""
     root = Path(directory)
     files = sorted(p for p in root.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file())
     sources: list[tuple[str, str]] = []
@@ -690,6 +691,53 @@ def load_rule_directory(directory: str | Path, **kw: Any) -> RuleSet:
             sources.append((str(path.relative_to(root)), path.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError) as exc:
             rejected.append(RuleRejection(str(path.relative_to(root)), "", str(exc)))
+    return sources, rejected
+
+
+def load_rule_directory(directory: str | Path, **kw: Any) -> RuleSet:
+    """Load every ``*.yml``/``*.yaml`` under ``directory`` (sorted, recursive)."""
+    sources, unreadable = read_rule_directory(directory)
     rs = load_rules(sources, **kw)
-    rs.rejected[:0] = rejected
+    rs.rejected[:0] = unreadable
     return rs
+
+
+@dataclass
+class Reload:
+    """What a reload loaded: the rule set, the file versions that loaded cleanly (the next
+    reload's fallbacks), and the files whose new version was refused for their last clean
+    one."""
+
+    rules: RuleSet
+    clean: dict[str, str]
+    kept: dict[str, list[RuleRejection]]
+    """file -> why its new version was refused (its last clean version runs instead)."""
+
+
+def reload_rules(
+    sources: list[tuple[str, str]],
+    unreadable: list[RuleRejection],
+    clean: dict[str, str],
+    **kw: Any,
+) -> Reload:
+    """Load ``sources`` again, keeping the last clean version of a file whose new version
+    has a rejected rule (a typo in an edited rule must not switch its detections off).
+
+    ``clean`` maps files to the last version of them that loaded without a rejection. A
+    file that has none (new, or never clean) loads as it is, its good rules running and its
+    bad ones rejected; a removed file's rules are gone; an unreadable file with a clean
+    version keeps it."""
+    readable = dict(sources)
+    first = load_rules(sources, **kw)
+    refused: dict[str, list[RuleRejection]] = {}
+    for r in [*unreadable, *first.rejected]:
+        if r.file in clean and readable.get(r.file) != clean[r.file]:
+            refused.setdefault(r.file, []).append(r)
+    rs = first
+    if refused:
+        merged = {**readable, **{f: clean[f] for f in refused}}
+        rs = load_rules(sorted(merged.items()), **kw)
+    rs.rejected[:0] = [r for r in unreadable if r.file not in refused]
+    bad = {r.file for r in rs.rejected}
+    texts = {**readable, **{f: clean[f] for f in refused}}
+    return Reload(rs, {f: t for f, t in texts.items() if f not in bad}, refused)
