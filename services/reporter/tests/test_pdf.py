@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from pypdf import PdfReader
@@ -10,7 +11,7 @@ from pypdf import PdfReader
 from tmsp_common.severity import Severity
 from tmsp_reporter.adapters.pdf import render
 from tmsp_reporter.domain.aggregation import summarise
-from tmsp_reporter.domain.content import ReportContent
+from tmsp_reporter.domain.content import MAX_DETAILED_INCIDENTS, ReportContent
 from tmsp_reporter.domain.model import (
     AccountRow,
     Compliance,
@@ -18,6 +19,7 @@ from tmsp_reporter.domain.model import (
     IncidentView,
     NonconformingRow,
     ProductRow,
+    TimelineStep,
 )
 from tmsp_reporter.domain.periods import ReportKind, period_containing
 
@@ -100,3 +102,26 @@ def test_executive_report_bounds_the_incident_list() -> None:
     text = text_of(pdf.data)
     assert "Trend by severity" in text and "Execution" in text and "Isolate the endpoint" in text
     assert "... and 50 more incidents" in text
+
+
+def test_the_most_severe_incidents_are_detailed_with_their_chain_of_events() -> None:
+    """Seed 004: incident reports detail the chain of events and the recommended actions."""
+    steps = tuple(
+        TimelineStep(DAY.start + timedelta(seconds=k), f"e{k}", "high", f"step <{k}>", "pc-1")
+        for k in range(30)
+    )
+    base = content(ReportKind.DAILY_ADMINISTRATIVE, MAX_DETAILED_INCIDENTS + 2)
+    incidents = tuple(replace(i, timeline=steps) for i in base.incidents)
+    pdf = render(replace(base, incidents=incidents))
+    text = text_of(pdf.data)
+    assert "Incident details: chain of events and recommended actions" in text
+    # the first and the latest steps of a long chain, the rest counted
+    assert "step <0>" in text and "step <9>" in text and "step <29>" in text
+    assert "step <15>" not in text and "10 more steps" in text
+    assert text.count("Recommended actions: Isolate the endpoint") == MAX_DETAILED_INCIDENTS
+    assert "The other 2 listed incidents' chains of events are in the portal" in text
+
+
+def test_a_report_without_incidents_has_no_details_section() -> None:
+    text = text_of(render(content(ReportKind.WEEKLY_EXECUTIVE, 0)).data)
+    assert "Incident details" not in text and "No incident in this period." in text

@@ -28,8 +28,12 @@ from reportlab.platypus import (
 )
 
 from tmsp_reporter.domain.aggregation import REPORTED_SEVERITIES
-from tmsp_reporter.domain.content import ReportContent
-from tmsp_reporter.domain.model import Compliance
+from tmsp_reporter.domain.content import (
+    MAX_DETAILED_INCIDENTS,
+    MAX_DETAILED_STEPS,
+    ReportContent,
+)
+from tmsp_reporter.domain.model import Compliance, TimelineStep
 from tmsp_reporter.domain.periods import ReportKind, zone
 
 SEVERITY_COLOURS = {
@@ -55,6 +59,7 @@ class _Styles:
         base = getSampleStyleSheet()
         self.title = base["Title"]
         self.h2 = base["Heading2"]
+        self.h3 = base["Heading4"]
         self.body = base["BodyText"]
         self.small = ParagraphStyle("small", parent=base["BodyText"], fontSize=8, leading=10)
         self.note = ParagraphStyle(
@@ -172,6 +177,50 @@ class _Renderer:
             more = self.c.incidents_total - len(self.c.incidents)
             self.note(f"... and {more} more incidents (see the consolidated logs).")
 
+    def incident_details(self) -> None:
+        """The most severe incidents with their chain of events, recommended actions and
+        ATT&CK tags (what an incident report details, seed 004)."""
+        detailed = self.c.incidents[:MAX_DETAILED_INCIDENTS]
+        if not detailed:
+            return
+        self.heading("Incident details: chain of events and recommended actions")
+        for i in detailed:
+            status = i.status.name.replace("_", " ").lower()
+            self.story.append(_p(f"[{i.severity.label}] {i.title} ({status})", self.s.h3))
+            self.story.append(
+                _p(
+                    f"{self.when(i.first_seen)} to {self.when(i.last_seen)}, {i.event_count} "
+                    f"events, endpoints: {', '.join(i.endpoints[:5]) or 'none'}",
+                    self.s.body,
+                )
+            )
+            steps: list[TimelineStep | None] = list(i.timeline)
+            if len(steps) > MAX_DETAILED_STEPS:
+                half = MAX_DETAILED_STEPS // 2
+                omitted = len(steps) - MAX_DETAILED_STEPS
+                steps = [*steps[:half], None, *steps[-half:]]
+            else:
+                omitted = 0
+            if steps:
+                rows = [
+                    (self.when(t.at), t.summary, t.endpoint)
+                    if t is not None
+                    else ("...", f"{omitted} more steps", "")
+                    for t in steps
+                ]
+                self.table(("Time", "Step", "Endpoint"), rows, (28, 112, 30))
+            if i.recommended_actions:
+                actions = "; ".join(i.recommended_actions)
+                self.story.append(_p(f"Recommended actions: {actions}", self.s.body))
+            if i.attack_tags:
+                self.story.append(_p(f"ATT&CK: {', '.join(i.attack_tags)}", self.s.small))
+            self.story.append(Spacer(1, 3 * mm))
+        if len(self.c.incidents) > len(detailed):
+            self.note(
+                f"The other {len(self.c.incidents) - len(detailed)} listed incidents' chains "
+                "of events are in the portal and the consolidated logs."
+            )
+
     def nonconforming(self) -> None:
         self.heading("Nonconforming endpoints")
         if not self.c.nonconforming:
@@ -272,6 +321,7 @@ class _Renderer:
         else:
             self.executive()
             self.incident_list("Incidents of the period (most severe first)")
+        self.incident_details()
         buffer = io.BytesIO()
         pages = [0]
 

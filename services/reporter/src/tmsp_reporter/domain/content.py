@@ -17,6 +17,10 @@ from tmsp_reporter.domain.model import (
 from tmsp_reporter.domain.periods import Period, ReportKind, zone
 
 MAX_LISTED_INCIDENTS = 200
+MAX_DETAILED_INCIDENTS = 10
+"""Of the listed incidents, the most severe ones shown with their chain of events."""
+MAX_DETAILED_STEPS = 20
+"""Chain-of-events steps shown per detailed incident (its first and its latest)."""
 MAX_LISTED_ENDPOINTS = 200
 MAX_LISTED_PRODUCTS = 200
 
