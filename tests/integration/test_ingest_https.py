@@ -434,6 +434,70 @@ async def test_admin_api_tenancy_and_snapshots(gateway: Gateway) -> None:
     assert reg.credentials.password.encode() not in b"".join(rec.value for rec in records)
 
 
+async def test_update_product_changes_settings_in_place_and_publishes_the_next_version(
+    gateway: Gateway,
+) -> None:
+    """Seed 002/004's registration form, saved again: the product keeps its credentials, the
+    status server asks heartbeats at the new interval, the next snapshot carries the change."""
+    reg = await gateway.register("acct-a", "owner@a.example", name="TDA one")
+    product_id, version = reg.product.product_id, reg.product.version
+    user = f"{reg.credentials.user_name}:{reg.credentials.password}"
+    admin_a = gateway.token(Principal("u-a", "acct-a", frozenset({Role.ACCOUNT_ADMINISTRATOR})))
+    chan, stub = gateway.stub()
+    operator = bearer(gateway.token())
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.UpdateProduct(
+                ingest_pb2.UpdateProductRequest(product_id=product_id, name="x"),
+                metadata=bearer(admin_a),
+            )
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.UpdateProduct(
+                ingest_pb2.UpdateProductRequest(product_id=product_id, upload_frequency_seconds=5),
+                metadata=operator,
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "upload_frequency_seconds" in (info.value.details() or "")
+        updated = await stub.UpdateProduct(
+            ingest_pb2.UpdateProductRequest(
+                product_id=product_id,
+                name="TDA one (HQ)",
+                heartbeat_interval_seconds=60,
+                upload_bandwidth_bytes_per_second=0,
+                expected_version=version,
+            ),
+            metadata=operator,
+        )
+        p = updated.product
+        assert (p.name, p.heartbeat_interval_seconds, p.version) == (
+            "TDA one (HQ)",
+            60,
+            version + 1,
+        )
+        assert p.upload_frequency_seconds == reg.product.upload_frequency_seconds
+        with pytest.raises(grpc.aio.AioRpcError) as info:  # a concurrent change is not lost
+            await stub.UpdateProduct(
+                ingest_pb2.UpdateProductRequest(
+                    product_id=product_id, name="stale", expected_version=version
+                ),
+                metadata=operator,
+            )
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        await chan.close()
+    # the same credentials; heartbeats asked at the new interval
+    status, _, body = curl(gateway, "-u", user, "/v1/test-connection")
+    assert status == 200, body
+    beat = json.dumps({"product_version": "2.5", "uptime_seconds": 1})
+    status, _, body = curl(gateway, "-u", user, "--data", beat, "/v1/heartbeat", port="status")
+    assert status == 200 and json.loads(body)["next_interval_seconds"] == 60
+    async with TopicReader(gateway.kafka_bootstrap, topics.PRODUCTS, gateway.prefix) as r:
+        records = await r.read_until(lambda rs: len(rs) >= 2, timeout=20)
+    last = unwrap(records[-1].value, products_pb2.ProductSnapshot)[1]
+    assert (last.product_id, last.name, last.version) == (product_id, "TDA one (HQ)", version + 1)
+
+
 async def test_oversize_streamed_or_after_gunzip_is_413(
     small_gateway: Gateway, tmp_path: Path
 ) -> None:

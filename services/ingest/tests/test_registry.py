@@ -14,7 +14,7 @@ from tmsp_common.errors import (
     PermissionDenied,
     Unavailable,
 )
-from tmsp_ingest.domain.products import State
+from tmsp_ingest.domain.products import ProductUpdate, State
 from tmsp_ingest.testing import ADMIN_A, ADMIN_B, OPERATOR, REG, World
 
 
@@ -206,3 +206,57 @@ async def test_a_malformed_request_id_is_refused(world: World, request_id: str) 
         await world.registry.register(OPERATOR, replace(REG, request_id=request_id))
     assert info.value.field == "request_id"
     assert world.products.items == {}
+
+
+async def test_an_update_changes_settings_in_place_and_publishes_the_next_version(
+    world: World,
+) -> None:
+    product, creds = await world.registry.register(OPERATOR, REG)
+    update = ProductUpdate(name=" TDA renamed ", heartbeat_interval_seconds=60)
+    updated = await world.registry.update(OPERATOR, product.product_id, update, product.version)
+    assert (updated.name, updated.heartbeat_interval_seconds) == ("TDA renamed", 60)
+    assert updated.version == product.version + 1
+    # everything else as it was: the credentials still work
+    assert updated.upload_frequency_seconds == product.upload_frequency_seconds
+    assert updated.password_hash == product.password_hash
+    assert world.hasher.verify(updated.password_hash, creds.password)
+    assert world.products.items[product.product_id] == updated
+    assert [s.version for s in world.publisher.snapshots] == [1, 2]
+
+
+async def test_an_update_that_changes_nothing_publishes_the_stored_snapshot_again(
+    world: World,
+) -> None:
+    """A retry after a failed publication: stored, so nothing changes, but it is published."""
+    product, _ = await world.registry.register(OPERATOR, REG)
+    world.publisher.fail_snapshots = True
+    with pytest.raises(Unavailable):
+        await world.registry.update(OPERATOR, product.product_id, ProductUpdate(name="New"))
+    world.publisher.fail_snapshots = False
+    again = await world.registry.update(OPERATOR, product.product_id, ProductUpdate(name="New"))
+    assert again.version == 2 and world.publisher.snapshots[-1].name == "New"
+
+
+async def test_an_update_is_refused_for_stale_versions_bad_values_others_and_the_deregistered(
+    world: World,
+) -> None:
+    product, _ = await world.registry.register(OPERATOR, REG)
+    pid = product.product_id
+    await world.registry.update(OPERATOR, pid, ProductUpdate(name="first"))
+    with pytest.raises(FailedPrecondition, match="version 2, not 1"):
+        await world.registry.update(OPERATOR, pid, ProductUpdate(name="second"), 1)
+    for bad, field in (
+        (ProductUpdate(name=""), "name"),
+        (ProductUpdate(upload_frequency_seconds=5), "upload_frequency_seconds"),
+        (ProductUpdate(download_bandwidth=10), "download_bandwidth_bytes_per_second"),
+        (ProductUpdate(heartbeat_interval_seconds=5), "heartbeat_interval_seconds"),
+    ):
+        with pytest.raises(InvalidArgument) as info:
+            await world.registry.update(OPERATOR, pid, bad)
+        assert info.value.field == field
+    with pytest.raises(PermissionDenied):
+        await world.registry.update(ADMIN_A, pid, ProductUpdate(name="mine"))
+    await world.registry.set_state(OPERATOR, pid, State.DEREGISTERED)
+    with pytest.raises(FailedPrecondition, match="deregistered"):
+        await world.registry.update(OPERATOR, pid, ProductUpdate(name="late"))
+    assert world.products.items[pid].name == "first"

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import IntEnum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from tmsp_common.email import address_key, bare_address
 from tmsp_common.errors import FailedPrecondition, InvalidArgument
@@ -161,6 +161,47 @@ class Registration:
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+_T = TypeVar("_T")
+
+
+def _unless_none(new: _T | None, old: _T) -> _T:
+    return old if new is None else new
+
+
+@dataclass(frozen=True)
+class ProductUpdate:
+    """The settings an operator changes on a registered product (None: unchanged)."""
+
+    name: str | None = None
+    upload_frequency_seconds: int | None = None
+    upload_bandwidth: int | None = None
+    download_bandwidth: int | None = None
+    heartbeat_interval_seconds: int | None = None
+
+    def changes(self, product: Product) -> dict[str, object]:
+        """The :class:`Product` fields that change, checked as a registration's would be
+        (InvalidArgument naming the field); empty when nothing changes."""
+
+        p = product
+        reg = Registration(
+            account_id=p.account_id,
+            kind=p.kind,
+            name=_unless_none(self.name, p.name),
+            protocol=p.protocol,
+            upload_frequency_seconds=_unless_none(
+                self.upload_frequency_seconds, p.upload_frequency_seconds
+            ),
+            registration_email=p.registration_email,
+            upload_bandwidth=_unless_none(self.upload_bandwidth, p.upload_bandwidth),
+            download_bandwidth=_unless_none(self.download_bandwidth, p.download_bandwidth),
+            heartbeat_interval_seconds=_unless_none(
+                self.heartbeat_interval_seconds, p.heartbeat_interval_seconds
+            ),
+        )
+        validate(reg)
+        return {k: v for k, v in reg.product_fields().items() if getattr(product, k) != v}
 
 
 def validate(reg: Registration) -> None:

@@ -11,6 +11,7 @@ from tmsp_common.authn import current_principal
 from tmsp_ingest.adapters.kafka_sink import snapshot
 from tmsp_ingest.domain.products import (
     DEFAULT_HEARTBEAT_INTERVAL,
+    ProductUpdate,
     Registration,
     State,
 )
@@ -67,6 +68,35 @@ class ProductRegistryServicer(ingest_pb2_grpc.ProductRegistryServiceServicer):
         return ingest_pb2.RotateProductCredentialsResponse(
             product=snapshot(product), credentials=_credentials(issued)
         )
+
+    async def UpdateProduct(  # noqa: N802
+        self, request: ingest_pb2.UpdateProductRequest, context: Context
+    ) -> ingest_pb2.UpdateProductResponse:
+        r = request
+        heartbeat = (
+            r.heartbeat_interval_seconds if r.HasField("heartbeat_interval_seconds") else None
+        )
+        update = ProductUpdate(
+            name=r.name if r.HasField("name") else None,
+            upload_frequency_seconds=(
+                r.upload_frequency_seconds if r.HasField("upload_frequency_seconds") else None
+            ),
+            upload_bandwidth=(
+                r.upload_bandwidth_bytes_per_second
+                if r.HasField("upload_bandwidth_bytes_per_second")
+                else None
+            ),
+            download_bandwidth=(
+                r.download_bandwidth_bytes_per_second
+                if r.HasField("download_bandwidth_bytes_per_second")
+                else None
+            ),
+            heartbeat_interval_seconds=DEFAULT_HEARTBEAT_INTERVAL if heartbeat == 0 else heartbeat,
+        )
+        product = await self.registry.update(
+            current_principal(), request.product_id, update, request.expected_version
+        )
+        return ingest_pb2.UpdateProductResponse(product=snapshot(product))
 
     async def DisableProduct(  # noqa: N802
         self, request: ingest_pb2.DisableProductRequest, context: Context

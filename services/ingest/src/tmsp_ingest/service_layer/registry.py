@@ -21,6 +21,7 @@ from tmsp_common.errors import FailedPrecondition, NotFound
 from tmsp_ingest.domain.products import (
     PasswordHasher,
     Product,
+    ProductUpdate,
     Registration,
     State,
     check_account,
@@ -162,6 +163,26 @@ class Registry:
         )
         await self._save(product, updated)
         return updated, IssuedCredentials(product.user_name, password, cert, key, ca)
+
+    async def update(
+        self, caller: Principal, product_id: str, update: ProductUpdate, expected_version: int = 0
+    ) -> Product:
+        """Change a product's settings in place (credentials unchanged), next version
+        published. Nothing to change (also a retry after a failed publication) publishes the
+        stored snapshot again."""
+        caller.require_role(Role.PROVIDER_OPERATOR)
+        product = await self._load(caller, product_id)
+        if product.state is State.DEREGISTERED:
+            raise FailedPrecondition("product deregistered")
+        if expected_version and product.version != expected_version:
+            raise FailedPrecondition(
+                f"product is at version {product.version}, not {expected_version}; read it again"
+            )
+        changes = update.changes(product)
+        if not changes:
+            await self.publisher.product_changed(product)
+            return product
+        return await self._save(product, product.changed(self._now(), **changes))
 
     async def set_state(self, caller: Principal, product_id: str, state: State) -> Product:
         caller.require_role(Role.PROVIDER_OPERATOR)
