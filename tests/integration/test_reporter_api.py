@@ -543,6 +543,36 @@ async def test_tenant_isolation_and_roles_over_grpc(
     assert records[0].key == b"tmi-a1" and env.account_id == "acct-a"
     assert on_bus.created_by_user_id == "u-provider-provider_operator"
 
+    # the account's tasks: pending until the product acknowledges them in a heartbeat
+    listing = reporter_pb2.ListMitigationTasksRequest(product_id="tmi-a1")
+
+    async def task_states() -> list[reporter_pb2.MitigationTaskState]:
+        got = await stub.ListMitigationTasks(listing, metadata=analyst_a)
+        return list(got.tasks)
+
+    (pending,) = await wait_until(task_states, timeout=20)
+    assert pending.task.task_id == created.task_id and not pending.HasField("acknowledged_at")
+    assert pending.task.parameters["pattern_name"] == "worm-x-cleanup"
+    other = reporter_pb2.ListMitigationTasksRequest(account_id="acct-a")
+    assert await status_of(stub.ListMitigationTasks, other, admin_b) == nf
+    # another product acknowledging this task id (an hour earlier) changes nothing: the
+    # first acknowledgement's time is kept, and it is its own product's
+    for product_id, at in (("tda-b1", NOW - timedelta(hours=1)), ("tmi-a1", NOW)):
+        beat = status_pb2.Heartbeat(
+            product_id=product_id,
+            account_id="acct-a" if product_id == "tmi-a1" else "acct-b",
+            acknowledged_task_ids=[created.task_id],
+        )
+        beat.received_at.CopyFrom(to_timestamp(at))
+        await producer.publish(HEARTBEATS, beat, key=product_id)
+
+    async def acknowledged() -> reporter_pb2.MitigationTaskState | None:
+        states = await task_states()
+        return states[0] if len(states) == 1 and states[0].HasField("acknowledged_at") else None
+
+    done = await wait_until(acknowledged, timeout=20)
+    assert done.acknowledged_at.ToDatetime(tzinfo=UTC) == NOW
+
     # log maintenance: everyone reads, only operators change it
     lm = reporter_pb2.SetLogMaintenanceRequest(
         log_maintenance=reporter_pb2.LogMaintenance(report_retention_days=30, log_retention_days=7)
@@ -757,6 +787,7 @@ def _every_rpc(account_id: str) -> dict[str, Any]:
             product_id="tmi-a1",
             kind=status_pb2.MITIGATION_TASK_KIND_FORENSIC_DATA_REQUEST,
         ),
+        "ListMitigationTasks": pb.ListMitigationTasksRequest(account_id=account_id),
         "GetLogMaintenance": pb.GetLogMaintenanceRequest(),
         "SetLogMaintenance": pb.SetLogMaintenanceRequest(
             log_maintenance=pb.LogMaintenance(report_retention_days=9, log_retention_days=9)

@@ -62,6 +62,12 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     "report_chunks": [IndexModel([("report_id", ASCENDING), ("n", ASCENDING)], name="by_report")],
     "recipients": [IndexModel([("account_id", ASCENDING)], name="by_account")],
+    "mitigation_tasks": [
+        IndexModel(
+            [("account_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+            name="by_account_created",
+        )
+    ],
 }
 
 
@@ -101,6 +107,8 @@ class ReadModel:
         self.incidents = db["incidents"]
         self.counts = db["incident_counts"]
         self.nonconforming = db["nonconforming"]
+        self.tasks = db["mitigation_tasks"]
+        """Keyed by product id / task id: a product acknowledges only its own tasks."""
 
     # --- projections -----------------------------------------------------------------
 
@@ -136,6 +144,52 @@ class ReadModel:
         return await _guarded_upsert(
             self.status, h.product_id, "heartbeat_at", received, {"$set": fields}
         )
+
+    async def apply_task(self, t: status_pb2.MitigationTask, at: datetime) -> None:
+        """A task as issued. Its product's acknowledgement may have been projected first
+        (another topic): both upsert one document and neither overwrites the other."""
+        fields: Document = {
+            "account_id": t.account_id,
+            "product_id": t.product_id,
+            "created_at": ts(t.created_at) or at,
+            "pb": t.SerializeToString(),
+        }
+        await self.tasks.update_one(
+            {"_id": f"{t.product_id}/{t.task_id}"}, {"$set": fields}, upsert=True
+        )
+
+    async def acknowledge_tasks(self, h: status_pb2.Heartbeat, at: datetime) -> None:
+        """The tasks a heartbeat acknowledges: the first acknowledgement's time is kept."""
+        received = ts(h.received_at) or at
+        for task_id in h.acknowledged_task_ids:
+            await self.tasks.update_one(
+                {"_id": f"{h.product_id}/{task_id}"},
+                {"$min": {"acknowledged_at": received}},
+                upsert=True,
+            )
+
+    async def list_tasks(
+        self,
+        account_id: str,
+        product_id: str,
+        *,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[tuple[status_pb2.MitigationTask, datetime | None]]:
+        filt: Document = {"account_id": account_id}
+        if product_id:
+            filt["product_id"] = product_id
+        if after is not None:
+            at, key = after
+            keyset = [{"created_at": {"$lt": at}}, {"created_at": at, "_id": {"$lt": key}}]
+            filt = {"$and": [filt, {"$or": keyset}]}
+        cursor = self.tasks.find(filt).sort([("created_at", -1), ("_id", -1)]).limit(limit)
+        out = []
+        async for d in cursor:
+            task = status_pb2.MitigationTask()
+            task.ParseFromString(bytes(d["pb"]))
+            out.append((task, d.get("acknowledged_at")))
+        return out
 
     async def apply_liveness(self, p: incidents_pb2.ProductLiveness, at: datetime) -> bool:
         since = ts(p.since) or at

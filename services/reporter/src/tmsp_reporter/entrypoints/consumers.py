@@ -45,6 +45,11 @@ class ProjectionHandler:
         elif isinstance(p, status_pb2.Heartbeat):
             _require(event, product_id=p.product_id, account_id=p.account_id)
             await self.read.apply_heartbeat(p, at)
+            if p.acknowledged_task_ids:
+                await self.read.acknowledge_tasks(p, at)
+        elif isinstance(p, status_pb2.MitigationTask):
+            _require(event, task_id=p.task_id, product_id=p.product_id, account_id=p.account_id)
+            await self.read.apply_task(p, at)
         elif isinstance(p, incidents_pb2.Incident):
             _require(event, incident_id=p.incident_id, account_id=p.account_id)
             await self.read.apply_incident(p, at)

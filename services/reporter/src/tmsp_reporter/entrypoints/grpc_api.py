@@ -327,6 +327,30 @@ class ReporterServicer(reporter_pb2_grpc.ReporterServiceServicer):
             reports=[report_to_proto(d) for d in rows], next_page_token=token
         )
 
+    async def ListMitigationTasks(
+        self, request: reporter_pb2.ListMitigationTasksRequest, context: Any
+    ) -> reporter_pb2.ListMitigationTasksResponse:
+        size = page_size(request.page_size, 50, 500)
+        rows = await self.app.mitigation.list(
+            request.account_id,
+            request.product_id,
+            limit=size,
+            after=_time_token(request.page_token),
+        )
+        out = []
+        for task, acknowledged_at in rows:
+            state = reporter_pb2.MitigationTaskState(task=task)
+            if acknowledged_at is not None:
+                state.acknowledged_at.CopyFrom(to_timestamp(acknowledged_at))
+            out.append(state)
+        token = ""
+        if len(rows) == size:
+            last = rows[-1][0]
+            token = encode_token(
+                from_timestamp(last.created_at).isoformat(), f"{last.product_id}/{last.task_id}"
+            )
+        return reporter_pb2.ListMitigationTasksResponse(tasks=out, next_page_token=token)
+
     async def DownloadReport(
         self, request: reporter_pb2.DownloadReportRequest, context: Any
     ) -> AsyncIterator[reporter_pb2.DownloadReportResponse]:

@@ -51,11 +51,11 @@ log = get_logger(__name__)
 # Small, rarely changing topics first: a product or account seen before its events.
 PROJECTED: dict[str, tuple[Topic, ...]] = {
     "accounts": (ACCOUNTS, PRODUCTS),
-    "status": (UPLOADS, HEARTBEATS),
+    "status": (UPLOADS, HEARTBEATS, MITIGATION_TASKS),
     "incidents": (INCIDENTS, INCIDENT_COUNTS, NONCONFORMING_ENDPOINTS, PRODUCT_LIVENESS),
 }
 CONSUMED = tuple(t for group in PROJECTED.values() for t in group)
-PRODUCED = (NOTIFICATION_REQUESTS, MITIGATION_TASKS, INCIDENT_STATUS_CHANGES)
+PRODUCED = (NOTIFICATION_REQUESTS, INCIDENT_STATUS_CHANGES)  # and MITIGATION_TASKS, consumed too
 
 
 async def serve(settings: ReporterSettings, stop: asyncio.Event) -> None:

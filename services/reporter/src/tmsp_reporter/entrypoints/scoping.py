@@ -55,6 +55,7 @@ POLICY: dict[str, Access] = {
     ),
     "DownloadConsolidatedLogs": Access(account_required=True),
     "CreateMitigationTask": Access(write=True, operator_only=True, account_required=True),
+    "ListMitigationTasks": Access(account_required=True),
     "GetLogMaintenance": Access(account_field=None),
     "SetLogMaintenance": Access(write=True, operator_only=True, account_field=None),
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 
 from tmsp.events.v1 import products_pb2, status_pb2
 from tmsp_common.clock import Clock
@@ -25,6 +26,17 @@ class MitigationTasks:
         self.read = read
         self.publisher = publisher
         self.clock = clock
+
+    async def list(
+        self,
+        account_id: str,
+        product_id: str,
+        *,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> list[tuple[status_pb2.MitigationTask, datetime | None]]:
+        """The account's tasks, newest first, each with when its product acknowledged it."""
+        return await self.read.list_tasks(account_id, product_id, limit=limit, after=after)
 
     async def create(
         self,
