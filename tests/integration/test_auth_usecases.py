@@ -515,6 +515,26 @@ async def test_an_invitation_cannot_set_the_email_address_as_password(
     assert (await a.auth.login(email, "a-brand-new-passphrase")).session is not None
 
 
+async def test_an_invitation_link_lasts_72_hours(app: tuple[App, FakeClock], infra: Infra) -> None:
+    """An invitation link lives longer than a reset link (30 minutes): 72 hours, no more."""
+    a, clock = app
+    account = await a.accounts.create_account(None, AccountFields(name=unique("Acct ")))
+    tokens = []
+    emails = [f"{unique('invited')}@example.com" for _ in range(2)]
+    async with Mailbox(infra.kafka_bootstrap, a.ctx.events.producer.prefix) as mail:
+        for email in emails:
+            await a.accounts.add_user(str(account["_id"]), email, "", [Role.ANALYST])
+            invite = await mail.next(NotificationKind.NOTIFICATION_KIND_PASSWORD_RESET, email)
+            tokens.append(invite.params["reset_url"].rsplit("token=", 1)[1])
+    clock.advance(timedelta(hours=72) - timedelta(seconds=1))
+    await a.auth.reset_password(tokens[0], "a-brand-new-passphrase")  # still good
+    assert (await a.auth.login(emails[0], "a-brand-new-passphrase")).session is not None
+    clock.advance(timedelta(seconds=2))
+    with pytest.raises(InvalidArgument) as info:
+        await a.auth.reset_password(tokens[1], "a-brand-new-passphrase")
+    assert info.value.field == "token"
+
+
 async def test_old_device_stops_working_once_the_new_one_is_confirmed(
     app: tuple[App, FakeClock],
 ) -> None:

@@ -330,6 +330,52 @@ async def test_projections_and_customer_accounts_screen(
     assert b"not an envelope" in dict(records[0].headers)[DLQ_REASON]
 
 
+async def test_deleted_accounts_leave_the_screen_unless_asked_for_and_recipients_are_capped(
+    reporter: tuple[ServiceProcess, Stub], producer: EventProducer, signer: TokenSigner
+) -> None:
+    """Seed 001: a deleted account is no longer a row of the Customer Accounts screen (its
+    reports stay until log maintenance); a report has at most 50 recipients."""
+    _, stub = reporter
+    await publish_fixture(producer)
+    await producer.publish(ACCOUNTS, account("acct-c", "Gone", deleted=True), key="acct-c")
+    operator = token(signer, "provider", Role.PROVIDER_OPERATOR)
+
+    async def with_deleted() -> list[Any]:
+        rows = (
+            await stub.ListCustomerAccounts(
+                reporter_pb2.ListCustomerAccountsRequest(include_deleted=True), metadata=operator
+            )
+        ).accounts
+        return list(rows) if len(rows) == 3 else []
+
+    rows = await wait_until(with_deleted, timeout=60)
+    assert [r.deleted for r in rows if r.account_id == "acct-c"] == [True]
+    shown = (
+        await stub.ListCustomerAccounts(
+            reporter_pb2.ListCustomerAccountsRequest(), metadata=operator
+        )
+    ).accounts
+    assert sorted(r.account_id for r in shown) == ["acct-a", "acct-b"]
+    one = await stub.GetCustomerAccount(
+        reporter_pb2.GetCustomerAccountRequest(account_id="acct-c"), metadata=operator
+    )
+    assert one.account.deleted
+
+    admin_b = token(signer, "acct-b", Role.ACCOUNT_ADMINISTRATOR)
+    for n in range(50):
+        await stub.AddReportRecipient(
+            reporter_pb2.AddReportRecipientRequest(email=f"r{n}@beta.example"), metadata=admin_b
+        )
+    extra = reporter_pb2.AddReportRecipientRequest(email="r50@beta.example")
+    assert (
+        await status_of(stub.AddReportRecipient, extra, admin_b)
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
+    again = reporter_pb2.AddReportRecipientRequest(email="R7@beta.example")  # already there
+    listed = (await stub.AddReportRecipient(again, metadata=admin_b)).recipients
+    assert len(listed) == 50 and "r50@beta.example" not in listed
+
+
 async def test_incident_filters_and_keyset_pages(
     reporter: tuple[ServiceProcess, Stub], producer: EventProducer, signer: TokenSigner
 ) -> None:
