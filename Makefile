@@ -30,7 +30,7 @@ setup: $(UV) ## install system tools, Python deps (uv, locked) and generate prot
 proto: ## generate Python code from proto/
 	@$(PY) scripts/gen_protos.py
 
-lint: setup ## ruff, mypy --strict and buf lint
+lint: setup ## ruff, mypy --strict, buf lint and the Kubernetes manifests
 	@echo "==> ruff"
 	@$(UV) run --frozen ruff check .
 	@$(UV) run --frozen ruff format --check .
@@ -39,6 +39,8 @@ lint: setup ## ruff, mypy --strict and buf lint
 	@echo "==> buf lint"
 	@$(INFRA) install-buf
 	@.local/bin/buf lint
+	@echo "==> deploy/k8s (schemas, settings names, probes)"
+	@$(PY) scripts/k8s_validate.py
 
 test: setup ## unit and integration tests (fetches and starts Kafka and FerretDB itself)
 	@set -o pipefail; eval "$$($(INFRA) up)" || exit 1; \
