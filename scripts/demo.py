@@ -44,13 +44,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
@@ -187,6 +187,36 @@ class Progress:
     def done(self) -> None:
         if TTY:
             print("\r\033[K", end="", flush=True)
+
+
+_T = TypeVar("_T")
+
+
+async def poll_until(
+    probe: Callable[[], Awaitable[_T]],
+    done: Callable[[_T], bool],
+    *,
+    label: str,
+    waiting: str,
+    timeout_s: float,
+    failure: Callable[[_T], str],
+    interval_s: float = 0.5,
+) -> _T:
+    """``probe()`` again every ``interval_s`` until ``done`` holds for what it returned,
+    showing ``label: waiting`` meanwhile; DemoError(``failure(last)``) after ``timeout_s``."""
+    progress = Progress(label)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            value = await probe()
+            if done(value):
+                return value
+            if time.monotonic() > deadline:
+                raise DemoError(failure(value))
+            progress.update(waiting)
+            await asyncio.sleep(interval_s)
+    finally:
+        progress.done()
 
 
 @contextmanager
@@ -959,22 +989,23 @@ async def step_respond(
             f"to TMI-HQ for {FAILED_HOST} ({task_id})"
         )
     with stage("ingest: TMI-HQ heartbeats until the task is handed out"):
-        progress = Progress("TMI-HQ heartbeating until the status server hands the task out")
-        deadline = time.monotonic() + cfg.timeout_s
-        while True:
+
+        async def handed_out() -> dict[str, Any]:
             answer = await tmi.heartbeat()
-            tasks = {t["task_id"]: t for t in answer["tasks"]}
-            if task_id in tasks:
-                break
-            if time.monotonic() > deadline:
-                progress.done()
-                raise DemoError(
-                    f"ingest: the status server did not hand task {task_id} to TMI-HQ within "
-                    f"{cfg.timeout_s:.0f}s (ingest consumes it from the mitigation-tasks topic)"
-                )
-            progress.update("not handed out yet")
-            await asyncio.sleep(1)
-        progress.done()
+            return {t["task_id"]: t for t in answer["tasks"]}
+
+        tasks = await poll_until(
+            handed_out,
+            lambda tasks: task_id in tasks,
+            label="TMI-HQ heartbeating until the status server hands the task out",
+            waiting="not handed out yet",
+            timeout_s=cfg.timeout_s,
+            failure=lambda _tasks: (
+                f"ingest: the status server did not hand task {task_id} to TMI-HQ within "
+                f"{cfg.timeout_s:.0f}s (ingest consumes it from the mitigation-tasks topic)"
+            ),
+            interval_s=1,
+        )
         ok(
             f"TMI-HQ got the task with its heartbeat: {task_kind(tasks[task_id]['kind'])}, "
             f"pattern {tasks[task_id]['parameters'].get('pattern_name')!r}"
@@ -1000,22 +1031,22 @@ async def step_respond(
             "task acknowledged in the next heartbeat"
         )
     with stage("reporter: ListNonconformingEndpoints"):
-        progress = Progress(f"waiting for {FAILED_HOST} to conform again in the portal")
-        deadline = time.monotonic() + cfg.timeout_s
-        while True:
+
+        async def still_listed() -> list[incidents_pb2.NonconformingEndpoint]:
             await portal_view(c, run, admin)
-            still = [n for n in run.nonconforming.values() if n.endpoint.host == FAILED_HOST]
-            if not still or all(n.cleared for n in still):
-                break
-            if time.monotonic() > deadline:
-                progress.done()
-                raise DemoError(
-                    f"after {cfg.timeout_s:.0f}s the portal still lists {FAILED_HOST} as "
-                    "nonconforming (see the correlator's and the reporter's logs)"
-                )
-            progress.update("still nonconforming")
-            await asyncio.sleep(0.5)
-        progress.done()
+            return [n for n in run.nonconforming.values() if n.endpoint.host == FAILED_HOST]
+
+        await poll_until(
+            still_listed,
+            lambda still: all(n.cleared for n in still),
+            label=f"waiting for {FAILED_HOST} to conform again in the portal",
+            waiting="still nonconforming",
+            timeout_s=cfg.timeout_s,
+            failure=lambda _still: (
+                f"after {cfg.timeout_s:.0f}s the portal still lists {FAILED_HOST} as "
+                "nonconforming (see the correlator's and the reporter's logs)"
+            ),
+        )
         run.remediated.append(FAILED_HOST)
         ok(f"{FAILED_HOST} conforms again: the portal lists no nonconforming endpoint")
 
@@ -1039,9 +1070,8 @@ async def step_triage(c: Clients, run: Run, admin: Signed) -> None:
             metadata=await admin.md(),
             timeout=30,
         )
-        progress = Progress(f"waiting for the portal to show {target.title!r} resolved")
-        deadline = time.monotonic() + cfg.timeout_s
-        while True:
+
+        async def shown() -> incidents_pb2.Incident:
             got = await c.portal.GetIncident(
                 reporter_pb2.GetIncidentRequest(
                     account_id=run.account_id, incident_id=target.incident_id
@@ -1049,21 +1079,24 @@ async def step_triage(c: Clients, run: Run, admin: Signed) -> None:
                 metadata=await admin.md(),
                 timeout=30,
             )
-            if got.incident.status == resolved:
-                break
-            if time.monotonic() > deadline:
-                progress.done()
-                raise DemoError(
-                    f"after {cfg.timeout_s:.0f}s the portal does not show {target.title!r} "
-                    "resolved (see the correlator's and the reporter's logs)"
-                )
-            progress.update("not applied yet")
-            await asyncio.sleep(0.5)
-        progress.done()
-    run.incidents[target.incident_id] = got.incident
+            incident: incidents_pb2.Incident = got.incident
+            return incident
+
+        incident = await poll_until(
+            shown,
+            lambda i: i.status == resolved,
+            label=f"waiting for the portal to show {target.title!r} resolved",
+            waiting="not applied yet",
+            timeout_s=cfg.timeout_s,
+            failure=lambda _i: (
+                f"after {cfg.timeout_s:.0f}s the portal does not show {target.title!r} "
+                "resolved (see the correlator's and the reporter's logs)"
+            ),
+        )
+    run.incidents[target.incident_id] = incident
     ok(
         f"incident {target.title!r} resolved by the administrator (version "
-        f"{got.incident.version}, note: {got.incident.status_note!r})"
+        f"{incident.version}, note: {incident.status_note!r})"
     )
 
 
@@ -1201,9 +1234,8 @@ async def step_report(c: Clients, run: Run, admin: Signed) -> None:
     open_statuses = (incidents_pb2.INCIDENT_STATUS_NEW, incidents_pb2.INCIDENT_STATUS_INVESTIGATING)
     open_now = sum(i.status in open_statuses for i in run.incidents.values())
     with stage("reporter: ListCustomerAccounts"):
-        progress = Progress("waiting for the Customer Accounts row")
-        deadline = time.monotonic() + cfg.timeout_s
-        while True:
+
+        async def account_row() -> reporter_pb2.CustomerAccount | None:
             rows = (
                 await c.portal.ListCustomerAccounts(
                     pb2.ListCustomerAccountsRequest(account_id=run.account_id),
@@ -1211,29 +1243,29 @@ async def step_report(c: Clients, run: Run, admin: Signed) -> None:
                     timeout=30,
                 )
             ).accounts
-            row = rows[0] if rows else None
-            if (
-                row is not None
-                and row.last_received.seconds
-                and row.product_count >= 3
-                and row.open_incidents_live == open_now
-            ):
-                break
-            if time.monotonic() > deadline:
-                progress.done()
-                raise DemoError(
-                    f"reporter: after {cfg.timeout_s:.0f}s the Customer Accounts screen has "
-                    + (
-                        "no row for the account"
-                        if row is None
-                        else "no upload or products"
-                        if not (row.last_received.seconds and row.product_count >= 3)
-                        else f"{row.open_incidents_live} open incidents, not {open_now}"
-                    )
-                )
-            progress.update("the read model is catching up")
-            await asyncio.sleep(0.5)
-        progress.done()
+            return rows[0] if rows else None
+
+        def filled(row: reporter_pb2.CustomerAccount | None) -> bool:
+            return row is not None and bool(row.last_received.seconds) and row.product_count >= 3
+
+        def missing(row: reporter_pb2.CustomerAccount | None) -> str:
+            return f"reporter: after {cfg.timeout_s:.0f}s the Customer Accounts screen has " + (
+                "no row for the account"
+                if row is None
+                else "no upload or products"
+                if not filled(row)
+                else f"{row.open_incidents_live} open incidents, not {open_now}"
+            )
+
+        row = await poll_until(
+            account_row,
+            lambda row: filled(row) and row is not None and row.open_incidents_live == open_now,
+            label="waiting for the Customer Accounts row",
+            waiting="the read model is catching up",
+            timeout_s=cfg.timeout_s,
+            failure=missing,
+        )
+        assert row is not None  # noqa: S101 - filled() held
         compliance = pb2.SecurityCompliance.Name(row.security_compliance)
         ok("Customer Accounts row:")
         info(

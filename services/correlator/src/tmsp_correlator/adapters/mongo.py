@@ -81,11 +81,6 @@ def incident_document(inc: dict[str, Any]) -> Document:
     }
 
 
-def _ts(at: datetime) -> float:
-    """Epoch seconds of a stored time (naive datetimes from the driver are UTC)."""
-    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
-
-
 def incident_state(doc: Document) -> dict[str, Any]:
     """The incident state dict (see domain.correlation) of a stored incident: the inverse
     of :func:`incident_document`."""
@@ -102,12 +97,12 @@ def incident_state(doc: Document) -> dict[str, Any]:
         "severity": doc["severity"],
         "group": dict(doc.get("group") or {}),
         "endpoints": [ep(e) for e in doc["endpoints"]],
-        "first": _ts(doc["first_seen"]),
-        "last": _ts(doc["last_seen"]),
+        "first": doc["first_seen"].timestamp(),  # tz-aware: tmsp_common.mongo.connect
+        "last": doc["last_seen"].timestamp(),
         "count": doc["event_count"],
         "event_ids": list(doc["event_ids"]),
         "timeline": [
-            [_ts(t["at"]), t["event_id"], t["rule_id"], t["summary"], *ep(t["endpoint"])]
+            [t["at"].timestamp(), t["event_id"], t["rule_id"], t["summary"], *ep(t["endpoint"])]
             for t in doc["timeline"]
         ],
         "tags": list(doc["attack_tags"]),
@@ -121,7 +116,7 @@ def incident_state(doc: Document) -> dict[str, Any]:
         inc.update(
             note=doc.get("status_note", ""),
             by=doc.get("status_changed_by", ""),
-            changed_at=_ts(doc["status_changed_at"]),
+            changed_at=doc["status_changed_at"].timestamp(),
         )
     return inc
 

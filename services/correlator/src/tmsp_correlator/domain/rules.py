@@ -733,11 +733,8 @@ def reload_rules(
     for r in [*unreadable, *first.rejected]:
         if r.file in clean and readable.get(r.file) != clean[r.file]:
             refused.setdefault(r.file, []).append(r)
-    rs = first
-    if refused:
-        merged = {**readable, **{f: clean[f] for f in refused}}
-        rs = load_rules(sorted(merged.items()), **kw)
+    running = {**readable, **{f: clean[f] for f in refused}}
+    rs = load_rules(sorted(running.items()), **kw) if refused else first
     rs.rejected[:0] = [r for r in unreadable if r.file not in refused]
     bad = {r.file for r in rs.rejected}
-    texts = {**readable, **{f: clean[f] for f in refused}}
-    return Reload(rs, {f: t for f, t in texts.items() if f not in bad}, refused)
+    return Reload(rs, {f: t for f, t in running.items() if f not in bad}, refused)

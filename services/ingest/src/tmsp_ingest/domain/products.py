@@ -183,7 +183,6 @@ class ProductUpdate:
     def changes(self, product: Product) -> dict[str, object]:
         """The :class:`Product` fields that change, checked as a registration's would be
         (InvalidArgument naming the field); empty when nothing changes."""
-
         p = product
         reg = Registration(
             account_id=p.account_id,
@@ -201,7 +200,7 @@ class ProductUpdate:
             ),
         )
         validate(reg)
-        return {k: v for k, v in reg.product_fields().items() if getattr(product, k) != v}
+        return {k: v for k, v in reg.product_fields().items() if getattr(p, k) != v}
 
 
 def validate(reg: Registration) -> None:

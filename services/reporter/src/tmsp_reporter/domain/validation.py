@@ -15,14 +15,7 @@ MAX_RECIPIENTS = 50
 MAX_TASK_PARAMETERS = 16
 MAX_PARAMETER_VALUE = 4096
 MAX_STATUS_NOTE = 2000
-TRIAGE_STATUSES = frozenset(
-    {
-        IncidentStatus.NEW,
-        IncidentStatus.INVESTIGATING,
-        IncidentStatus.RESOLVED,
-        IncidentStatus.FALSE_POSITIVE,
-    }
-)
+TRIAGE_STATUSES = frozenset(set(IncidentStatus) - {IncidentStatus.UNSPECIFIED})
 _PARAM_KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
