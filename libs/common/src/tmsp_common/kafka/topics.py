@@ -141,6 +141,20 @@ MITIGATION_TASKS = Topic(
     key="product_id",
     description="Threat mitigation tasks for products, handed out in heartbeat answers",
 )
+CLEANUP_PATTERNS = Topic(
+    "tmsp.cleanup-patterns.v1",
+    status_pb2.CleanupPattern,
+    key="account_id/name",
+    compacted=True,
+    description="Custom cleanup pattern catalogue per account (content inline, <=512 KiB)",
+)
+FORENSIC_DATA = Topic(
+    "tmsp.forensic-data.v1",
+    status_pb2.ForensicDataChunk,
+    key="upload_id",
+    retention_ms=14 * DAY_MS,
+    description="Forensic data files from products, in chunks of <=256 KiB",
+)
 INCIDENTS = Topic(
     "tmsp.incidents.v1",
     incidents_pb2.Incident,
@@ -187,6 +201,8 @@ ALL_TOPICS: tuple[Topic, ...] = (
     HEARTBEATS,
     UPLOADS,
     MITIGATION_TASKS,
+    CLEANUP_PATTERNS,
+    FORENSIC_DATA,
     INCIDENTS,
     INCIDENT_STATUS_CHANGES,
     INCIDENT_COUNTS,
