@@ -14,8 +14,12 @@ Run after ``scripts/stack.py up``. Step by step, as a security team would see it
 4. the administrator sees the incidents (with their chain of events), the nonconforming
    endpoint and the appliances' liveness in the portal (the reporter's read API), and the
    notifier's mails arrive in the SMTP sink;
-5. the provider's operator deploys a custom cleanup pattern to the Threat Mitigator, which
-   gets it with a heartbeat, cleans the endpoint and acknowledges; the endpoint conforms again;
+5. the provider's operator adds a custom cleanup pattern to the account's catalogue and
+   deploys it to the Threat Mitigator, which gets the task with a heartbeat, downloads the
+   pattern from the log server (checking its SHA-256), cleans the endpoint and acknowledges;
+   the endpoint conforms again. The operator then requests forensic data of that endpoint;
+   the mitigator uploads it over SFTP and the operator downloads it from the portal; the
+   administrator resolves the incident;
 6. the Customer Accounts row, an on-demand report (PDF downloaded) and its report-ready
    mail; then a summary of what happened and where to look further.
 
@@ -34,6 +38,7 @@ import asyncio
 import email
 import email.policy
 import hashlib
+import io
 import json
 import os
 import re
@@ -42,6 +47,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -217,6 +223,23 @@ async def poll_until(
             await asyncio.sleep(interval_s)
     finally:
         progress.done()
+
+
+async def until_portal_knows(call: Callable[[], Awaitable[_T]], timeout_s: float) -> _T:
+    """``call()``, again while the portal answers NOT_FOUND or FAILED_PRECONDITION (it
+    learns of accounts and products from the bus, a moment after they were created)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as exc:
+            lagging = exc.code() in (
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+            if not lagging or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 @contextmanager
@@ -502,6 +525,8 @@ class Run:
     flagged: dict[str, incidents_pb2.NonconformingEndpoint] = field(default_factory=dict)
     """The endpoints that were nonconforming once the incidents were in."""
     remediated: list[str] = field(default_factory=list)
+    forensics: list[str] = field(default_factory=list)
+    """The forensic data files the portal received, in words."""
     mails: list[Mail] = field(default_factory=list)
     seen_mail: set[Path] = field(default_factory=set)
     pdf: Path | None = None
@@ -851,7 +876,8 @@ class Appliance:
         return answer
 
     async def upload_sftp(self, file_name: str, data: bytes) -> None:
-        """Closing the written file is the commit point: it returns once Kafka has it all."""
+        """Closing the written file is the commit point: it returns once Kafka has it all.
+        A ``file_name`` with directories (``forensics/<task>/<file>``) creates them."""
         creds = self.reg.credentials
         async with (
             asyncssh.connect(
@@ -863,9 +889,19 @@ class Appliance:
                 client_keys=None,
             ) as conn,
             conn.start_sftp_client() as sftp,
-            sftp.open(file_name, "wb") as fh,
         ):
-            await fh.write(data)
+            if "/" in file_name:
+                await sftp.makedirs(file_name.rpartition("/")[0], exist_ok=True)
+            async with sftp.open(file_name, "wb") as fh:
+                await fh.write(data)
+
+    async def download_pattern(self, name: str) -> tuple[int, bytes]:
+        """``GET /v1/cleanup-patterns/<name>`` from the log server (status, body)."""
+        async with self.http.get(
+            self._url(self.cfg.https_port, f"/v1/cleanup-patterns/{name}"),
+            headers=basic(self.reg),
+        ) as resp:
+            return resp.status, await resp.read()
 
 
 @asynccontextmanager
@@ -936,6 +972,62 @@ def task_kind(kind: object) -> str:
     return name.removeprefix("MITIGATION_TASK_KIND_").lower().replace("_", " ")
 
 
+CLEANUP_PATTERN = "emotet-cleanup-2026-12"
+
+
+def cleanup_pattern_file() -> bytes:
+    """The custom cleanup pattern the provider's expert writes for the threat the Threat
+    Mitigator could not clean (what the demo's simulated mitigator would run)."""
+    return (
+        b"# TMSP custom cleanup pattern\n"
+        b"threat: TROJ_EMOTET.SM\n"
+        b"kill_process: svch0st.exe\n"
+        b"delete_file: C:\\Users\\Public\\Libraries\\svch0st.exe\n"
+        b"delete_registry_value: HKCU\\Software\\Microsoft\\Windows\\CurrentVersion\\Run"
+        b"\\svch0st\n"
+        b"quarantine_dir: C:\\ProgramData\\emotet\n"
+    )
+
+
+async def issue_task(
+    c: Clients, operator: Signed, request: reporter_pb2.CreateMitigationTaskRequest, wait: float
+) -> status_pb2.MitigationTask:
+    """``CreateMitigationTask`` as the provider's operator, once the portal knows the
+    product."""
+
+    async def create() -> status_pb2.MitigationTask:
+        answer = await c.portal.CreateMitigationTask(
+            request, metadata=await operator.md(), timeout=30
+        )
+        task: status_pb2.MitigationTask = answer.task
+        return task
+
+    return await until_portal_knows(create, wait)
+
+
+async def heartbeat_until_handed_out(tmi: Appliance, task_id: str, wait: float) -> dict[str, Any]:
+    """Heartbeats of ``tmi`` until the status server hands ``task_id`` out; the task."""
+
+    async def handed_out() -> dict[str, Any]:
+        answer = await tmi.heartbeat()
+        return {t["task_id"]: t for t in answer["tasks"]}
+
+    tasks = await poll_until(
+        handed_out,
+        lambda tasks: task_id in tasks,
+        label=f"{tmi.name} heartbeating until the status server hands the task out",
+        waiting="not handed out yet",
+        timeout_s=wait,
+        failure=lambda _tasks: (
+            f"ingest: the status server did not hand task {task_id} to {tmi.name} within "
+            f"{wait:.0f}s (ingest consumes it from the mitigation-tasks topic)"
+        ),
+        interval_s=1,
+    )
+    task: dict[str, Any] = tasks[task_id]
+    return task
+
+
 async def step_respond(
     c: Clients, run: Run, fleet: list[Appliance], operator: Signed, admin: Signed
 ) -> None:
@@ -945,8 +1037,30 @@ async def step_respond(
     cfg = run.cfg
     tmi = fleet[2]
     product_id = tmi.reg.product.product_id
+    content = cleanup_pattern_file()
+    with stage("reporter: PutCleanupPattern"):
+
+        async def put_pattern() -> reporter_pb2.PutCleanupPatternResponse:
+            answer: reporter_pb2.PutCleanupPatternResponse = await c.portal.PutCleanupPattern(
+                reporter_pb2.PutCleanupPatternRequest(
+                    account_id=run.account_id,
+                    name=CLEANUP_PATTERN,
+                    description="Removes TROJ_EMOTET.SM droppers and their autorun keys",
+                    content=content,
+                ),
+                metadata=await operator.md(),
+                timeout=30,
+            )
+            return answer
+
+        put = await until_portal_knows(put_pattern, cfg.timeout_s)
+        ok(
+            f"provider operator added custom cleanup pattern {CLEANUP_PATTERN!r} to the "
+            f"account's catalogue ({put.pattern.size} bytes, version {put.pattern.version}, "
+            f"sha256 {put.pattern.content_sha256[:12]}...)"
+        )
     pattern = {
-        "pattern_name": "emotet-cleanup-2026-12",
+        "pattern_name": CLEANUP_PATTERN,
         "endpoint": FAILED_HOST,
         "threat_name": "TROJ_EMOTET.SM",
     }
@@ -967,48 +1081,40 @@ async def step_respond(
         else:
             raise DemoError("reporter: an account administrator could issue a mitigation task")
     with stage("reporter: CreateMitigationTask"):
-        deadline = time.monotonic() + cfg.timeout_s
-        while True:
-            try:
-                created = await c.portal.CreateMitigationTask(
-                    request, metadata=await operator.md(), timeout=30
-                )
-                break
-            except grpc.aio.AioRpcError as exc:
-                # the portal learns of the product from the bus
-                lagging = exc.code() in (
-                    grpc.StatusCode.NOT_FOUND,
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                )
-                if not lagging or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
-        task_id = created.task.task_id
+        task_id = (await issue_task(c, operator, request, cfg.timeout_s)).task_id
         ok(
             f"provider operator deployed custom cleanup pattern {pattern['pattern_name']!r} "
             f"to TMI-HQ for {FAILED_HOST} ({task_id})"
         )
     with stage("ingest: TMI-HQ heartbeats until the task is handed out"):
-
-        async def handed_out() -> dict[str, Any]:
-            answer = await tmi.heartbeat()
-            return {t["task_id"]: t for t in answer["tasks"]}
-
-        tasks = await poll_until(
-            handed_out,
-            lambda tasks: task_id in tasks,
-            label="TMI-HQ heartbeating until the status server hands the task out",
-            waiting="not handed out yet",
-            timeout_s=cfg.timeout_s,
-            failure=lambda _tasks: (
-                f"ingest: the status server did not hand task {task_id} to TMI-HQ within "
-                f"{cfg.timeout_s:.0f}s (ingest consumes it from the mitigation-tasks topic)"
-            ),
-            interval_s=1,
-        )
+        handed = await heartbeat_until_handed_out(tmi, task_id, cfg.timeout_s)
         ok(
-            f"TMI-HQ got the task with its heartbeat: {task_kind(tasks[task_id]['kind'])}, "
-            f"pattern {tasks[task_id]['parameters'].get('pattern_name')!r}"
+            f"TMI-HQ got the task with its heartbeat: {task_kind(handed['kind'])}, "
+            f"pattern {handed['parameters'].get('pattern_name')!r}"
+        )
+    with stage("ingest: TMI-HQ downloads the pattern from the log server"):
+        expected = handed["parameters"].get("pattern_sha256", "")
+        status, body = await poll_until(
+            lambda: tmi.download_pattern(CLEANUP_PATTERN),
+            lambda got: got[0] != 404,
+            label="TMI-HQ downloading the pattern (the log server reads it from the bus)",
+            waiting="not on the log server yet",
+            timeout_s=cfg.timeout_s,
+            failure=lambda got: (
+                f"ingest: GET /v1/cleanup-patterns/{CLEANUP_PATTERN} still answers {got[0]} "
+                f"after {cfg.timeout_s:.0f}s (ingest consumes the cleanup-patterns topic)"
+            ),
+        )
+        if status != 200:
+            raise DemoError(f"ingest: pattern download answered {status}: {body[:200]!r}")
+        digest = hashlib.sha256(body).hexdigest()
+        if digest != expected or body != content:
+            raise DemoError(
+                f"ingest: the downloaded pattern's sha256 {digest} is not the task's {expected}"
+            )
+        ok(
+            f"TMI-HQ downloaded {CLEANUP_PATTERN!r} over HTTPS ({len(body)} bytes); its "
+            "sha256 matches the one the task carries"
         )
     with stage("ingest: TMI-HQ reports the cleanup"):
         cleaned = [
@@ -1049,6 +1155,93 @@ async def step_respond(
         )
         run.remediated.append(FAILED_HOST)
         ok(f"{FAILED_HOST} conforms again: the portal lists no nonconforming endpoint")
+
+
+def forensic_bundle(host: str) -> bytes:
+    """What a Threat Mitigator collects for a forensic data request: a gzipped tar of the
+    endpoint's process list, autoruns and a memory sample (a few hundred KiB, so the log
+    server cuts it into several chunks)."""
+    members = {
+        "processes.txt": f"{host}\nPID  NAME\n4    System\n3120 svch0st.exe\n".encode(),
+        "autoruns.txt": b"HKCU\\...\\Run\\svch0st = C:\\Users\\Public\\svch0st.exe\n",
+        "memory-svch0st.bin": secrets.token_bytes(600 * 1024),
+    }
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+async def step_forensics(c: Clients, run: Run, fleet: list[Appliance], operator: Signed) -> None:
+    """The provider's expert requests forensic data from the Threat Mitigator; it gets the
+    task with a heartbeat, uploads what it collected over SFTP and acknowledges; the portal
+    lists the file and the expert downloads it, byte for byte."""
+    cfg = run.cfg
+    tmi = fleet[2]
+    request = reporter_pb2.CreateMitigationTaskRequest(
+        account_id=run.account_id,
+        product_id=tmi.reg.product.product_id,
+        kind=status_pb2.MITIGATION_TASK_KIND_FORENSIC_DATA_REQUEST,
+        parameters={"endpoint": FAILED_HOST, "collect": "processes,autoruns,memory"},
+    )
+    with stage("reporter: CreateMitigationTask (forensic data request)"):
+        task_id = (await issue_task(c, operator, request, cfg.timeout_s)).task_id
+        ok(f"provider operator requested forensic data of {FAILED_HOST} from TMI-HQ ({task_id})")
+    with stage("ingest: TMI-HQ sends the forensic data over SFTP"):
+        await heartbeat_until_handed_out(tmi, task_id, cfg.timeout_s)
+        bundle = forensic_bundle(FAILED_HOST)
+        file_name = f"{FAILED_HOST}-forensics.tar.gz"
+        await tmi.upload_sftp(f"forensics/{task_id}/{file_name}", bundle)
+        await tmi.heartbeat(acknowledged=[task_id])
+        ok(
+            f"TMI-HQ uploaded {file_name} ({len(bundle) // 1024} KiB) to "
+            f"forensics/{task_id}/ over SFTP; task acknowledged"
+        )
+    with stage("reporter: ListForensicData"):
+
+        async def listed() -> list[reporter_pb2.ForensicData]:
+            answer = await c.portal.ListForensicData(
+                reporter_pb2.ListForensicDataRequest(account_id=run.account_id, task_id=task_id),
+                metadata=await operator.md(),
+                timeout=30,
+            )
+            return [f for f in answer.files if f.complete]
+
+        files = await poll_until(
+            listed,
+            bool,
+            label="waiting for the portal to store the forensic data",
+            waiting="not complete yet",
+            timeout_s=cfg.timeout_s,
+            failure=lambda _f: (
+                f"after {cfg.timeout_s:.0f}s the portal lists no complete forensic data for "
+                f"{task_id} (see the ingest gateway's and the reporter's logs)"
+            ),
+        )
+    with stage("reporter: DownloadForensicData"):
+        got = bytearray()
+        async for piece in c.portal.DownloadForensicData(
+            reporter_pb2.DownloadForensicDataRequest(
+                account_id=run.account_id, upload_id=files[0].upload_id
+            ),
+            metadata=await operator.md(),
+            timeout=60,
+        ):
+            got += piece.chunk
+        if bytes(got) != bundle:
+            raise DemoError(
+                f"reporter: the downloaded forensic data ({len(got)} bytes) is not what TMI-HQ "
+                f"sent ({len(bundle)} bytes)"
+            )
+        run.forensics.append(f"{file_name} ({len(bundle) // 1024} KiB) from TMI-HQ for {task_id}")
+        ok(
+            f"provider operator downloaded {file_name}: {len(got)} bytes, sha256 "
+            f"{files[0].content_sha256[:12]}... matches what TMI-HQ sent"
+        )
 
 
 async def step_triage(c: Clients, run: Run, admin: Signed) -> None:
@@ -1365,6 +1558,8 @@ def step_summary(run: Run) -> None:
             else ""
         )
         print(f"  nonconforming  {nce.endpoint.host}: {', '.join(nce.threat_names)}{cleaned}")
+    for line in run.forensics:
+        print(f"  forensic data  {line}")
     for mail in run.mails:
         to = "" if mail.to == run.admin_email else f" (to {mail.to})"
         print(f"  mail           {mail.subject}{to}")
@@ -1404,8 +1599,14 @@ async def demo(cfg: Config) -> Run:
                 4, total, "Incidents in the portal and the mails (correlator, reporter, notifier)"
             )
             await step_results(c, run, admin)
-            header(5, total, "Response: a custom cleanup pattern through Threat Mitigator, triage")
+            header(
+                5,
+                total,
+                "Response: a custom cleanup pattern and a forensic data request through "
+                "Threat Mitigator, triage",
+            )
             await step_respond(c, run, fleet, operator, admin)
+            await step_forensics(c, run, fleet, operator)
             await step_triage(c, run, admin)
         header(6, total, "Customer Accounts screen and an on-demand report (reporter)")
         await step_report(c, run, admin)

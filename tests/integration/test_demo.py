@@ -215,6 +215,11 @@ def test_demo_shows_the_main_job_end_to_end_and_runs_again(stack: Stack) -> None
     # the response: operators only; the task reaches the Threat Mitigator; the endpoint clears
     assert "administrator may not issue tasks: PERMISSION_DENIED 'provider operators only'" in out
     assert "TMI-HQ got the task with its heartbeat: custom cleanup pattern" in out
+    assert "its sha256 matches the one the task carries" in out  # pattern from the log server
+    (forensics,) = summary_rows(out, "forensic data")
+    assert forensics.startswith("hr-lt-03-forensics.tar.gz (")
+    assert " KiB) from TMI-HQ for task-" in forensics
+    assert "matches what TMI-HQ sent" in out
     assert "hr-lt-03 conforms again" in out
     # triage: the administrator resolves an incident on the cleaned endpoint
     (resolved,) = [row for row in incidents if row.endswith(" resolved")]
