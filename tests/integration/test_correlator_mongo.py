@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,11 +14,13 @@ from tmsp_common.mongo import Document, close, connect
 from tmsp_common.testing import Infra
 from tmsp_correlator.adapters.mongo import (
     MongoIncidents,
+    MongoMaintenance,
     MongoNonconforming,
     create_indexes,
     incident_update,
 )
 from tmsp_correlator.domain.nonconforming import MitigationFact, apply_result
+from tmsp_correlator.service_layer.retention import LogRetention, Purged
 
 pytestmark = [pytest.mark.integration, pytest.mark.mongo]
 
@@ -239,3 +242,81 @@ async def test_a_batch_replace_keeps_creation_time_and_writes_each_newer_version
     assert all(after[i]["created_at"] == before[i]["created_at"] for i in after)
     assert after["r7"]["status"] == "false_positive" and after["r8"]["status"] == "new"
     assert after["r3"]["event_count"] == 9 and after["r25"]["event_count"] == 3
+
+
+def seen_at(inc: dict[str, Any], last: float) -> dict[str, Any]:
+    inc["first"] = inc["last"] = last
+    inc["timeline"] = [[last, *entry[1:]] for entry in inc["timeline"]]
+    return inc
+
+
+async def test_log_maintenance_removes_old_incidents_and_cleared_endpoints_only(
+    db: AsyncDatabase[Document], repo_of: Repo
+) -> None:
+    incidents, endpoints = repo_of(db), MongoNonconforming(db)
+    retention = LogRetention(MongoMaintenance(db), incidents, endpoints)
+    now = 1_800_000_000.0
+    day = 86_400.0
+    await incidents.upsert_many(
+        [seen_at(incident("old", 1), now - 31 * day), seen_at(incident("recent", 1), now - day)]
+    )
+    cleared: dict[str, Any] = {
+        "threats": {},
+        "seen": {},
+        "since": None,
+        "cleared": True,
+        "version": 1,
+    }
+    flagged = {**cleared, "cleared": False, "since": now - 60 * day}
+    await endpoints.put("acc1/old-clean", {**cleared, "updated": now - 40 * day}, 0)
+    await endpoints.put("acc1/recent-clean", {**cleared, "updated": now - day}, 0)
+    await endpoints.put("acc1/still-flagged", {**flagged, "updated": now - 40 * day}, 0)
+
+    # nothing heard from the portal yet: nothing is removed
+    assert await retention.purge(now) is None
+    assert await db["incidents"].count_documents({}) == 2
+
+    assert await retention.heard(30, datetime(2026, 12, 1, tzinfo=UTC))
+    purged = await retention.purge(now)
+    assert purged == Purged(incidents=1, endpoints=1)
+    assert {d["_id"] async for d in db["incidents"].find({}, {"_id": 1})} == {"recent"}
+    assert {d["_id"] async for d in db["nonconforming_endpoints"].find({}, {"_id": 1})} == {
+        "acc1/recent-clean",
+        "acc1/still-flagged",  # not cleared: it stays whatever its age
+    }
+    # the removed incident's group matches again: its next version is stored afresh,
+    # although this worker remembered having stored the removed one
+    assert await incidents.upsert_many([seen_at(incident("old", 2, count=5), now)]) == {"old"}
+    again = await incidents.get("old")
+    assert again is not None and again["version"] == 2 and again["event_count"] == 5
+
+
+async def test_a_worker_stores_an_incident_another_worker_removed(
+    db: AsyncDatabase[Document], repo_of: Repo
+) -> None:
+    mine, leader = repo_of(db), repo_of(db)
+    await mine.upsert_many([incident("shared", 1)])
+    # the leader's log maintenance removes it; this worker still remembers version 1
+    assert await leader.purge(datetime(2030, 1, 1, tzinfo=UTC)) == 1
+    assert await mine.upsert_many([incident("shared", 2, count=6)]) == {"shared"}
+    stored = await mine.get("shared")
+    assert stored is not None and stored["version"] == 2 and stored["event_count"] == 6
+
+
+async def test_log_maintenance_settings_keep_the_newest_change(
+    db: AsyncDatabase[Document],
+) -> None:
+    settings = MongoMaintenance(db)
+    assert await settings.log_retention() is None
+    # the reporter's start-up record of never-changed defaults, then an operator's change
+    assert await settings.set_log_retention(180, None)
+    changed = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+    assert await settings.set_log_retention(30, changed)
+    # a replayed older change and the defaults published again at a restart lose
+    assert not await settings.set_log_retention(90, datetime(2026, 11, 1, tzinfo=UTC))
+    assert not await settings.set_log_retention(180, None)
+    assert await settings.log_retention() == (30, changed)
+    # a replay of the same change is kept (idempotent), a newer one wins
+    assert await settings.set_log_retention(30, changed)
+    assert await settings.set_log_retention(7, changed + timedelta(hours=1))
+    assert await settings.log_retention() == (7, changed + timedelta(hours=1))

@@ -18,10 +18,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import ProducerClosed
 from pymongo import AsyncMongoClient
 
-from tmsp.events.v1 import detections_pb2, incidents_pb2, status_pb2
+from tmsp.events.v1 import detections_pb2, incidents_pb2, maintenance_pb2, status_pb2
 from tmsp_common.kafka.admin import ensure_topics
 from tmsp_common.kafka.consumer import DLQ_REASON, DLQ_TOPIC
-from tmsp_common.kafka.envelope import unwrap
+from tmsp_common.kafka.envelope import to_timestamp, unwrap
 from tmsp_common.kafka.producer import EventProducer
 from tmsp_common.kafka.topics import (
     DETECTIONS,
@@ -29,6 +29,7 @@ from tmsp_common.kafka.topics import (
     INCIDENT_COUNTS,
     INCIDENT_STATUS_CHANGES,
     INCIDENTS,
+    LOG_MAINTENANCE,
     MITIGATION_RESULTS,
     NONCONFORMING_ENDPOINTS,
     PRODUCT_LIVENESS,
@@ -99,7 +100,14 @@ def correlators(infra: Infra, names: Any, tmp_path: Path) -> Iterator[Correlator
 async def producer(infra: Infra, names: Any) -> Any:
     await ensure_topics(
         infra.kafka_bootstrap,
-        [DETECTIONS, MITIGATION_RESULTS, HEARTBEATS, UPLOADS, INCIDENT_STATUS_CHANGES],
+        [
+            DETECTIONS,
+            MITIGATION_RESULTS,
+            HEARTBEATS,
+            UPLOADS,
+            INCIDENT_STATUS_CHANGES,
+            LOG_MAINTENANCE,
+        ],
         prefix=names.prefix,
     )
     p = EventProducer(infra.kafka_bootstrap, service="test", topic_prefix=names.prefix)
@@ -581,3 +589,42 @@ async def test_triage_closes_an_incident_later_detections_open_the_next_and_bad_
     reasons = sorted(dict(r.headers)[DLQ_REASON].decode() for r in records)
     assert "not found in the correlator's store" in reasons[0]
     assert "without group_key" in reasons[1]
+
+
+async def test_log_maintenance_from_the_portal_purges_old_incidents_and_bad_settings_dead_letter(
+    infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
+) -> None:
+    correlators.start()
+    now = datetime.now(UTC).timestamp()
+    old_at, recent_at = now - 45 * 86_400, now - 86_400
+    await publish(
+        producer,
+        [detection(f"old{i}", old_at + i * 30, host="pc-old") for i in range(3)]
+        + [detection(f"new{i}", recent_at + i * 30, host="pc-new") for i in range(3)],
+    )
+
+    async def stored(n: int) -> list[dict[str, Any]] | None:
+        docs = await incidents_in_db(infra, correlators.db_name)
+        return docs if len(docs) == n else None
+
+    docs = await wait_until(lambda: stored(2), timeout=60)
+    assert {d["endpoints"][0]["host"] for d in docs} == {"pc-old", "pc-new"}
+
+    def settings(days: int) -> maintenance_pb2.LogMaintenanceSettings:
+        m = maintenance_pb2.LogMaintenanceSettings(
+            report_retention_days=365, log_retention_days=days
+        )
+        m.updated_at.CopyFrom(to_timestamp(datetime.now(UTC)))
+        return m
+
+    # a record no portal could have written goes to the dead-letter topic with the reason
+    await (await producer.send(LOG_MAINTENANCE, settings(0), key=LOG_MAINTENANCE.key))
+    async with TopicReader(infra.kafka_bootstrap, LOG_MAINTENANCE.dead_letter, names.prefix) as dlq:  # type: ignore[arg-type]
+        (bad,) = await dlq.read_until(lambda rs: len(rs) >= 1, timeout=30)
+    assert b"log retention of 0 days" in dict(bad.headers)[DLQ_REASON]
+    assert len(await incidents_in_db(infra, correlators.db_name)) == 2
+
+    # the operator keeps logs 30 days: the 45-day-old incident goes, yesterday's stays
+    await (await producer.send(LOG_MAINTENANCE, settings(30), key=LOG_MAINTENANCE.key))
+    (kept,) = await wait_until(lambda: stored(1), timeout=30)
+    assert kept["endpoints"][0]["host"] == "pc-new"

@@ -46,7 +46,7 @@ class Unused:
 def container(rules_dir: Path) -> Container:
     settings = CorrelatorSettings(rules_dir=str(rules_dir), rules_reload_interval_s=1)
     u: Any = Unused()
-    return build(settings, publisher=u, incidents=u, nonconforming=u, liveness=u)
+    return build(settings, publisher=u, incidents=u, nonconforming=u, liveness=u, maintenance=u)
 
 
 def high(eid: str, t: float) -> dict[str, Any]:

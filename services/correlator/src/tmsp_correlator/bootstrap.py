@@ -19,9 +19,11 @@ from tmsp_correlator.service_layer.monitoring import NonconformingEndpoints, Pro
 from tmsp_correlator.service_layer.ports import (
     IncidentRepository,
     LivenessRepository,
+    MaintenanceRepository,
     NonconformingRepository,
     Publisher,
 )
+from tmsp_correlator.service_layer.retention import LogRetention
 
 log = get_logger(__name__)
 
@@ -73,6 +75,7 @@ class Container:
     recorder: IncidentRecorder
     nonconforming: NonconformingEndpoints
     liveness: ProductLiveness
+    retention: LogRetention
     fingerprint: tuple[tuple[str, int, int], ...] = field(default_factory=tuple)
     clean_rule_files: dict[str, str] = field(default_factory=dict)
     """The last version of each rule file that loaded without a rejection."""
@@ -96,6 +99,7 @@ def build(
     incidents: IncidentRepository,
     nonconforming: NonconformingRepository,
     liveness: LivenessRepository,
+    maintenance: MaintenanceRepository,
 ) -> Container:
     loaded = load_rules_logged(settings, {})
     return Container(
@@ -121,6 +125,7 @@ def build(
                 logs_timeout_s=settings.logs_timeout_s,
             ),
         ),
+        retention=LogRetention(maintenance, incidents, nonconforming),
         fingerprint=rules_fingerprint(settings.rules_dir),
     )
 

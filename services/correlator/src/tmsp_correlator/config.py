@@ -70,6 +70,8 @@ class CorrelatorSettings(ServiceSettings):
     default_heartbeat_interval_s: float = Field(300.0, gt=0)
     logs_timeout_s: float = Field(24 * 3600.0, gt=0)
     liveness_check_interval_s: float = Field(30.0, gt=0)
+    purge_interval_s: float = Field(3600.0, gt=0)
+    """How often the leader applies log maintenance (retention) to the store."""
     web_port: int = Field(0, ge=0, le=65535)
     """Faust's web server port; 0 disables it."""
     replication_factor: int = Field(1, ge=1)

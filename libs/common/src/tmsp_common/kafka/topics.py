@@ -17,6 +17,7 @@ from tmsp.events.v1 import (
     auth_pb2,
     detections_pb2,
     incidents_pb2,
+    maintenance_pb2,
     notifications_pb2,
     products_pb2,
     status_pb2,
@@ -155,6 +156,14 @@ FORENSIC_DATA = Topic(
     retention_ms=14 * DAY_MS,
     description="Forensic data files from products, in chunks of <=256 KiB",
 )
+LOG_MAINTENANCE = Topic(
+    "tmsp.log-maintenance.v1",
+    maintenance_pb2.LogMaintenanceSettings,
+    key="log-maintenance",
+    partitions=1,
+    compacted=True,
+    description="Log maintenance (retention) settings from the portal; one record",
+)
 INCIDENTS = Topic(
     "tmsp.incidents.v1",
     incidents_pb2.Incident,
@@ -203,6 +212,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     MITIGATION_TASKS,
     CLEANUP_PATTERNS,
     FORENSIC_DATA,
+    LOG_MAINTENANCE,
     INCIDENTS,
     INCIDENT_STATUS_CHANGES,
     INCIDENT_COUNTS,

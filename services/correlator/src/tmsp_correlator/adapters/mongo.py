@@ -20,6 +20,7 @@ from tmsp_correlator.domain.correlation import OPEN_STATUSES as _OPEN
 INCIDENTS = "incidents"
 NONCONFORMING = "nonconforming_endpoints"
 LIVENESS = "product_liveness"
+SETTINGS = "settings"
 OPEN_STATUSES = list(_OPEN)
 
 
@@ -212,9 +213,12 @@ class MongoIncidents:
             await self._replace(todo, kept)
         else:
             # by _id only and never an upsert (every id here is stored): no duplicate key
-            await self.coll.bulk_write(
+            result = await self.coll.bulk_write(
                 [UpdateOne({"_id": i["id"]}, incident_update(i)) for i in todo], ordered=False
             )
+            if result.matched_count < len(todo):
+                # remembered but gone: log maintenance (another worker's) removed them
+                await self._insert_missing(todo)
         for inc in todo:
             self._remember(inc["id"], inc["version"])
         return stored_ids | {inc["id"] for inc in todo}
@@ -240,6 +244,25 @@ class MongoIncidents:
             doc["created_at"] = old.get("created_at", doc["created_at"])
             docs.append(doc)
         await self.coll.insert_many(docs, ordered=False)
+
+    async def _insert_missing(self, incidents: list[dict[str, Any]]) -> None:
+        ids = [i["id"] for i in incidents]
+        present = {d["_id"] async for d in self.coll.find({"_id": {"$in": ids}}, {"_id": 1})}
+        missing = [i for i in incidents if i["id"] not in present]
+        if missing:
+            await self._insert_new(missing)
+
+    async def purge(self, last_seen_before: datetime) -> int:
+        ids = [
+            d["_id"]
+            async for d in self.coll.find({"last_seen": {"$lt": last_seen_before}}, {"_id": 1})
+        ]
+        if not ids:
+            return 0
+        result = await self.coll.delete_many({"_id": {"$in": ids}})
+        for incident_id in ids:
+            self._versions.pop(incident_id, None)
+        return int(result.deleted_count)
 
     async def get(self, incident_id: str) -> Document | None:
         return await self.coll.find_one({"_id": incident_id})
@@ -318,6 +341,47 @@ class MongoNonconforming:
             return True
         result = await self.coll.replace_one({"_id": key, "version": expected_version}, doc)
         return bool(result.modified_count)
+
+    async def purge_cleared(self, updated_before: float) -> int:
+        result = await self.coll.delete_many({"cleared": True, "updated": {"$lt": updated_before}})
+        return int(result.deleted_count)
+
+
+class MongoMaintenance:
+    """One document: the log maintenance settings last heard from the bus."""
+
+    ID = "log_maintenance"
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.coll = db[SETTINGS]
+
+    async def log_retention(self) -> tuple[int, datetime | None] | None:
+        doc = await self.coll.find_one({"_id": self.ID})
+        if doc is None:
+            return None
+        return int(doc["log_retention_days"]), doc.get("updated_at")
+
+    async def set_log_retention(self, days: int, updated_at: datetime | None) -> bool:
+        """Compare-and-set on ``updated_at`` (unset sorts first: the never-changed
+        defaults the reporter publishes at start-up do not replace an operator's change)."""
+        new = {"log_retention_days": days, "updated_at": updated_at, "at": _order(updated_at)}
+        while True:
+            doc = await self.coll.find_one({"_id": self.ID})
+            if doc is None:
+                try:
+                    await self.coll.insert_one({"_id": self.ID, **new})
+                    return True
+                except DuplicateKeyError:
+                    continue
+            if _order(updated_at) < float(doc.get("at", 0.0)):
+                return False
+            result = await self.coll.replace_one({"_id": self.ID, "at": doc.get("at")}, new)
+            if result.matched_count:
+                return True
+
+
+def _order(updated_at: datetime | None) -> float:
+    return updated_at.timestamp() if updated_at is not None else 0.0
 
 
 class MongoLiveness:

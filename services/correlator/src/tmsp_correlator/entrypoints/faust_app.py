@@ -9,6 +9,7 @@ Topology::
     INCIDENT_STATUS_CHANGES ─────┘ status hits (triage decisions from the portal)
     MITIGATION_RESULTS ─> NONCONFORMING_ENDPOINTS
     HEARTBEATS, UPLOADS, PRODUCTS ─> liveness ─> PRODUCT_LIVENESS (timer on the leader)
+    LOG_MAINTENANCE ─> retention settings ─> purge of the store (and a timer on the leader)
 
 The match and store stages run on the shared consumer runner (stages.py), started with the
 app; everything else here is a faust agent. Every agent catches its own errors: an
@@ -23,6 +24,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
@@ -30,12 +32,19 @@ import faust
 import orjson
 from faust.serializers import codecs
 
-from tmsp.events.v1 import detections_pb2, incidents_pb2, products_pb2, status_pb2
+from tmsp.events.v1 import (
+    detections_pb2,
+    incidents_pb2,
+    maintenance_pb2,
+    products_pb2,
+    status_pb2,
+)
 from tmsp_common.kafka.envelope import EnvelopeError, epoch_seconds, unwrap
 from tmsp_common.kafka.topics import (
     DETECTIONS,
     HEARTBEATS,
     INCIDENT_STATUS_CHANGES,
+    LOG_MAINTENANCE,
     MITIGATION_RESULTS,
     PRODUCTS,
     UPLOADS,
@@ -211,6 +220,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     heartbeats_topic = bus.topic(HEARTBEATS.qualified(prefix))
     uploads_topic = bus.topic(UPLOADS.qualified(prefix))
     products_topic = bus.topic(PRODUCTS.qualified(prefix))
+    maintenance_topic = bus.topic(LOG_MAINTENANCE.qualified(prefix))
     hits_topic = app.topic(
         hits_topic_name(s),
         key_type=bytes,
@@ -473,6 +483,29 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
 
             await guarded(PRODUCTS, Record.of(event), handle)
 
+    @app.agent(maintenance_topic, name="log-maintenance")
+    async def log_maintenance(stream: Any) -> None:
+        async for event in stream.events():
+
+            async def handle(event: Any = event) -> None:
+                _env, m = unwrap(event.value, maintenance_pb2.LogMaintenanceSettings)
+                updated = m.updated_at.ToDatetime(UTC) if m.HasField("updated_at") else None
+                try:
+                    kept = await c.retention.heard(m.log_retention_days, updated)
+                except ValueError as exc:
+                    raise EnvelopeError(str(exc)) from None
+                if kept:
+                    await c.retention.purge(time.time())
+
+            await guarded(LOG_MAINTENANCE, Record.of(event), handle)
+
+    @app.timer(interval=s.purge_interval_s, on_leader=True)  # type: ignore[untyped-decorator]  # faust is untyped
+    async def purge() -> None:
+        try:
+            await c.retention.purge(time.time())
+        except Exception:  # noqa: BLE001 - the next tick tries again
+            log.exception("log maintenance failed")
+
     @app.timer(interval=s.liveness_check_interval_s, on_leader=True)  # type: ignore[untyped-decorator]  # faust is untyped
     async def liveness_check() -> None:
         try:
@@ -514,6 +547,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
         heartbeats,
         uploads,
         products,
+        log_maintenance,
     ]
 
 

@@ -21,6 +21,7 @@ from tmsp_common.kafka.topics import (
     INCIDENT_COUNTS,
     INCIDENT_STATUS_CHANGES,
     INCIDENTS,
+    LOG_MAINTENANCE,
     MITIGATION_RESULTS,
     NONCONFORMING_ENDPOINTS,
     PRODUCT_LIVENESS,
@@ -36,6 +37,7 @@ from tmsp_correlator.adapters.faust_bus import FaustBus
 from tmsp_correlator.adapters.mongo import (
     MongoIncidents,
     MongoLiveness,
+    MongoMaintenance,
     MongoNonconforming,
     create_indexes,
     is_ferretdb,
@@ -59,6 +61,7 @@ TOPICS = (
     UPLOADS,
     PRODUCTS,
     INCIDENT_STATUS_CHANGES,
+    LOG_MAINTENANCE,
     INCIDENTS,
     INCIDENT_COUNTS,
     NONCONFORMING_ENDPOINTS,
@@ -108,6 +111,7 @@ def create(settings: CorrelatorSettings, *, replace_in_bulk: bool = False) -> fa
         incidents=MongoIncidents(db, replace_in_bulk=replace_in_bulk),
         nonconforming=MongoNonconforming(db),
         liveness=MongoLiveness(db),
+        maintenance=MongoMaintenance(db),
     )
     wire(app, bus, container)
     app.correlator = container  # type: ignore[attr-defined]

@@ -49,12 +49,32 @@ class IncidentRepository(Protocol):
         another worker may store newer versions meanwhile)."""
         ...
 
+    async def purge(self, last_seen_before: datetime) -> int:
+        """Remove incidents last seen before the cutoff; how many went."""
+        ...
+
 
 class NonconformingRepository(Protocol):
     async def get(self, key: str) -> dict[str, Any] | None: ...
 
     async def put(self, key: str, state: dict[str, Any], expected_version: int) -> bool:
         """Compare-and-set on the stored version; False when someone else changed it."""
+        ...
+
+    async def purge_cleared(self, updated_before: float) -> int:
+        """Remove cleared endpoints whose last result is older than the cutoff (epoch s)."""
+        ...
+
+
+class MaintenanceRepository(Protocol):
+    """The portal's log maintenance settings as this service last heard them."""
+
+    async def log_retention(self) -> tuple[int, datetime | None] | None:
+        """(log retention days, when an operator set them) or None: never heard."""
+        ...
+
+    async def set_log_retention(self, days: int, updated_at: datetime | None) -> bool:
+        """Keep these unless newer settings are stored; whether they were kept."""
         ...
 
 
