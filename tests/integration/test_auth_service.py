@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pyotp
@@ -35,7 +36,14 @@ from tmsp_auth.testing import (
 )
 from tmsp_common.kafka.envelope import unwrap
 from tmsp_common.kafka.topics import ACCOUNTS, AUTH_AUDIT
-from tmsp_common.testing import Infra, ServiceProcess, TopicReader, free_port, unique
+from tmsp_common.testing import (
+    Infra,
+    ServiceProcess,
+    TopicReader,
+    free_port,
+    unique,
+    wait_until,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -1024,3 +1032,76 @@ async def test_account_fields_snapshots_and_validation_that_changes_nothing(
     assert list(latest.services) == ["incident-response", "threat-discovery"]
     assert (latest.valid_from.seconds, latest.valid_until.seconds) == (start.seconds, end.seconds)
     assert latest.time_zone == "Europe/Berlin" and not latest.deleted
+
+
+async def test_security_events_show_an_account_s_users_to_its_administrators_only(
+    client: AuthClient, mail: Mailbox
+) -> None:
+    op = await operator(client)
+    a, b = await new_account(client, op), await new_account(client, op)
+    admin_id, admin_email, admin_pw = await new_user(client, mail, op, a.account_id)
+    analyst_id, analyst_email, analyst_pw = await new_user(
+        client, mail, op, a.account_id, auth_pb2.ROLE_ANALYST
+    )
+    _b_id, b_email, b_pw = await new_user(client, mail, op, b.account_id)
+    admin = await client.session(admin_email, admin_pw)
+    wrong = "not-the-password-" + analyst_pw  # never stored, never shown
+    await error_of(lambda: client.login(analyst_email, wrong))
+    analyst = await client.session(analyst_email, analyst_pw)
+    admin_b = await client.session(b_email, b_pw)
+    kinds = audit_pb2.AuthAuditKind
+
+    async def listed(
+        session: auth_pb2.Session, **fields: Any
+    ) -> auth_pb2.ListSecurityEventsResponse:
+        answer: auth_pb2.ListSecurityEventsResponse = await client.accounts.ListSecurityEvents(
+            auth_pb2.ListSecurityEventsRequest(**fields), metadata=md(session)
+        )
+        return answer
+
+    async def recorded() -> list[auth_pb2.SecurityEvent] | None:
+        events = list((await listed(admin)).events)  # empty account_id: the caller's own
+        seen = {(e.user_id, e.kind) for e in events}
+        wanted = {
+            (admin_id, kinds.AUTH_AUDIT_KIND_LOGIN_SUCCEEDED),
+            (analyst_id, kinds.AUTH_AUDIT_KIND_LOGIN_FAILED),
+            (analyst_id, kinds.AUTH_AUDIT_KIND_LOGIN_SUCCEEDED),
+        }
+        return events if wanted <= seen else None
+
+    events = await wait_until(recorded, timeout=30)
+    times = [e.occurred_at.ToDatetime() for e in events]
+    assert times == sorted(times, reverse=True)  # newest first
+    failed = next(e for e in events if e.kind == kinds.AUTH_AUDIT_KIND_LOGIN_FAILED)
+    assert failed.email.lower() == analyst_email.lower() and failed.detail
+    assert all(wrong not in e.detail and analyst_pw not in e.detail for e in events)
+    assert {e.user_id for e in events} <= {admin_id, analyst_id, ""}
+
+    # filters and pages
+    only = await listed(
+        admin,
+        account_id=a.account_id,
+        user_id=analyst_id,
+        kinds=[kinds.AUTH_AUDIT_KIND_LOGIN_FAILED],
+    )
+    assert [(e.user_id, e.kind) for e in only.events] == [
+        (analyst_id, kinds.AUTH_AUDIT_KIND_LOGIN_FAILED)
+    ]
+    first = await listed(admin, page_size=1)
+    second = await listed(admin, page_size=1, page_token=first.next_page_token)
+    assert first.next_page_token
+    assert [e.event_id for e in [*first.events, *second.events]] == [
+        e.event_id for e in events[:2]
+    ]
+    bad = await error_of(lambda: listed(admin, page_token="not-a-token"))
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # analysts may not; another tenant's administrator sees nothing of it; operators may
+    denied = await error_of(lambda: listed(analyst))
+    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
+    hidden = await error_of(lambda: listed(admin_b, account_id=a.account_id))
+    assert hidden.code() == grpc.StatusCode.NOT_FOUND
+    own_b = await listed(admin_b)
+    assert not {e.event_id for e in own_b.events} & {e.event_id for e in events}
+    by_operator = await listed(op, account_id=a.account_id)
+    assert {e.event_id for e in events} <= {e.event_id for e in by_operator.events}

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from tmsp_common.lifecycle import DependencyUnavailable
 
@@ -68,6 +68,25 @@ async def ensure_indexes(
         for model in models:
             if model.document["name"] not in existing:
                 await db[collection].create_indexes([model])
+
+
+#: Mongo's duplicate key error code (FerretDB 1.24 reports it in bulk inserts too).
+DUPLICATE_KEY = 11000
+
+
+async def insert_many_idempotent(
+    collection: AsyncCollection[Document], documents: Sequence[Document]
+) -> None:
+    """Insert each document once: those already there (duplicate keys: a replay) are
+    skipped, any other write error raises."""
+    if not documents:
+        return
+    try:
+        await collection.insert_many(list(documents), ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
 
 
 async def insert_idempotent(collection: AsyncCollection[Document], document: Document) -> bool:

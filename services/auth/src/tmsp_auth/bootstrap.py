@@ -14,6 +14,7 @@ from tmsp_auth.adapters.repositories import (
     AccountRepository,
     ChallengeRepository,
     CodeRepository,
+    SecurityEventRepository,
     SessionRepository,
     SigningKeyRepository,
     TokenRepository,
@@ -29,6 +30,7 @@ from tmsp_auth.domain.passwords import Argon2Params, Hasher
 from tmsp_auth.service_layer.accounts import AccountUseCases
 from tmsp_auth.service_layer.auth import AuthUseCases
 from tmsp_auth.service_layer.context import AuthConfig, AuthContext
+from tmsp_auth.service_layer.security_events import SecurityEvents
 from tmsp_common.authn import Principal
 from tmsp_common.clock import Clock, SystemClock
 from tmsp_common.errors import Unauthenticated
@@ -83,6 +85,7 @@ class App:
     ctx: AuthContext
     auth: AuthUseCases
     accounts: AccountUseCases
+    security_events: SecurityEvents
     verifier: SessionVerifier
 
 
@@ -148,5 +151,11 @@ async def build(
         ctx=ctx,
         auth=auth,
         accounts=AccountUseCases(ctx, auth),
+        security_events=SecurityEvents(
+            SecurityEventRepository(db),
+            ctx.accounts,
+            clock,
+            retention=timedelta(days=settings.security_event_retention_days),
+        ),
         verifier=SessionVerifier(keys, sessions, clock),
     )

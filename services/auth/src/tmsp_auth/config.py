@@ -55,3 +55,8 @@ class AuthSettings(ServiceSettings):
     totp_issuer: str = "TMSP"
     reset_url_base: str = "https://portal.tmsp.local/reset-password?token="
     recovery_code_count: int = Field(10, ge=1, le=20)
+
+    security_events_group: str = "tmsp-auth-security-events"
+    """Consumer group storing auth's own audit topic for ``ListSecurityEvents``."""
+    security_event_retention_days: int = Field(90, ge=1, le=3650)
+    """Security events older than this leave ``ListSecurityEvents`` (the topic keeps 90 d)."""

@@ -43,6 +43,7 @@ def service_env(
         "TMSP_AUTH_ARGON2_MEMORY_KIB": TEST_ARGON2_MEMORY_KIB,
         "TMSP_AUTH_ARGON2_TIME_COST": "1",
         "TMSP_AUTH_CODE_RESEND_SECONDS": "2",
+        "TMSP_AUTH_SECURITY_EVENTS_GROUP": f"{prefix}auth-security-events",
         "TMSP_METRICS_PORT": "0",
         **extra,
     }

@@ -29,7 +29,7 @@ from pymongo.errors import DuplicateKeyError
 from tmsp_auth.domain.codes import CodeHasher, CodePurpose, CodeRules
 from tmsp_auth.domain.lockout import HOUR, HOURLY_HARD_CAP, LockoutPolicy, LockState
 from tmsp_common.errors import AlreadyExists, RateLimited
-from tmsp_common.mongo import Document, ensure_indexes
+from tmsp_common.mongo import Document, ensure_indexes, insert_many_idempotent
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -47,6 +47,13 @@ INDEXES: dict[str, list[IndexModel]] = {
     "markers": [
         IndexModel([("user_id", ASCENDING), ("kind", ASCENDING), ("at", ASCENDING)], name="uka"),
         IndexModel([("group", ASCENDING)], name="group"),
+    ],
+    "security_events": [
+        IndexModel(
+            [("account_id", ASCENDING), ("occurred_at", DESCENDING), ("_id", DESCENDING)],
+            name="account_time",
+        ),
+        IndexModel([("occurred_at", ASCENDING)], name="time"),
     ],
 }
 
@@ -362,6 +369,46 @@ class AccountRepository:
             )
         except DuplicateKeyError as exc:
             raise AlreadyExists("an account with this name already exists") from exc
+
+
+class SecurityEventRepository:
+    """The audit events of accounts' users, stored from auth's own audit topic (the
+    topic is the record; this is the portal's view of it, kept ``retention`` long)."""
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.coll = db["security_events"]
+
+    async def add_many(self, docs: list[Document]) -> None:
+        """Insert each once (``_id`` is the event id: a replay stores nothing twice)."""
+        await insert_many_idempotent(self.coll, docs)
+
+    async def page(
+        self,
+        account_id: str,
+        *,
+        user_id: str,
+        kinds: list[int],
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> list[Document]:
+        """Newest first, by (occurred_at, _id), after the last item of the previous page."""
+        query: Document = {"account_id": account_id}
+        if user_id:
+            query["user_id"] = user_id
+        if kinds:
+            query["kind"] = {"$in": kinds}
+        if after is not None:
+            at, last_id = after
+            query["$or"] = [
+                {"occurred_at": {"$lt": at}},
+                {"occurred_at": at, "_id": {"$lt": last_id}},
+            ]
+        cursor = self.coll.find(query).sort([("occurred_at", DESCENDING), ("_id", DESCENDING)])
+        return [d async for d in cursor.limit(limit)]
+
+    async def purge(self, before: datetime) -> int:
+        result = await self.coll.delete_many({"occurred_at": {"$lt": before}})
+        return int(result.deleted_count)
 
 
 class CodeResult(StrEnum):

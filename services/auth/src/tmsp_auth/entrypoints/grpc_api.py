@@ -16,6 +16,7 @@ from tmsp_common.authn import Role, current_principal
 from tmsp_common.errors import InvalidArgument
 from tmsp_common.kafka.envelope import from_timestamp, to_timestamp
 from tmsp_common.mongo import Document
+from tmsp_common.paging import decode_time_token, page_size, time_token
 
 Ctx = Any
 
@@ -243,9 +244,23 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.RegenerateRecoveryCodesResponse(recovery_codes=codes)
 
 
+def security_event_pb(doc: Document) -> auth_pb2.SecurityEvent:
+    msg = auth_pb2.SecurityEvent(
+        event_id=str(doc["_id"]),
+        kind=int(doc["kind"]),  # type: ignore[arg-type]
+        user_id=str(doc.get("user_id", "")),
+        email=str(doc.get("email", "")),
+        source_ip=str(doc.get("source_ip", "")),
+        detail=str(doc.get("detail", "")),
+    )
+    msg.occurred_at.CopyFrom(to_timestamp(aware(doc["occurred_at"])))
+    return msg
+
+
 class AccountServicer(auth_pb2_grpc.AccountServiceServicer):
     def __init__(self, app: App) -> None:
         self.uc = app.accounts
+        self.security_events = app.security_events
         self.clock = app.ctx.clock
 
     async def CreateAccount(
@@ -316,6 +331,25 @@ class AccountServicer(auth_pb2_grpc.AccountServiceServicer):
     ) -> auth_pb2.UnlockUserResponse:
         await self.uc.unlock_user(current_principal(), request.user_id)
         return auth_pb2.UnlockUserResponse()
+
+    async def ListSecurityEvents(
+        self, request: auth_pb2.ListSecurityEventsRequest, context: Ctx
+    ) -> auth_pb2.ListSecurityEventsResponse:
+        size = page_size(request.page_size, 50, 500)
+        docs = await self.security_events.list(
+            current_principal(),
+            request.account_id,
+            user_id=request.user_id,
+            kinds=[int(k) for k in request.kinds],
+            limit=size,
+            after=decode_time_token(request.page_token),
+        )
+        token = ""
+        if len(docs) == size:
+            token = time_token(aware(docs[-1]["occurred_at"]), str(docs[-1]["_id"]))
+        return auth_pb2.ListSecurityEventsResponse(
+            events=[security_event_pb(d) for d in docs], next_page_token=token
+        )
 
 
 def service_names() -> list[str]:

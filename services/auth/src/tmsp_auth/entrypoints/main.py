@@ -7,6 +7,7 @@ build, serve; on SIGTERM: health NOT_SERVING, drain in-flight calls, flush, clos
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from tmsp.auth.v1 import auth_pb2_grpc
 from tmsp_auth.bootstrap import build
@@ -17,17 +18,30 @@ from tmsp_auth.entrypoints.grpc_api import (
     AuthServicer,
     service_names,
 )
+from tmsp_auth.service_layer.security_events import SecurityEvents, event_document
 from tmsp_common import mongo
 from tmsp_common.grpc_server import GrpcConfig, GrpcServer
 from tmsp_common.kafka.admin import ensure_topics
+from tmsp_common.kafka.consumer import ConsumedEvent, ConsumerRunner
 from tmsp_common.kafka.producer import EventProducer
 from tmsp_common.kafka.topics import ACCOUNTS, AUTH_AUDIT, NOTIFICATION_REQUESTS
-from tmsp_common.lifecycle import run_service
+from tmsp_common.lifecycle import every, run_service, supervise
 from tmsp_common.logging import get_logger
 from tmsp_common.metrics import start_metrics_server
 
 log = get_logger(__name__)
 TOPICS = [ACCOUNTS, AUTH_AUDIT, NOTIFICATION_REQUESTS]
+PURGE_INTERVAL_S = 3600.0
+
+
+def security_events_handler(events: SecurityEvents) -> Any:
+    """Store a batch of auth's own audit events (each once) for ``ListSecurityEvents``."""
+
+    async def handle(batch: list[ConsumedEvent[Any]]) -> None:
+        docs = [event_document(e.envelope, e.payload) for e in batch]
+        await events.record([d for d in docs if d is not None])
+
+    return handle
 
 
 async def serve(settings: AuthSettings, stop: asyncio.Event) -> None:
@@ -61,10 +75,24 @@ async def serve(settings: AuthSettings, stop: asyncio.Event) -> None:
             verifier=app.verifier,
             public_methods=PUBLIC_METHODS,
         )
+        recorder = ConsumerRunner(
+            bootstrap=settings.kafka_bootstrap,
+            group_id=settings.security_events_group,
+            topics=[AUTH_AUDIT],
+            handler=security_events_handler(app.security_events),
+            dead_letters=producer,
+            topic_prefix=settings.topic_prefix,
+        )
+        tasks = [
+            asyncio.create_task(recorder.run(stop), name="security-events"),
+            asyncio.create_task(
+                every(PURGE_INTERVAL_S, app.security_events.purge, stop, "security event purge"),
+                name="security-event-purge",
+            ),
+        ]
         port = await server.start()
         log.info("service ready", port=port, tls=settings.grpc_tls)
-        await stop.wait()
-        await server.drain()
+        await supervise(tasks, stop, server.drain)
     finally:
         await producer.stop()
         await mongo.close(db)

@@ -14,7 +14,7 @@ from pymongo import ASCENDING, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from tmsp_common.mongo import Document, ensure_indexes
+from tmsp_common.mongo import DUPLICATE_KEY, Document, ensure_indexes
 from tmsp_correlator.domain.correlation import OPEN_STATUSES as _OPEN
 
 INCIDENTS = "incidents"
@@ -131,10 +131,6 @@ def _incident_insert(inc: dict[str, Any]) -> Document:
     """The document an upsert of ``incident_update(inc)`` creates."""
     doc = incident_document(inc)
     return {"_id": inc["id"], **doc, "created_at": doc["updated_at"]}
-
-
-#: Mongo's duplicate key error code (FerretDB 1.24 reports it in bulk inserts too).
-DUPLICATE_KEY = 11000
 
 
 class MongoIncidents:
