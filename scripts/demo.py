@@ -5,7 +5,7 @@ Run after ``scripts/stack.py up``. Step by step, as a security team would see it
 1. the provider's operator creates a customer account; its administrator accepts the
    emailed invitation, logs in, and enables two-factor authentication (seed 000: emailed
    confirmation code -> provisioning URI -> first TOTP code), then logs in with password +
-   TOTP;
+   TOTP and sees the account's security trail (logins, two-factor enabled);
 2. the operator registers two Threat Discovery Appliances (one uploading over SSH, one over
    SSL) and a Threat Mitigator, and gets their credentials;
 3. the simulated appliances test their connection, send heartbeats and upload CEF
@@ -65,6 +65,7 @@ import grpc
 import pyotp
 
 from tmsp.auth.v1 import auth_pb2, auth_pb2_grpc
+from tmsp.events.v1 import auth_pb2 as audit_pb2
 from tmsp.events.v1 import detections_pb2, incidents_pb2, products_pb2, status_pb2
 from tmsp.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from tmsp.reporter.v1 import reporter_pb2, reporter_pb2_grpc
@@ -735,6 +736,41 @@ async def step_account(c: Clients, run: Run) -> tuple[auth_pb2.Session, auth_pb2
             raise DemoError("auth: VerifySecondFactor returned no session")
         admin: auth_pb2.Session = verified.session
         ok("administrator logged in with password + TOTP (second factor: otp)")
+    with stage("auth: ListSecurityEvents"):
+
+        async def trail() -> list[auth_pb2.SecurityEvent]:
+            answer = await c.accounts.ListSecurityEvents(
+                auth_pb2.ListSecurityEventsRequest(), metadata=md(admin), timeout=30
+            )
+            return list(answer.events)
+
+        def logged_in_with_2fa(events: list[auth_pb2.SecurityEvent]) -> bool:
+            kinds = [e.kind for e in events]  # newest first
+            enabled = audit_pb2.AUTH_AUDIT_KIND_TWO_FACTOR_ENABLED
+            return (
+                enabled in kinds
+                and audit_pb2.AUTH_AUDIT_KIND_LOGIN_SUCCEEDED in (kinds[: kinds.index(enabled)])
+            )
+
+        events = await poll_until(
+            trail,
+            logged_in_with_2fa,
+            label="waiting for the account's security trail",
+            waiting="not recorded yet",
+            timeout_s=cfg.timeout_s,
+            failure=lambda _e: (
+                f"after {cfg.timeout_s:.0f}s auth's ListSecurityEvents shows no login "
+                "after the two-factor enablement (auth stores its audit topic)"
+            ),
+        )
+        words = [
+            audit_pb2.AuthAuditKind.Name(e.kind).removeprefix("AUTH_AUDIT_KIND_").lower()
+            for e in events
+        ]
+        ok(
+            f"the account's security trail, as its administrator sees it: {len(events)} "
+            f"events, newest first: {', '.join(w.replace('_', ' ') for w in words)}"
+        )
     secret_file(
         run.run_dir / "administrator.json",
         {
