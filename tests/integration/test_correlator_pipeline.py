@@ -628,3 +628,66 @@ async def test_log_maintenance_from_the_portal_purges_old_incidents_and_bad_sett
     await (await producer.send(LOG_MAINTENANCE, settings(30), key=LOG_MAINTENANCE.key))
     (kept,) = await wait_until(lambda: stored(1), timeout=30)
     assert kept["endpoints"][0]["host"] == "pc-new"
+
+
+RULE_FILE = """title: High severity detection
+name: high
+logsource: {{category: detection}}
+level: high
+detection:
+  s:
+    severity: high
+  condition: s
+---
+title: Burst {version}
+name: burst
+level: critical
+correlation:
+  type: event_count
+  rules: [high]
+  group-by: [Hostname]
+  timespan: 10m
+  condition: {{gte: 3}}
+"""
+BROKEN_RULE = """---
+title: Typo
+name: typo
+logsource: {category: detection}
+detection:
+  s:
+    severity: high
+  condition: missing_selection
+"""
+
+
+async def test_a_worker_started_with_a_broken_rule_file_runs_its_last_clean_version(
+    infra: Infra, names: Any, correlators: Correlators, producer: EventProducer, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "burst.yml").write_text(RULE_FILE.format(version="v1"))
+    first = correlators.start(TMSP_CORRELATOR_RULES_DIR=str(rules))
+
+    async def stored_rule_files() -> list[dict[str, Any]]:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongo_url)
+        try:
+            return [d async for d in client[correlators.db_name]["rule_files"].find({})]
+        finally:
+            await client.close()
+
+    (stored,) = await wait_until(stored_rule_files, timeout=30)
+    assert stored["_id"] == "burst.yml" and "Burst v1" in stored["text"]
+    assert first.terminate(timeout=20) == 0
+    # an edit with a typo, then a restart (a rescheduled pod): the file's last clean
+    # version runs, not only the good rules of the broken one ("Burst v2")
+    (rules / "burst.yml").write_text(RULE_FILE.format(version="v2") + BROKEN_RULE)
+    second = correlators.start(TMSP_CORRELATOR_RULES_DIR=str(rules))
+    assert "rule file refused; its last good version keeps running" in second.logs
+    await publish(producer, [detection(f"r{i}", T0 + i * 30, host="pc-rules") for i in range(3)])
+    async with TopicReader(infra.kafka_bootstrap, INCIDENTS, names.prefix) as reader:
+        records = await reader.read_until(lambda rs: len(rs) >= 1, timeout=60)
+    titles = {unwrap(r.value, incidents_pb2.Incident)[1].title for r in records}
+    assert "Burst v1" in titles and "Burst v2" not in titles
+    # the stored clean version is still v1
+    (kept,) = await stored_rule_files()
+    assert "Burst v1" in kept["text"]

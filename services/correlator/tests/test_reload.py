@@ -201,3 +201,52 @@ def test_reload_rules_falls_back_per_file() -> None:
     third = reload_rules([("corr.yml", BROKEN_BURST)], [], {"corr.yml": corr[1]})
     assert [r.file for r in third.rules.rejected] == ["corr.yml"]
     assert third.clean == {} and sorted(third.kept) == ["corr.yml"]
+
+
+class RuleFiles:
+    def __init__(self) -> None:
+        self.saved: list[dict[str, str]] = []
+
+    async def load(self) -> dict[str, str]:
+        return self.saved[-1] if self.saved else {}
+
+    async def save(self, clean: dict[str, str]) -> None:
+        self.saved.append(dict(clean))
+
+
+async def test_clean_versions_are_stored_when_they_change_and_used_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "burst.yml").write_text(DETECTION + "---\n" + BURST.format(version="v1"))
+    settings = CorrelatorSettings(rules_dir=str(tmp_path), rules_reload_interval_s=1)
+    u: Any = Unused()
+    store = RuleFiles()
+    c = build(
+        settings,
+        publisher=u,
+        incidents=u,
+        nonconforming=u,
+        liveness=u,
+        maintenance=u,
+        rule_files=store,
+    )
+    await c.save_clean_rule_files()
+    await c.save_clean_rule_files()  # nothing changed: no second write
+    assert len(store.saved) == 1 and "Burst v1" in store.saved[0]["burst.yml"]
+    # broken on disk at the next start: the stored clean version runs
+    (tmp_path / "burst.yml").write_text(
+        DETECTION + "---\n" + BURST.format(version="v2") + "---\ntitle: bad\n"
+    )
+    again = build(
+        settings,
+        publisher=u,
+        incidents=u,
+        nonconforming=u,
+        liveness=u,
+        maintenance=u,
+        rule_files=store,
+        stored_clean_rule_files=await store.load(),
+    )
+    assert [r.meta.title for r in again.rules.correlations.values()] == ["Burst v1"]
+    await again.save_clean_rule_files()
+    assert len(store.saved) == 1  # the kept version is what is stored already

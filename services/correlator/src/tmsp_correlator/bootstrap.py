@@ -22,6 +22,7 @@ from tmsp_correlator.service_layer.ports import (
     MaintenanceRepository,
     NonconformingRepository,
     Publisher,
+    RuleFileStore,
 )
 from tmsp_correlator.service_layer.retention import LogRetention
 
@@ -79,6 +80,15 @@ class Container:
     fingerprint: tuple[tuple[str, int, int], ...] = field(default_factory=tuple)
     clean_rule_files: dict[str, str] = field(default_factory=dict)
     """The last version of each rule file that loaded without a rejection."""
+    rule_files: RuleFileStore | None = None
+    """Where the clean versions outlive the worker (None: memory only)."""
+    saved_rule_files: dict[str, str] = field(default_factory=dict)
+
+    async def save_clean_rule_files(self) -> None:
+        """Store the clean versions when they changed since the last save."""
+        if self.rule_files is not None and self.clean_rule_files != self.saved_rule_files:
+            await self.rule_files.save(self.clean_rule_files)
+            self.saved_rule_files = dict(self.clean_rule_files)
 
     def reload_rules_if_changed(self) -> bool:
         """Swap in a freshly loaded rule set when the directory changed; window state stays.
@@ -100,12 +110,18 @@ def build(
     nonconforming: NonconformingRepository,
     liveness: LivenessRepository,
     maintenance: MaintenanceRepository,
+    rule_files: RuleFileStore | None = None,
+    stored_clean_rule_files: dict[str, str] | None = None,
 ) -> Container:
-    loaded = load_rules_logged(settings, {})
+    """``stored_clean_rule_files``: what ``rule_files`` held at start-up (read before the
+    worker's event loop runs), the fallbacks of files that are broken now."""
+    loaded = load_rules_logged(settings, stored_clean_rule_files or {})
     return Container(
         settings=settings,
         rules=loaded.rules,
         clean_rule_files=loaded.clean,
+        rule_files=rule_files,
+        saved_rule_files=dict(stored_clean_rule_files or {}),
         limits=Limits(
             allowed_lateness_s=settings.allowed_lateness_s,
             max_window_events=settings.max_window_events,

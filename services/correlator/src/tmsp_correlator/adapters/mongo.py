@@ -21,6 +21,7 @@ INCIDENTS = "incidents"
 NONCONFORMING = "nonconforming_endpoints"
 LIVENESS = "product_liveness"
 SETTINGS = "settings"
+RULE_FILES = "rule_files"
 OPEN_STATUSES = list(_OPEN)
 
 
@@ -374,6 +375,30 @@ class MongoMaintenance:
             result = await self.coll.replace_one({"_id": self.ID, "at": doc.get("at")}, new)
             if result.matched_count:
                 return True
+
+
+class MongoRuleFiles:
+    """The last version of each rule file that loaded without a rejection, so a worker
+    that starts with a broken file runs that file's last clean version (as a reload does),
+    not only its good rules."""
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.coll = db[RULE_FILES]
+
+    async def load(self) -> dict[str, str]:
+        return {str(d["_id"]): str(d["text"]) async for d in self.coll.find({})}
+
+    async def save(self, clean: dict[str, str]) -> None:
+        """Make the stored versions ``clean``: changed files replaced, gone ones removed."""
+        stored = await self.load()
+        for name, text in clean.items():
+            if stored.get(name) != text:
+                await self.coll.replace_one(
+                    {"_id": name}, {"text": text, "saved_at": datetime.now(UTC)}, upsert=True
+                )
+        gone = [name for name in stored if name not in clean]
+        if gone:
+            await self.coll.delete_many({"_id": {"$in": gone}})
 
 
 def _order(updated_at: datetime | None) -> float:

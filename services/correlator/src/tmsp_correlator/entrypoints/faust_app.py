@@ -513,6 +513,16 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
         except Exception:  # noqa: BLE001 - next tick tries again
             log.exception("liveness check failed")
 
+    async def save_clean_rule_files() -> None:
+        try:
+            await c.save_clean_rule_files()
+        except Exception:  # noqa: BLE001 - memory still has them; the next change saves
+            log.exception("storing the clean rule file versions failed")
+
+    @app.task  # type: ignore[untyped-decorator]  # faust is untyped
+    async def store_loaded_rule_files() -> None:
+        await save_clean_rule_files()
+
     if s.rules_reload_interval_s > 0:
 
         @app.timer(interval=s.rules_reload_interval_s)  # type: ignore[untyped-decorator]  # faust is untyped
@@ -522,6 +532,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                     log.info("rules reloaded; window state kept")
             except Exception:  # noqa: BLE001 - keep the running rules
                 log.exception("rule reload failed; keeping the running rules")
+            await save_clean_rule_files()
 
     if s.live_count_interval_s > 0:
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -39,6 +40,7 @@ from tmsp_correlator.adapters.mongo import (
     MongoLiveness,
     MongoMaintenance,
     MongoNonconforming,
+    MongoRuleFiles,
     create_indexes,
     is_ferretdb,
 )
@@ -69,14 +71,22 @@ TOPICS = (
 )
 
 
-async def preflight(settings: CorrelatorSettings) -> bool:
-    """Ping MongoDB (and create indexes), reach Kafka and create the registry topics.
+@dataclass(frozen=True)
+class Preflight:
+    ferretdb: bool
+    """The database is FerretDB (whose updates scan: see MongoIncidents)."""
+    clean_rule_files: dict[str, str]
+    """The stored last clean version of each rule file (see MongoRuleFiles)."""
 
-    Returns whether the database is FerretDB (whose updates scan: see MongoIncidents)."""
+
+async def preflight(settings: CorrelatorSettings) -> Preflight:
+    """Ping MongoDB (and create indexes), reach Kafka and create the registry topics; read
+    what the worker needs from Mongo before its event loop runs."""
     db = await connect(settings.mongo_url.get_secret_value(), settings.mongo_database)
     try:
         await create_indexes(db)
         ferretdb = await is_ferretdb(db)
+        clean = await MongoRuleFiles(db).load()
     finally:
         await close(db)
     await ensure_topics(
@@ -90,7 +100,7 @@ async def preflight(settings: CorrelatorSettings) -> bool:
         internal_topics(settings),
         replication_factor=settings.replication_factor,
     )
-    return ferretdb
+    return Preflight(ferretdb, clean)
 
 
 class CorrelatorWorker(faust.Worker):
@@ -101,7 +111,12 @@ class CorrelatorWorker(faust.Worker):
         log.info("service ready", app_id=self.app.conf.id)
 
 
-def create(settings: CorrelatorSettings, *, replace_in_bulk: bool = False) -> faust.App:
+def create(
+    settings: CorrelatorSettings,
+    *,
+    replace_in_bulk: bool = False,
+    clean_rule_files: dict[str, str] | None = None,
+) -> faust.App:
     app = make_app(settings)
     bus = FaustBus(app, settings.topic_prefix)
     db = mongo_database(settings)
@@ -112,6 +127,8 @@ def create(settings: CorrelatorSettings, *, replace_in_bulk: bool = False) -> fa
         nonconforming=MongoNonconforming(db),
         liveness=MongoLiveness(db),
         maintenance=MongoMaintenance(db),
+        rule_files=MongoRuleFiles(db),
+        stored_clean_rule_files=clean_rule_files,
     )
     wire(app, bus, container)
     app.correlator = container  # type: ignore[attr-defined]
@@ -152,14 +169,16 @@ def main() -> None:
     configure_logging(CorrelatorSettings.service_name, settings.log_level, settings.log_format)
     prepare_data_dir(settings)
     try:
-        ferretdb = asyncio.run(preflight(settings))
+        checked = asyncio.run(preflight(settings))
     except DependencyUnavailable as exc:
         print(f"tmsp-correlator: {exc}", file=sys.stderr)
         raise SystemExit(3) from None
     if settings.metrics_port:
         start_metrics_server(settings.metrics_port)
-    log.info("incident store", changes="batch replace" if ferretdb else "update by id")
-    app = create(settings, replace_in_bulk=ferretdb)
+    log.info("incident store", changes="batch replace" if checked.ferretdb else "update by id")
+    app = create(
+        settings, replace_in_bulk=checked.ferretdb, clean_rule_files=checked.clean_rule_files
+    )
     tune_gc()
     worker_kw: dict[str, Any] = {
         "loglevel": settings.log_level,
