@@ -1,12 +1,17 @@
 """The reporter as deployed (subprocess, TLS gRPC, real Ed25519 tokens) over Kafka and
 FerretDB: projections from published events, the Customer Accounts screen, tenant
 isolation, read-only analysts, analysts' incident triage, operator-only mitigation tasks,
-reports end to end."""
+reports end to end; the cleanup pattern catalogue (puts and removals on the cleanup-patterns
+topic, custom cleanup tasks carrying the pattern's SHA-256) and forensic data (chunks
+published as the ingest gateway does, verified, listed, downloaded by operators only)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,7 @@ from tmsp.events.v1 import (
     accounts_pb2,
     detections_pb2,
     incidents_pb2,
+    maintenance_pb2,
     notifications_pb2,
     products_pb2,
     status_pb2,
@@ -32,10 +38,13 @@ from tmsp_common.kafka.envelope import to_timestamp, unwrap
 from tmsp_common.kafka.producer import EventProducer
 from tmsp_common.kafka.topics import (
     ACCOUNTS,
+    CLEANUP_PATTERNS,
+    FORENSIC_DATA,
     HEARTBEATS,
     INCIDENT_COUNTS,
     INCIDENT_STATUS_CHANGES,
     INCIDENTS,
+    LOG_MAINTENANCE,
     MITIGATION_TASKS,
     NONCONFORMING_ENDPOINTS,
     NOTIFICATION_REQUESTS,
@@ -45,6 +54,8 @@ from tmsp_common.kafka.topics import (
 )
 from tmsp_common.testing import Infra, ServiceProcess, TopicReader, free_port, wait_until
 from tmsp_common.tokens import TokenSigner, public_pem
+from tmsp_reporter.domain.forensics import MAX_CHUNK_BYTES
+from tmsp_reporter.domain.patterns import MAX_PATTERN_BYTES
 from tmsp_reporter.entrypoints.scoping import POLICY
 from tmsp_reporter.testing import reporter_env
 
@@ -570,6 +581,12 @@ async def test_tenant_isolation_and_roles_over_grpc(
         parameters={"pattern_name": "worm-x-cleanup"},
     )
     assert await status_of(stub.CreateMitigationTask, task, admin_a) == pd
+    await stub.PutCleanupPattern(
+        reporter_pb2.PutCleanupPatternRequest(
+            account_id="acct-a", name="worm-x-cleanup", content=b"delete_file: worm.exe\n"
+        ),
+        metadata=operator,
+    )
     no_pattern = reporter_pb2.CreateMitigationTaskRequest()
     no_pattern.CopyFrom(task)
     del no_pattern.parameters["pattern_name"]
@@ -630,6 +647,17 @@ async def test_tenant_isolation_and_roles_over_grpc(
         await stub.GetLogMaintenance(reporter_pb2.GetLogMaintenanceRequest(), metadata=analyst_a)
     ).log_maintenance
     assert read.log_retention_days == 7
+    # published for the correlator: the defaults at start-up, then the operator's change
+    async with TopicReader(infra.kafka_bootstrap, LOG_MAINTENANCE, names.prefix) as reader:
+        published = await reader.read_events(maintenance_pb2.LogMaintenanceSettings, 2)
+    assert [(m.log_retention_days, m.HasField("updated_at")) for m in published] == [
+        (180, False),
+        (7, True),
+    ]
+    assert published[1].report_retention_days == 30
+    assert published[1].updated_at.ToDatetime(tzinfo=UTC) == stored.updated_at.ToDatetime(
+        tzinfo=UTC
+    )
 
 
 async def test_analyst_sets_an_incident_status_published_for_the_correlator(
@@ -834,6 +862,15 @@ def _every_rpc(account_id: str) -> dict[str, Any]:
             kind=status_pb2.MITIGATION_TASK_KIND_FORENSIC_DATA_REQUEST,
         ),
         "ListMitigationTasks": pb.ListMitigationTasksRequest(account_id=account_id),
+        "PutCleanupPattern": pb.PutCleanupPatternRequest(
+            account_id=account_id, name="p", content=b"x"
+        ),
+        "ListCleanupPatterns": pb.ListCleanupPatternsRequest(account_id=account_id),
+        "DeleteCleanupPattern": pb.DeleteCleanupPatternRequest(account_id=account_id, name="p"),
+        "ListForensicData": pb.ListForensicDataRequest(account_id=account_id),
+        "DownloadForensicData": pb.DownloadForensicDataRequest(
+            account_id=account_id, upload_id="up"
+        ),
         "GetLogMaintenance": pb.GetLogMaintenanceRequest(),
         "SetLogMaintenance": pb.SetLogMaintenanceRequest(
             log_maintenance=pb.LogMaintenance(report_retention_days=9, log_retention_days=9)
@@ -876,3 +913,309 @@ async def test_every_rpc_scoped_for_another_tenant_and_for_analysts(
         reporter_pb2.ListReportsRequest(account_id="acct-a"), metadata=operator
     )
     assert list(reports.reports) == []
+    patterns = await stub.ListCleanupPatterns(
+        reporter_pb2.ListCleanupPatternsRequest(account_id="acct-a"), metadata=operator
+    )
+    assert list(patterns.patterns) == []
+
+
+# --- the cleanup pattern catalogue and forensic data ---------------------------------------
+
+PD = grpc.StatusCode.PERMISSION_DENIED
+NF = grpc.StatusCode.NOT_FOUND
+FP = grpc.StatusCode.FAILED_PRECONDITION
+IA = grpc.StatusCode.INVALID_ARGUMENT
+pb = reporter_pb2
+
+
+async def publish_accounts(producer: EventProducer) -> None:
+    """acct-a with a Threat Mitigator, acct-b with a discovery appliance."""
+    await producer.publish(ACCOUNTS, account("acct-a", "Acme"), key="acct-a")
+    await producer.publish(ACCOUNTS, account("acct-b", "Beta"), key="acct-b")
+    for pid, account_id, kind in (("tmi-a1", "acct-a", TMI), ("tda-b1", "acct-b", TDA)):
+        await producer.publish(PRODUCTS, product(pid, account_id, kind, pid), key=pid)
+
+
+@dataclass(frozen=True)
+class Portal:
+    """The running reporter with acct-a and acct-b published, and its callers' metadata."""
+
+    proc: ServiceProcess
+    stub: Stub
+    operator: Any
+    admin_a: Any
+    analyst_a: Any
+    admin_b: Any
+
+
+@pytest.fixture
+async def portal(
+    reporter: tuple[ServiceProcess, Stub], producer: EventProducer, signer: TokenSigner
+) -> Portal:
+    await publish_accounts(producer)
+    return Portal(
+        *reporter,
+        operator=token(signer, "provider", Role.PROVIDER_OPERATOR),
+        admin_a=token(signer, "acct-a", Role.ACCOUNT_ADMINISTRATOR),
+        analyst_a=token(signer, "acct-a", Role.ANALYST),
+        admin_b=token(signer, "acct-b", Role.ACCOUNT_ADMINISTRATOR),
+    )
+
+
+async def until_known(call: Any, request: Any, metadata: Any) -> Any:
+    """``call`` again while the reporter has not projected the account or product yet."""
+
+    async def attempt() -> Any:
+        try:
+            return await call(request, metadata=metadata)
+        except grpc.aio.AioRpcError as err:
+            if err.code() not in (NF, FP):
+                raise
+            return None
+
+    return await wait_until(attempt, timeout=60, interval=0.3)
+
+
+def put(name: str, content: bytes, *, expected: int | None = None, **kw: Any) -> Any:
+    request = pb.PutCleanupPatternRequest(name=name, content=content, **kw)
+    if expected is not None:
+        request.expected_version = expected
+    return request
+
+
+async def test_cleanup_pattern_catalogue_over_grpc(
+    portal: Portal, infra: Infra, names: Any
+) -> None:
+    p = portal
+    proc, stub, operator = p.proc, p.stub, p.operator
+    admin_a, analyst_a, admin_b = p.admin_a, p.analyst_a, p.admin_b
+    first = os.urandom(MAX_PATTERN_BYTES)  # the largest pattern travels inline on the topic
+    second = b"kill_process: svch0st.exe\ndelete_file: C:\\Users\\Public\\svch0st.exe\n"
+
+    # operators only: the customer's administrator and analyst may not put one
+    request = put("emotet-cleanup", first, expected=0, account_id="acct-a", description="v1")
+    assert await status_of(stub.PutCleanupPattern, request, admin_a) == PD
+    assert await status_of(stub.PutCleanupPattern, request, analyst_a) == PD
+    created = (await until_known(stub.PutCleanupPattern, request, operator)).pattern
+    assert (created.account_id, created.name, created.version) == ("acct-a", "emotet-cleanup", 1)
+    assert created.content_sha256 == hashlib.sha256(first).hexdigest()
+    assert created.size == MAX_PATTERN_BYTES
+    assert created.updated_by_user_id == "u-provider-provider_operator"
+    # the same put again (a retry) changes nothing; "only if absent" with other content fails
+    again = (await stub.PutCleanupPattern(request, metadata=operator)).pattern
+    assert again == created
+    changed = put("emotet-cleanup", second, expected=0, account_id="acct-a", description="v2")
+    assert await status_of(stub.PutCleanupPattern, changed, operator) == FP
+    changed.expected_version = 1
+    replaced = (await stub.PutCleanupPattern(changed, metadata=operator)).pattern
+    assert replaced.version == 2 and replaced.content_sha256 == hashlib.sha256(second).hexdigest()
+    for bad in (
+        put("emotet-cleanup", first + b"x", account_id="acct-a"),
+        put("../etc/passwd", second, account_id="acct-a"),
+        put("emotet-cleanup", b"", account_id="acct-a"),
+        put("emotet-cleanup", second, account_id="acct-a", description="bell\x07"),
+    ):
+        assert await status_of(stub.PutCleanupPattern, bad, operator) == IA
+    unknown = put("emotet-cleanup", second, account_id="acct-unknown")
+    assert await status_of(stub.PutCleanupPattern, unknown, operator) == NF
+
+    # listed to the account's own users (without content); another tenant sees NOT_FOUND
+    own = await stub.ListCleanupPatterns(pb.ListCleanupPatternsRequest(), metadata=analyst_a)
+    assert [(p.name, p.version, p.description) for p in own.patterns] == [
+        ("emotet-cleanup", 2, "v2")
+    ]
+    foreign = pb.ListCleanupPatternsRequest(account_id="acct-a")
+    assert await status_of(stub.ListCleanupPatterns, foreign, admin_b) == NF
+    theirs = await stub.ListCleanupPatterns(pb.ListCleanupPatternsRequest(), metadata=admin_b)
+    assert list(theirs.patterns) == []
+
+    # a custom cleanup task names a pattern of the catalogue and carries its SHA-256
+    task = pb.CreateMitigationTaskRequest(
+        account_id="acct-a",
+        product_id="tmi-a1",
+        kind=status_pb2.MITIGATION_TASK_KIND_CUSTOM_CLEANUP_PATTERN,
+        parameters={"pattern_name": "no-such-pattern"},
+    )
+    assert await status_of(stub.CreateMitigationTask, task, operator) == FP
+    task.parameters["pattern_name"] = "emotet-cleanup"
+    issued = (await until_known(stub.CreateMitigationTask, task, operator)).task
+    assert issued.parameters["pattern_sha256"] == replaced.content_sha256
+    assert issued.parameters["pattern_version"] == "2"
+
+    # removal: operators only, a tombstone on the topic, then gone
+    removal = pb.DeleteCleanupPatternRequest(account_id="acct-a", name="emotet-cleanup")
+    assert await status_of(stub.DeleteCleanupPattern, removal, admin_a) == PD
+    await stub.DeleteCleanupPattern(removal, metadata=operator)
+    assert await status_of(stub.DeleteCleanupPattern, removal, operator) == NF
+    listed = await stub.ListCleanupPatterns(foreign, metadata=operator)
+    assert list(listed.patterns) == []
+    assert await status_of(stub.CreateMitigationTask, task, operator) == FP
+
+    async with TopicReader(infra.kafka_bootstrap, CLEANUP_PATTERNS, names.prefix) as reader:
+        records = await reader.read_until(lambda rs: len(rs) >= 4)
+    assert {r.key for r in records} == {b"acct-a/emotet-cleanup"}
+    events = [unwrap(r.value, status_pb2.CleanupPattern) for r in records]
+    assert [(e.account_id, p.version, p.deleted) for e, p in events] == [
+        ("acct-a", 1, False),
+        ("acct-a", 1, False),
+        ("acct-a", 2, False),
+        ("acct-a", 3, True),
+    ]
+    v1, v2, tombstone = events[0][1], events[2][1], events[3][1]
+    assert v1.content == first and hashlib.sha256(v1.content).hexdigest() == v1.content_sha256
+    assert (v2.content, v2.description, v2.size) == (second, "v2", len(second))
+    assert (tombstone.content, tombstone.content_sha256, tombstone.name) == (
+        b"",
+        "",
+        "emotet-cleanup",
+    )
+    async with TopicReader(infra.kafka_bootstrap, MITIGATION_TASKS, names.prefix) as reader:
+        (on_bus,) = await reader.read_events(status_pb2.MitigationTask, 1)
+    assert on_bus.parameters["pattern_sha256"] == replaced.content_sha256
+    assert "svch0st" not in proc.logged_content  # no pattern content in the logs
+
+
+def chunks_of(
+    content: bytes, *, task_id: str, product_id: str, file_name: str, sha256: str = ""
+) -> list[status_pb2.ForensicDataChunk]:
+    """A file cut as the ingest gateway cuts it (upload id from task, product, name, hash)."""
+    digest = sha256 or hashlib.sha256(content).hexdigest()
+    source = f"{task_id}/{product_id}/{file_name}/{digest}".encode()
+    upload_id = "fd-" + hashlib.sha256(source).hexdigest()[:32]
+    pieces = [content[i : i + MAX_CHUNK_BYTES] for i in range(0, len(content), MAX_CHUNK_BYTES)]
+    out = []
+    for index, data in enumerate(pieces or [b""]):
+        chunk = status_pb2.ForensicDataChunk(
+            upload_id=upload_id,
+            task_id=task_id,
+            account_id="acct-a",
+            product_id=product_id,
+            file_name=file_name,
+            content_sha256=digest,
+            size=len(content),
+            index=index,
+            count=max(len(pieces), 1),
+            data=data,
+            protocol=products_pb2.UPLOAD_PROTOCOL_SSH,
+        )
+        chunk.received_at.CopyFrom(to_timestamp(NOW))
+        out.append(chunk)
+    return out
+
+
+async def send(producer: EventProducer, chunk: status_pb2.ForensicDataChunk) -> None:
+    await producer.publish(FORENSIC_DATA, chunk, key=chunk.upload_id, account_id=chunk.account_id)
+
+
+async def test_forensic_data_verified_listed_and_downloaded_by_operators_only(
+    portal: Portal, producer: EventProducer, infra: Infra, names: Any
+) -> None:
+    p = portal
+    proc, stub, operator = p.proc, p.stub, p.operator
+    admin_a, analyst_a, admin_b = p.admin_a, p.analyst_a, p.admin_b
+    request = pb.CreateMitigationTaskRequest(
+        account_id="acct-a",
+        product_id="tmi-a1",
+        kind=status_pb2.MITIGATION_TASK_KIND_FORENSIC_DATA_REQUEST,
+        parameters={"endpoint": "pc-7"},
+    )
+    task_id = (await until_known(stub.CreateMitigationTask, request, operator)).task.task_id
+
+    async def beta_product_known() -> bool:
+        got = await stub.ListProducts(pb.ListProductsRequest(), metadata=admin_b)
+        return [p.product_id for p in got.products] == ["tda-b1"]
+
+    await wait_until(beta_product_known, timeout=60)
+
+    bundle = os.urandom(600 * 1024)
+    good = chunks_of(bundle, task_id=task_id, product_id="tmi-a1", file_name="pc-7.tar.gz")
+    assert len(good) == 3
+    bad_sha = hashlib.sha256(b"something else").hexdigest()
+    corrupt = chunks_of(
+        os.urandom(300 * 1024),
+        task_id=task_id,
+        product_id="tmi-a1",
+        file_name="pc-7-memory.bin",
+        sha256=bad_sha,
+    )
+    # out of order, with a duplicate; the corrupt file interleaved
+    for chunk in (good[2], corrupt[1], good[0], good[2], corrupt[0], good[1]):
+        await send(producer, chunk)
+    # invalid chunks: past the end, another account's product, disagreeing metadata
+    past_end = status_pb2.ForensicDataChunk()
+    past_end.CopyFrom(good[0])
+    past_end.upload_id, past_end.index = "fd-past-end", 3
+    foreign_product = chunks_of(b"x", task_id=task_id, product_id="tda-b1", file_name="b.txt")[0]
+    disagreeing = status_pb2.ForensicDataChunk()
+    disagreeing.CopyFrom(good[1])
+    disagreeing.size = 1
+    for chunk in (past_end, foreign_product, disagreeing):
+        await send(producer, chunk)
+
+    listing = pb.ListForensicDataRequest(account_id="acct-a")
+
+    async def stored() -> list[pb.ForensicData]:
+        files = (await stub.ListForensicData(listing, metadata=operator)).files
+        done = {f.upload_id for f in files if f.complete}
+        return list(files) if len(files) == 2 and good[0].upload_id in done else []
+
+    files = {f.upload_id: f for f in await wait_until(stored, timeout=60)}
+    mine = files[good[0].upload_id]
+    assert (mine.task_id, mine.product_id, mine.file_name) == (task_id, "tmi-a1", "pc-7.tar.gz")
+    assert (mine.size, mine.content_sha256) == (len(bundle), hashlib.sha256(bundle).hexdigest())
+    assert mine.received_at.ToDatetime(tzinfo=UTC) == NOW
+    assert files[corrupt[0].upload_id].complete is False
+
+    # the account's users see the list; another tenant does not
+    own = await stub.ListForensicData(pb.ListForensicDataRequest(), metadata=analyst_a)
+    assert {f.upload_id for f in own.files} == set(files)
+    assert await status_of(stub.ListForensicData, listing, admin_b) == NF
+    theirs = await stub.ListForensicData(pb.ListForensicDataRequest(), metadata=admin_b)
+    assert list(theirs.files) == []
+    other_task = pb.ListForensicDataRequest(account_id="acct-a", task_id="task-other")
+    assert list((await stub.ListForensicData(other_task, metadata=operator)).files) == []
+    page = await stub.ListForensicData(
+        pb.ListForensicDataRequest(account_id="acct-a", page_size=1), metadata=operator
+    )
+    rest = await stub.ListForensicData(
+        pb.ListForensicDataRequest(
+            account_id="acct-a", page_size=1, page_token=page.next_page_token
+        ),
+        metadata=operator,
+    )
+    assert {page.files[0].upload_id, rest.files[0].upload_id} == set(files)
+
+    # operators download it byte for byte; the first piece carries the description
+    download = pb.DownloadForensicDataRequest(account_id="acct-a", upload_id=mine.upload_id)
+    pieces = [m async for m in stub.DownloadForensicData(download, metadata=operator)]
+    assert b"".join(m.chunk for m in pieces) == bundle
+    assert pieces[0].file == mine and not any(m.HasField("file") for m in pieces[1:])
+    assert await status_of(stub.DownloadForensicData, download, analyst_a) == PD
+    assert await status_of(stub.DownloadForensicData, download, admin_a) == PD
+    assert await status_of(stub.DownloadForensicData, download, admin_b) == NF
+    elsewhere = pb.DownloadForensicDataRequest(account_id="acct-b", upload_id=mine.upload_id)
+    assert await status_of(stub.DownloadForensicData, elsewhere, operator) == NF
+    condemned = pb.DownloadForensicDataRequest(account_id="acct-a", upload_id=corrupt[0].upload_id)
+    assert await status_of(stub.DownloadForensicData, condemned, operator) == FP
+
+    # the task lists the complete file it was answered with
+    async def task_states() -> list[pb.MitigationTaskState]:
+        got = await stub.ListMitigationTasks(pb.ListMitigationTasksRequest(), metadata=analyst_a)
+        return list(got.tasks)
+
+    (state,) = await wait_until(task_states, timeout=30)
+    assert state.task.task_id == task_id and list(state.forensic_upload_ids) == [mine.upload_id]
+
+    async with TopicReader(
+        infra.kafka_bootstrap,
+        FORENSIC_DATA.dead_letter,  # type: ignore[arg-type]
+        names.prefix,
+    ) as dlq:
+        records = await dlq.read_until(lambda rs: len(rs) >= 3)
+    reasons = [dict(r.headers)[DLQ_REASON].decode() for r in records]
+    assert sorted(reasons) == [
+        "invalid: index 3 of 3 chunks",
+        "invalid: size disagree with earlier chunks",
+        "invalid: the product is not of the account",
+    ]
+    assert "forensic data corrupt" in proc.logs

@@ -1,11 +1,12 @@
 """The reporter's use cases on the real FerretDB and Kafka with an injected clock (log
-maintenance purge, scheduled generation once across two replicas, stale takeover, deleted
-accounts keep their reports, the attachment bound), the CLI, and the process contract
-(exit 2 / exit 3 / NOT_SERVING on SIGTERM then exit 0)."""
+maintenance purge, forensic data too; scheduled generation once across two replicas, stale
+takeover, deleted accounts keep their reports, the attachment bound), the CLI, and the
+process contract (exit 2 / exit 3 / NOT_SERVING on SIGTERM then exit 0)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import os
 import signal
@@ -35,13 +36,14 @@ from tmsp_common.grpc_client import channel
 from tmsp_common.kafka.admin import ensure_topics
 from tmsp_common.kafka.envelope import to_timestamp, unwrap
 from tmsp_common.kafka.producer import EventProducer
-from tmsp_common.kafka.topics import NOTIFICATION_REQUESTS
+from tmsp_common.kafka.topics import LOG_MAINTENANCE, NOTIFICATION_REQUESTS
 from tmsp_common.mongo import close, connect
 from tmsp_common.testing import REPO_ROOT, Infra, ServiceProcess, TopicReader, free_port
 from tmsp_reporter import bootstrap
 from tmsp_reporter.adapters.mongo import create_indexes
 from tmsp_reporter.bootstrap import App
 from tmsp_reporter.config import ReporterSettings
+from tmsp_reporter.domain.forensics import MAX_CHUNK_BYTES, ForensicFile
 from tmsp_reporter.domain.model import Compliance, ReportSchedule
 from tmsp_reporter.domain.periods import ReportKind
 from tmsp_reporter.domain.retention import LogMaintenance
@@ -99,7 +101,9 @@ async def world(infra: Infra, names: Any) -> AsyncIterator[World]:
     )
     db = await connect(infra.mongo_url, settings.mongo_database)
     await create_indexes(db)
-    await ensure_topics(infra.kafka_bootstrap, [NOTIFICATION_REQUESTS], prefix=names.prefix)
+    await ensure_topics(
+        infra.kafka_bootstrap, [NOTIFICATION_REQUESTS, LOG_MAINTENANCE], prefix=names.prefix
+    )
     producer = EventProducer(infra.kafka_bootstrap, service="test", topic_prefix=names.prefix)
     await producer.start()
     try:
@@ -138,6 +142,52 @@ async def test_purge_by_retention_keeps_reports_of_deleted_accounts(world: World
     assert result.reports == 1 and result.incidents == 1
     assert await app.reports.store.get(report["_id"]) is None
     assert [c async for c in app.reports.store.pdf_chunks(report["_id"])] == []
+
+
+async def test_replays_write_nothing_and_log_maintenance_removes_old_forensic_data(
+    world: World,
+) -> None:
+    """Forensic data goes with the incidents and logs: log retention, by when the log server
+    received it (the upload and its chunks); a replayed upload writes nothing."""
+    clock = FakeClock(T0)
+    app = world.app(clock)
+    db = world.db
+    for upload_id, age_days in (("fd-old", 10), ("fd-new", 2)):
+        content = os.urandom(MAX_CHUNK_BYTES + 10)
+        file = ForensicFile(
+            upload_id,
+            "task-1",
+            "acct-a",
+            "tmi-a1",
+            f"{upload_id}.bin",
+            hashlib.sha256(content).hexdigest(),
+            len(content),
+            2,
+        )
+        for index in (0, 1, 1, 0):
+            piece = content[index * MAX_CHUNK_BYTES : (index + 1) * MAX_CHUNK_BYTES]
+            await app.forensics.receive(
+                file, index, piece, protocol=1, received_at=T0 - timedelta(days=age_days)
+            )
+    before = await db["forensic_uploads"].find_one({"_id": "fd-new"})
+    assert before["complete"] is True and sorted(before["received"]) == [0, 1]
+    assert await db["forensic_chunks"].count_documents({}) == 4
+    # a replay of the whole upload writes nothing
+    await app.forensics.receive(file, 0, b"ignored", protocol=1, received_at=T0)
+    assert await db["forensic_uploads"].find_one({"_id": "fd-new"}) == before
+    assert await db["forensic_chunks"].count_documents({}) == 4
+
+    await app.maintenance.set(LogMaintenance(report_retention_days=30, log_retention_days=7))
+    result = await app.maintenance.purge()
+    assert result.forensic_files == 1
+    remaining = await app.forensics.list_files("acct-a", "", limit=10, after=None)
+    assert [r.file.upload_id for r in remaining] == ["fd-new"]
+    assert {d["upload_id"] async for d in db["forensic_chunks"].find({}, {"upload_id": 1})} == {
+        "fd-new"
+    }
+    clock.advance(timedelta(days=6))
+    assert (await app.maintenance.purge()).forensic_files == 1
+    assert await db["forensic_chunks"].count_documents({}) == 0
 
 
 async def test_scheduled_reports_generated_once_by_two_replicas(

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tmsp_common.errors import InvalidArgument
+from tmsp_common.paging import decode_time_token, decode_token, encode_token
 from tmsp_reporter.domain.validation import MAX_STATUS_NOTE, normalise_email, status_note
-from tmsp_reporter.entrypoints.grpc_api import _time_token, decode_token, encode_token
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
@@ -24,7 +24,7 @@ json_values = st.recursive(
 @given(st.text(max_size=200))
 def test_any_text_token_is_parsed_or_refused(token: str) -> None:
     try:
-        _time_token(token)
+        decode_time_token(token)
     except InvalidArgument as exc:
         assert exc.field == "page_token"
 
@@ -34,17 +34,17 @@ def test_any_json_token_is_parsed_or_refused(value: object) -> None:
     token = base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
     try:
         decode_token(token, 2)
-        _time_token(token)
+        decode_time_token(token)
     except InvalidArgument as exc:
         assert exc.field == "page_token"
 
 
 def test_tokens_round_trip() -> None:
     token = encode_token("2026-01-01T00:00:00+00:00", "inc-1")
-    at, key = _time_token(token) or (None, None)
+    at, key = decode_time_token(token) or (None, None)
     assert key == "inc-1" and at is not None and at.year == 2026
     with pytest.raises(InvalidArgument):
-        _time_token(encode_token("2026-01-01T00:00:00", "naive"))
+        decode_time_token(encode_token("2026-01-01T00:00:00", "naive"))
 
 
 @given(st.text(max_size=80))

@@ -9,12 +9,17 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from tmsp_common.clock import Clock, SystemClock
 from tmsp_common.mongo import Document
+from tmsp_reporter.adapters.bus import BusPublisher
 from tmsp_reporter.adapters.mongo import ReadModel, ReportStore
+from tmsp_reporter.adapters.mongo_forensics import ForensicStore
+from tmsp_reporter.adapters.mongo_patterns import PatternStore
 from tmsp_reporter.adapters.pdf import render
 from tmsp_reporter.config import ReporterSettings
 from tmsp_reporter.service_layer.exports import ConsolidatedLogs
+from tmsp_reporter.service_layer.forensics import ForensicData
 from tmsp_reporter.service_layer.maintenance import Maintenance
 from tmsp_reporter.service_layer.mitigation import MitigationTasks
+from tmsp_reporter.service_layer.patterns import CleanupPatterns
 from tmsp_reporter.service_layer.portal import Portal
 from tmsp_reporter.service_layer.ports import Publisher
 from tmsp_reporter.service_layer.reports import ReportConfig, ReportService
@@ -30,6 +35,8 @@ class App:
     maintenance: Maintenance
     mitigation: MitigationTasks
     triage: IncidentTriage
+    patterns: CleanupPatterns
+    forensics: ForensicData
 
 
 def build(
@@ -40,6 +47,7 @@ def build(
     clock: Clock | None = None,
 ) -> App:
     clock = clock or SystemClock()
+    publisher = BusPublisher(publisher)
     read = ReadModel(db)
     store = ReportStore(db)
     reports = ReportService(
@@ -56,12 +64,16 @@ def build(
             schedule_delay=timedelta(hours=settings.schedule_delay_hours),
         ),
     )
+    patterns = CleanupPatterns(PatternStore(db), read, publisher, clock)
+    forensics = ForensicData(ForensicStore(db), read, clock)
     return App(
         read=read,
         portal=Portal(read),
         reports=reports,
         exports=ConsolidatedLogs(read),
-        maintenance=Maintenance(read, store, clock),
-        mitigation=MitigationTasks(read, publisher, clock),
+        maintenance=Maintenance(read, store, forensics, publisher, clock),
+        mitigation=MitigationTasks(read, patterns, forensics, publisher, clock),
         triage=IncidentTriage(read, publisher, clock),
+        patterns=patterns,
+        forensics=forensics,
     )

@@ -7,10 +7,11 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tmsp.events.v1 import accounts_pb2, detections_pb2, incidents_pb2, products_pb2
+from tmsp.events.v1 import accounts_pb2, detections_pb2, incidents_pb2, products_pb2, status_pb2
 from tmsp_common.kafka.envelope import from_timestamp
 from tmsp_common.mongo import Document
 from tmsp_common.severity import Severity
+from tmsp_reporter.domain.forensics import ForensicFile
 from tmsp_reporter.domain.model import (
     AccountRow,
     IncidentStatus,
@@ -188,6 +189,20 @@ def nonconforming_row(msg: incidents_pb2.NonconformingEndpoint) -> Nonconforming
         reason=REASONS.get(msg.reason, "unknown"),
         since=ts(msg.since),
         product_id=msg.product_id,
+    )
+
+
+def forensic_file(c: status_pb2.ForensicDataChunk) -> ForensicFile:
+    """The file metadata a chunk repeats (the SHA-256 in lower case)."""
+    return ForensicFile(
+        upload_id=c.upload_id,
+        task_id=c.task_id,
+        account_id=c.account_id,
+        product_id=c.product_id,
+        file_name=c.file_name,
+        content_sha256=c.content_sha256.lower(),
+        size=c.size,
+        count=c.count,
     )
 
 

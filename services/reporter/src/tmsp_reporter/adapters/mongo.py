@@ -68,6 +68,17 @@ INDEXES: dict[str, list[IndexModel]] = {
             name="by_account_created",
         )
     ],
+    "cleanup_patterns": [
+        IndexModel([("account_id", ASCENDING), ("name", ASCENDING)], name="by_account_name")
+    ],
+    "forensic_uploads": [
+        IndexModel(
+            [("account_id", ASCENDING), ("received_at", DESCENDING), ("_id", DESCENDING)],
+            name="by_account_received",
+        ),
+        IndexModel([("received_at", ASCENDING)], name="by_received"),
+    ],
+    "forensic_chunks": [IndexModel([("upload_id", ASCENDING)], name="by_upload")],
 }
 
 

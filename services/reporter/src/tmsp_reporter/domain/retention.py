@@ -30,5 +30,6 @@ class LogMaintenance:
         return now - timedelta(days=self.report_retention_days)
 
     def log_cutoff(self, now: datetime) -> datetime:
-        """Incidents last seen, and endpoints cleared, before this are removed."""
+        """Incidents last seen, endpoints cleared and forensic data received before this
+        are removed."""
         return now - timedelta(days=self.log_retention_days)

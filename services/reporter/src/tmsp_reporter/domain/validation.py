@@ -63,12 +63,6 @@ def status_note(raw: str) -> str:
     return note
 
 
-def page_size(requested: int, default: int, maximum: int) -> int:
-    if requested == 0:
-        return default
-    return min(requested, maximum)
-
-
 def csv_cell(value: object) -> str:
     """A CSV cell that spreadsheets will not run as a formula."""
     text = "" if value is None else str(value)

@@ -6,13 +6,11 @@ before any method runs; an empty one left here means "every account" (operators 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tmsp.events.v1 import incidents_pb2
@@ -21,8 +19,16 @@ from tmsp_common.authn import current_principal
 from tmsp_common.errors import InvalidArgument
 from tmsp_common.kafka.envelope import from_timestamp, to_timestamp
 from tmsp_common.mongo import Document
+from tmsp_common.paging import (
+    decode_time_token,
+    decode_token,
+    encode_token,
+    page_size,
+    time_token,
+)
 from tmsp_common.severity import Severity
 from tmsp_reporter.bootstrap import App
+from tmsp_reporter.domain.forensics import ForensicFileRow
 from tmsp_reporter.domain.model import (
     AccountScreenRow,
     Compliance,
@@ -30,9 +36,9 @@ from tmsp_reporter.domain.model import (
     ProductRow,
     ReportSchedule,
 )
+from tmsp_reporter.domain.patterns import CleanupPatternEntry
 from tmsp_reporter.domain.periods import ReportKind
 from tmsp_reporter.domain.retention import LogMaintenance
-from tmsp_reporter.domain.validation import page_size
 from tmsp_reporter.service_layer.portal import IncidentQuery
 
 COMPLIANCE = {
@@ -48,6 +54,8 @@ KINDS: dict[int, ReportKind] = {
     reporter_pb2.REPORT_KIND_ON_DEMAND: ReportKind.ON_DEMAND,
 }
 KIND_TO_PROTO = {v: reporter_pb2.ReportKind.ValueType(k) for k, v in KINDS.items()}
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 
 
 def _set(target: Timestamp, at: datetime | None) -> None:
@@ -59,33 +67,11 @@ def _when(request: Any, field: str) -> datetime | None:
     return from_timestamp(getattr(request, field)) if request.HasField(field) else None
 
 
-def encode_token(*parts: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(parts)).encode()).decode()
-
-
-def decode_token(token: str, n: int) -> list[str] | None:
-    if not token:
-        return None
-    try:
-        parts = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, binascii.Error):
-        parts = None
-    if not isinstance(parts, list) or len(parts) != n or not all(isinstance(p, str) for p in parts):
-        raise InvalidArgument("page_token", "not a token from a previous page")
-    return parts
-
-
-def _time_token(token: str) -> tuple[datetime, str] | None:
-    parts = decode_token(token, 2)
-    if parts is None:
-        return None
-    try:
-        at = datetime.fromisoformat(parts[0])
-    except ValueError:
-        raise InvalidArgument("page_token", "not a token from a previous page") from None
-    if at.tzinfo is None:
-        raise InvalidArgument("page_token", "not a token from a previous page")
-    return at, parts[1]
+def _next_token(rows: Sequence[T], size: int, key: Callable[[T], tuple[datetime, str]]) -> str:
+    """The next page's token after a full page: the last row's time and id (``key``)."""
+    if not rows or len(rows) != size:
+        return ""
+    return time_token(*key(rows[-1]))
 
 
 def _kind(value: int) -> ReportKind:
@@ -194,6 +180,44 @@ def maintenance_to_proto(m: LogMaintenance) -> reporter_pb2.LogMaintenance:
     return msg
 
 
+def from_attributes(message: type[M], source: object, **values: Any) -> M:
+    """``message`` with ``values`` and every other field ``source`` has an attribute of
+    (datetimes as timestamps; None left unset)."""
+    msg = message(**values)
+    for field in msg.DESCRIPTOR.fields:
+        value = getattr(source, field.name, None)
+        if field.name in values or value is None:
+            continue
+        if isinstance(value, datetime):
+            _set(getattr(msg, field.name), value)
+        else:
+            setattr(msg, field.name, value)
+    return msg
+
+
+def pattern_to_proto(e: CleanupPatternEntry) -> reporter_pb2.CleanupPatternInfo:
+    return from_attributes(reporter_pb2.CleanupPatternInfo, e)
+
+
+def forensic_to_proto(row: ForensicFileRow) -> reporter_pb2.ForensicData:
+    return from_attributes(
+        reporter_pb2.ForensicData,
+        row.file,
+        complete=row.complete,
+        received_at=to_timestamp(row.received_at),
+    )
+
+
+async def _described(
+    chunks: AsyncIterator[bytes], message: type[M], **description: Message
+) -> AsyncIterator[M]:
+    """One ``message`` per chunk; the first also carries ``description``."""
+    extra = description
+    async for chunk in chunks:
+        yield message(chunk=chunk, **extra)
+        extra = {}
+
+
 def _account(request: Any) -> str | None:
     return str(request.account_id) or None
 
@@ -244,13 +268,12 @@ class ReporterServicer(reporter_pb2_grpc.ReporterServiceServicer):
                 since=_when(request, "since"),
                 until=_when(request, "until"),
                 limit=size,
-                after=_time_token(request.page_token),
+                after=decode_time_token(request.page_token),
             )
         )
-        token = ""
-        if len(rows) == size:
-            last = rows[-1]
-            token = encode_token(from_timestamp(last.last_seen).isoformat(), last.incident_id)
+        token = _next_token(
+            rows, size, lambda last: (from_timestamp(last.last_seen), last.incident_id)
+        )
         return reporter_pb2.ListIncidentsResponse(
             incidents=[incident_summary(i) for i in rows], next_page_token=token
         )
@@ -281,15 +304,16 @@ class ReporterServicer(reporter_pb2_grpc.ReporterServiceServicer):
             _account(request),
             include_cleared=request.include_cleared,
             limit=size,
-            after=_time_token(request.page_token),
+            after=decode_time_token(request.page_token),
         )
-        token = ""
-        if len(rows) == size:
-            last = rows[-1]
-            token = encode_token(
-                from_timestamp(last.updated_at).isoformat(),
+        token = _next_token(
+            rows,
+            size,
+            lambda last: (
+                from_timestamp(last.updated_at),
                 f"{last.account_id}/{last.endpoint_key}",
-            )
+            ),
+        )
         return reporter_pb2.ListNonconformingEndpointsResponse(
             endpoints=rows, next_page_token=token
         )
@@ -318,11 +342,9 @@ class ReporterServicer(reporter_pb2_grpc.ReporterServiceServicer):
     ) -> reporter_pb2.ListReportsResponse:
         size = page_size(request.page_size, 50, 500)
         rows = await self.app.reports.list_reports(
-            request.account_id, limit=size, after=_time_token(request.page_token)
+            request.account_id, limit=size, after=decode_time_token(request.page_token)
         )
-        token = ""
-        if len(rows) == size:
-            token = encode_token(rows[-1]["period_start"].isoformat(), rows[-1]["_id"])
+        token = _next_token(rows, size, lambda last: (last["period_start"], last["_id"]))
         return reporter_pb2.ListReportsResponse(
             reports=[report_to_proto(d) for d in rows], next_page_token=token
         )
@@ -335,32 +357,28 @@ class ReporterServicer(reporter_pb2_grpc.ReporterServiceServicer):
             request.account_id,
             request.product_id,
             limit=size,
-            after=_time_token(request.page_token),
+            after=decode_time_token(request.page_token),
         )
         out = []
-        for task, acknowledged_at in rows:
-            state = reporter_pb2.MitigationTaskState(task=task)
+        for task, acknowledged_at, uploads in rows:
+            state = reporter_pb2.MitigationTaskState(task=task, forensic_upload_ids=uploads)
             if acknowledged_at is not None:
                 state.acknowledged_at.CopyFrom(to_timestamp(acknowledged_at))
             out.append(state)
-        token = ""
-        if len(rows) == size:
-            last = rows[-1][0]
-            token = encode_token(
-                from_timestamp(last.created_at).isoformat(), f"{last.product_id}/{last.task_id}"
-            )
+        token = _next_token(
+            [task for task, _, _ in rows],
+            size,
+            lambda last: (from_timestamp(last.created_at), f"{last.product_id}/{last.task_id}"),
+        )
         return reporter_pb2.ListMitigationTasksResponse(tasks=out, next_page_token=token)
 
     async def DownloadReport(
         self, request: reporter_pb2.DownloadReportRequest, context: Any
     ) -> AsyncIterator[reporter_pb2.DownloadReportResponse]:
         report, chunks = await self.app.reports.open_download(_account(request), request.report_id)
-        first = True
-        async for chunk in chunks:
-            msg = reporter_pb2.DownloadReportResponse(chunk=chunk)
-            if first:
-                msg.report.CopyFrom(report_to_proto(report))
-                first = False
+        async for msg in _described(
+            chunks, reporter_pb2.DownloadReportResponse, report=report_to_proto(report)
+        ):
             yield msg
 
     async def ListReportRecipients(
@@ -420,6 +438,59 @@ class ReporterServicer(reporter_pb2_grpc.ReporterServiceServicer):
             current_principal().user_id,
         )
         return reporter_pb2.CreateMitigationTaskResponse(task=task)
+
+    async def PutCleanupPattern(
+        self, request: reporter_pb2.PutCleanupPatternRequest, context: Any
+    ) -> reporter_pb2.PutCleanupPatternResponse:
+        entry = await self.app.patterns.put(
+            request.account_id,
+            request.name,
+            request.description,
+            request.content,
+            request.expected_version if request.HasField("expected_version") else None,
+            current_principal().user_id,
+        )
+        return reporter_pb2.PutCleanupPatternResponse(pattern=pattern_to_proto(entry))
+
+    async def ListCleanupPatterns(
+        self, request: reporter_pb2.ListCleanupPatternsRequest, context: Any
+    ) -> reporter_pb2.ListCleanupPatternsResponse:
+        rows = await self.app.patterns.list(request.account_id)
+        return reporter_pb2.ListCleanupPatternsResponse(
+            patterns=[pattern_to_proto(e) for e in rows]
+        )
+
+    async def DeleteCleanupPattern(
+        self, request: reporter_pb2.DeleteCleanupPatternRequest, context: Any
+    ) -> reporter_pb2.DeleteCleanupPatternResponse:
+        await self.app.patterns.delete(
+            request.account_id, request.name, current_principal().user_id
+        )
+        return reporter_pb2.DeleteCleanupPatternResponse()
+
+    async def ListForensicData(
+        self, request: reporter_pb2.ListForensicDataRequest, context: Any
+    ) -> reporter_pb2.ListForensicDataResponse:
+        size = page_size(request.page_size, 50, 500)
+        rows = await self.app.forensics.list_files(
+            request.account_id,
+            request.task_id,
+            limit=size,
+            after=decode_time_token(request.page_token),
+        )
+        token = _next_token(rows, size, lambda last: (last.received_at, last.file.upload_id))
+        return reporter_pb2.ListForensicDataResponse(
+            files=[forensic_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def DownloadForensicData(
+        self, request: reporter_pb2.DownloadForensicDataRequest, context: Any
+    ) -> AsyncIterator[reporter_pb2.DownloadForensicDataResponse]:
+        row, chunks = await self.app.forensics.open_download(request.account_id, request.upload_id)
+        async for msg in _described(
+            chunks, reporter_pb2.DownloadForensicDataResponse, file=forensic_to_proto(row)
+        ):
+            yield msg
 
     async def GetLogMaintenance(
         self, request: reporter_pb2.GetLogMaintenanceRequest, context: Any

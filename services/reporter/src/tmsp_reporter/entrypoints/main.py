@@ -22,10 +22,13 @@ from tmsp_common.kafka.consumer import ConsumerRunner
 from tmsp_common.kafka.producer import EventProducer
 from tmsp_common.kafka.topics import (
     ACCOUNTS,
+    CLEANUP_PATTERNS,
+    FORENSIC_DATA,
     HEARTBEATS,
     INCIDENT_COUNTS,
     INCIDENT_STATUS_CHANGES,
     INCIDENTS,
+    LOG_MAINTENANCE,
     MITIGATION_TASKS,
     NONCONFORMING_ENDPOINTS,
     NOTIFICATION_REQUESTS,
@@ -53,9 +56,13 @@ PROJECTED: dict[str, tuple[Topic, ...]] = {
     "accounts": (ACCOUNTS, PRODUCTS),
     "status": (UPLOADS, HEARTBEATS, MITIGATION_TASKS),
     "incidents": (INCIDENTS, INCIDENT_COUNTS, NONCONFORMING_ENDPOINTS, PRODUCT_LIVENESS),
+    "forensic": (FORENSIC_DATA,),
 }
+BATCH_SIZE = {"forensic": 16}
+"""Forensic chunks carry up to 256 KiB each: a batch holds at most 4 MiB of them."""
 CONSUMED = tuple(t for group in PROJECTED.values() for t in group)
-PRODUCED = (NOTIFICATION_REQUESTS, INCIDENT_STATUS_CHANGES)  # and MITIGATION_TASKS, consumed too
+PRODUCED = (NOTIFICATION_REQUESTS, INCIDENT_STATUS_CHANGES, CLEANUP_PATTERNS, LOG_MAINTENANCE)
+# and MITIGATION_TASKS, consumed too
 
 
 async def serve(settings: ReporterSettings, stop: asyncio.Event) -> None:
@@ -71,6 +78,8 @@ async def serve(settings: ReporterSettings, stop: asyncio.Event) -> None:
         )
         await producer.start()
         app = bootstrap.build(settings, db, producer)
+        # the correlator purges its store by these; the compacted topic keeps the latest
+        await app.maintenance.announce()
         server = GrpcServer(
             GrpcConfig(port=settings.grpc_port, tls=settings.grpc_tls, tls_dir=settings.tls_dir),
             registrars=[
@@ -87,7 +96,7 @@ async def serve(settings: ReporterSettings, stop: asyncio.Event) -> None:
             ),
             authorize=authorize,
         )
-        handler = ProjectionHandler(app.read)
+        handler = ProjectionHandler(app.read, app.forensics)
         consumers = [
             ConsumerRunner(
                 bootstrap=settings.kafka_bootstrap,
@@ -96,7 +105,7 @@ async def serve(settings: ReporterSettings, stop: asyncio.Event) -> None:
                 handler=handler,
                 dead_letters=producer,
                 topic_prefix=settings.topic_prefix,
-                batch_size=500,
+                batch_size=BATCH_SIZE.get(name, 500),
             )
             for name, topics in PROJECTED.items()
         ]

@@ -7,7 +7,8 @@ is verified, so authentication and scoping happen in one place and before any me
   empty account id becomes their own, so use cases only ever see permitted accounts;
 - writes need an account administrator (or an operator); analysts only read, except
   triage (setting an incident's status);
-- operator-only methods (mitigation tasks, log maintenance changes) refuse everyone else;
+- operator-only methods (mitigation tasks, cleanup pattern changes, forensic data
+  downloads: that data goes to the provider, log maintenance changes) refuse everyone else;
 - a method missing from the table is refused (fail closed).
 """
 
@@ -56,6 +57,11 @@ POLICY: dict[str, Access] = {
     "DownloadConsolidatedLogs": Access(account_required=True),
     "CreateMitigationTask": Access(write=True, operator_only=True, account_required=True),
     "ListMitigationTasks": Access(account_required=True),
+    "PutCleanupPattern": Access(write=True, operator_only=True, account_required=True),
+    "ListCleanupPatterns": Access(account_required=True),
+    "DeleteCleanupPattern": Access(write=True, operator_only=True, account_required=True),
+    "ListForensicData": Access(account_required=True),
+    "DownloadForensicData": Access(operator_only=True, account_required=True),
     "GetLogMaintenance": Access(account_field=None),
     "SetLogMaintenance": Access(write=True, operator_only=True, account_field=None),
 }

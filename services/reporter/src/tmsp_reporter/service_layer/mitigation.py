@@ -1,6 +1,7 @@
 """Threat mitigation tasks: a forensic data request or a custom cleanup pattern for one
 product, put on the bus ingest hands out in heartbeat answers. Answers only once Kafka
-acknowledged the task."""
+acknowledged the task. A custom cleanup task names a pattern of the account's catalogue and
+carries its SHA-256 and version, so the Threat Mitigator can check what it downloads."""
 
 from __future__ import annotations
 
@@ -15,15 +16,30 @@ from tmsp_common.kafka.envelope import to_timestamp
 from tmsp_common.kafka.topics import MITIGATION_TASKS
 from tmsp_reporter.adapters.mongo import ReadModel
 from tmsp_reporter.domain.validation import task_parameters
+from tmsp_reporter.service_layer.forensics import ForensicData
+from tmsp_reporter.service_layer.patterns import CleanupPatterns
 from tmsp_reporter.service_layer.ports import Publisher
 
 CLEANUP = status_pb2.MITIGATION_TASK_KIND_CUSTOM_CLEANUP_PATTERN
 FORENSIC = status_pb2.MITIGATION_TASK_KIND_FORENSIC_DATA_REQUEST
 
 
+TaskState = tuple[status_pb2.MitigationTask, datetime | None, list[str]]
+"""A task, when its product acknowledged it, the complete forensic uploads answering it."""
+
+
 class MitigationTasks:
-    def __init__(self, read: ReadModel, publisher: Publisher, clock: Clock) -> None:
+    def __init__(
+        self,
+        read: ReadModel,
+        patterns: CleanupPatterns,
+        forensics: ForensicData,
+        publisher: Publisher,
+        clock: Clock,
+    ) -> None:
         self.read = read
+        self.patterns = patterns
+        self.forensics = forensics
         self.publisher = publisher
         self.clock = clock
 
@@ -34,9 +50,14 @@ class MitigationTasks:
         *,
         limit: int,
         after: tuple[datetime, str] | None,
-    ) -> list[tuple[status_pb2.MitigationTask, datetime | None]]:
-        """The account's tasks, newest first, each with when its product acknowledged it."""
-        return await self.read.list_tasks(account_id, product_id, limit=limit, after=after)
+    ) -> list[TaskState]:
+        """The account's tasks, newest first, each with when its product acknowledged it
+        and (forensic data requests) the complete files its product sent for it."""
+        rows = await self.read.list_tasks(account_id, product_id, limit=limit, after=after)
+        uploads = await self.forensics.complete_for_tasks(
+            account_id, [t.task_id for t, _ in rows if t.kind == FORENSIC]
+        )
+        return [(t, acked, uploads.get((t.product_id, t.task_id), [])) for t, acked in rows]
 
     async def create(
         self,
@@ -58,6 +79,10 @@ class MitigationTasks:
         if kind == CLEANUP and product.kind != products_pb2.PRODUCT_KIND_THREAT_MITIGATOR:
             raise FailedPrecondition("custom cleanup patterns go to a Threat Mitigator")
         params = task_parameters(parameters, cleanup=kind == CLEANUP)
+        if kind == CLEANUP:
+            pattern = await self.patterns.for_task(account_id, params["pattern_name"])
+            params["pattern_sha256"] = pattern.content_sha256
+            params["pattern_version"] = str(pattern.version)
         task = status_pb2.MitigationTask(
             task_id=f"task-{uuid.uuid4().hex}",
             account_id=account_id,
