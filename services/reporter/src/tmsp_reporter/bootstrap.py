@@ -8,8 +8,8 @@ from datetime import timedelta
 from pymongo.asynchronous.database import AsyncDatabase
 
 from tmsp_common.clock import Clock, SystemClock
+from tmsp_common.kafka.producer import BusPublisher
 from tmsp_common.mongo import Document
-from tmsp_reporter.adapters.bus import BusPublisher
 from tmsp_reporter.adapters.mongo import ReadModel, ReportStore
 from tmsp_reporter.adapters.mongo_forensics import ForensicStore
 from tmsp_reporter.adapters.mongo_patterns import PatternStore

@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from google.protobuf.message import Message
 
+from tmsp_common.errors import Unavailable
 from tmsp_common.kafka.envelope import wrap
 from tmsp_common.kafka.topics import Topic
 from tmsp_common.lifecycle import DependencyUnavailable
@@ -194,3 +195,21 @@ async def send_in_batches(
 def _count(fut: asyncio.Future[Any], topic: str, records: int = 1) -> None:
     if not fut.cancelled() and fut.exception() is None:
         KAFKA_MESSAGES_PRODUCED.labels(topic).inc(records)
+
+
+class BusPublisher:
+    """A publisher for use cases that answer a client: a broker failure becomes
+    :class:`~tmsp_common.errors.Unavailable` (the client hears UNAVAILABLE and may retry)
+    rather than an internal error."""
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+        self.prefix: str = getattr(producer, "prefix", "")
+
+    async def publish(self, topic: Topic, payload: Message, *, key: str, **kw: Any) -> Any:
+        try:
+            return await self._producer.publish(topic, payload, key=key, **kw)
+        except KafkaError as exc:
+            raise Unavailable(
+                f"the event bus did not take it ({type(exc).__name__}); try again"
+            ) from exc

@@ -10,16 +10,11 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
-
-from aiokafka.errors import KafkaError
-from google.protobuf.message import Message
 
 from tmsp.events.v1 import accounts_pb2, auth_pb2, notifications_pb2
-from tmsp_common.errors import Unavailable
 from tmsp_common.kafka.envelope import to_timestamp
-from tmsp_common.kafka.producer import EventProducer
-from tmsp_common.kafka.topics import ACCOUNTS, AUTH_AUDIT, NOTIFICATION_REQUESTS, Topic
+from tmsp_common.kafka.producer import BusPublisher, EventProducer
+from tmsp_common.kafka.topics import ACCOUNTS, AUTH_AUDIT, NOTIFICATION_REQUESTS
 from tmsp_common.mongo import Document
 
 AuditKind = auth_pb2.AuthAuditKind
@@ -45,23 +40,9 @@ def snapshot(doc: Document) -> accounts_pb2.AccountSnapshot:
     return snap
 
 
-class _Bus:
-    """The producer, with broker failures turned into :class:`Unavailable` (retryable)."""
-
-    def __init__(self, producer: EventProducer) -> None:
-        self._producer = producer
-        self.prefix = producer.prefix
-
-    async def publish(self, topic: Topic, payload: Message, *, key: str, **kw: Any) -> None:
-        try:
-            await self._producer.publish(topic, payload, key=key, **kw)
-        except KafkaError as exc:
-            raise Unavailable("the event bus is unavailable; try again") from exc
-
-
 class EventPublisher:
     def __init__(self, producer: EventProducer) -> None:
-        self.producer = _Bus(producer)
+        self.producer = BusPublisher(producer)
 
     async def account_changed(self, doc: Document) -> None:
         snap = snapshot(doc)
