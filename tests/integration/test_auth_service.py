@@ -1090,9 +1090,7 @@ async def test_security_events_show_an_account_s_users_to_its_administrators_onl
     first = await listed(admin, page_size=1)
     second = await listed(admin, page_size=1, page_token=first.next_page_token)
     assert first.next_page_token
-    assert [e.event_id for e in [*first.events, *second.events]] == [
-        e.event_id for e in events[:2]
-    ]
+    assert [e.event_id for e in [*first.events, *second.events]] == [e.event_id for e in events[:2]]
     bad = await error_of(lambda: listed(admin, page_token="not-a-token"))
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
 

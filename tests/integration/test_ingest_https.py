@@ -12,10 +12,8 @@ import json
 import select
 import socket
 import socketserver
-import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from tmsp_common.kafka import topics
 from tmsp_common.kafka.envelope import unwrap
 from tmsp_common.kafka.producer import EventProducer
 from tmsp_common.testing import TopicReader, wait_until
-from tmsp_ingest.harness import Gateway
+from tmsp_ingest.harness import Gateway, curl, scrape
 
 pytestmark = [
     pytest.mark.integration,
@@ -77,19 +75,6 @@ async def small_gateway(infra, names, tmp_path: Path) -> AsyncIterator[Gateway]:
     gw.stop()
 
 
-def scrape(gw: Gateway) -> dict[str, float]:
-    """The gateway's Prometheus samples, ``name{labels}`` -> value."""
-    url = f"http://127.0.0.1:{gw.ports['metrics']}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - fixed local URL
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
 class _Tunnel(socketserver.BaseRequestHandler):
     """One HTTP CONNECT tunnel: read the request head, connect, answer 200, relay bytes."""
 
@@ -134,32 +119,6 @@ def connect_proxy() -> Iterator[socketserver.ThreadingTCPServer]:
     yield server
     server.shutdown()
     server.server_close()
-
-
-def curl(gw: Gateway, *args: str, port: str = "https") -> tuple[int, dict[str, str], str]:
-    """Run curl against the gateway; (status, headers, body)."""
-    proc = subprocess.run(  # noqa: S603
-        [
-            "curl",
-            "-sS",
-            "--cacert",
-            str(gw.ca),
-            "-D",
-            "-",
-            *args[:-1],
-            f"https://127.0.0.1:{gw.ports[port]}{args[-1]}",
-        ],
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
-    head, _, body = proc.stdout.decode().partition("\r\n\r\n")
-    while body.startswith("HTTP/"):  # a proxy's "200 Connection established" came first
-        head, _, body = body.partition("\r\n\r\n")
-    lines = head.split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
-    return status, headers, body
 
 
 async def test_upload_over_https_is_acknowledged_with_counts_and_published(

@@ -8,9 +8,6 @@ Needs ``sftp`` (openssh-client) and ``sshpass`` on the PATH: CI must
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,7 +19,7 @@ from tmsp.ingest.v1 import ingest_pb2
 from tmsp_common.grpc_client import bearer
 from tmsp_common.kafka import topics
 from tmsp_common.testing import TopicReader, wait_until
-from tmsp_ingest.harness import Gateway
+from tmsp_ingest.harness import Gateway, openssh_sftp
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.mongo, pytest.mark.ssh]
 
@@ -31,13 +28,6 @@ CEF = b"".join(
     b"CEF:0|Trend Micro|TDA|2.5|%d|Worm %d|7|src=10.0.0.%d dst=10.1.0.1 dpt=445\n" % (i, i, i)
     for i in range(1, 6)
 )
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed (apt-get install openssh-client sshpass)")
-    return path
 
 
 @pytest.fixture
@@ -54,39 +44,6 @@ async def gateway(infra, names, tmp_path: Path) -> AsyncIterator[Gateway]:  # ty
     await gw.publish_account("acct-a", "owner@a.example")
     yield gw
     gw.stop()
-
-
-def openssh_sftp(
-    gw: Gateway, user: str, password: str, commands: str, tmp_path: Path, *, strict: bool = False
-) -> subprocess.CompletedProcess[str]:
-    """Run OpenSSH sftp in batch mode with a password (sshpass -e keeps it off argv);
-    ``strict`` refuses a host key that is not already in known_hosts."""
-    batch = tmp_path / "batch.txt"
-    batch.write_text(commands)
-    return subprocess.run(  # noqa: S603
-        [
-            tool("sshpass"),
-            "-e",
-            tool("sftp"),
-            # Before -b, so it wins over the BatchMode=yes that -b adds (password prompt).
-            "-oBatchMode=no",
-            f"-oStrictHostKeyChecking={'yes' if strict else 'no'}",
-            f"-oUserKnownHostsFile={tmp_path / 'known_hosts'}",
-            "-oPreferredAuthentications=password",
-            "-oPubkeyAuthentication=no",
-            "-oNumberOfPasswordPrompts=1",
-            "-P",
-            str(gw.ports["sftp"]),
-            "-b",
-            str(batch),
-            f"{user}@127.0.0.1",
-        ],
-        env={**os.environ, "SSHPASS": password},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
 
 
 async def test_openssh_upload_lands_once_and_the_host_key_persists(

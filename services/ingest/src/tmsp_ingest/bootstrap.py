@@ -16,11 +16,18 @@ from tmsp_common.mongo import Document
 from tmsp_common.tokens import JwtVerifier, static_keys
 from tmsp_ingest.adapters.crypto import Argon2Hasher, LocalCaIssuer
 from tmsp_ingest.adapters.kafka_sink import KafkaPublisher
-from tmsp_ingest.adapters.mongo_repos import MongoAccounts, MongoLedger, MongoProducts, MongoTasks
+from tmsp_ingest.adapters.mongo_repos import (
+    MongoAccounts,
+    MongoLedger,
+    MongoPatterns,
+    MongoProducts,
+    MongoTasks,
+)
 from tmsp_ingest.config import IngestSettings
 from tmsp_ingest.domain.products import PasswordHasher
 from tmsp_ingest.domain.throttle import FailureThrottle
 from tmsp_ingest.service_layer.authenticate import ProductAuthenticator
+from tmsp_ingest.service_layer.forensics import ForensicIntake, PatternCatalogue
 from tmsp_ingest.service_layer.gateway import Bandwidth, Gateway
 from tmsp_ingest.service_layer.intake import Intake
 from tmsp_ingest.service_layer.registry import Registry
@@ -34,6 +41,7 @@ class Components:
     accounts: MongoAccounts
     tasks: MongoTasks
     publisher: KafkaPublisher
+    patterns: PatternCatalogue
 
 
 def verifier(settings: IngestSettings) -> JwtVerifier:
@@ -87,14 +95,17 @@ def build(
         ack_timeout=settings.ack_timeout_seconds,
         max_buffered_bytes=settings.max_buffered_upload_bytes,
     )
+    patterns = PatternCatalogue(MongoPatterns(db))
     gateway = Gateway(
         authenticator,
         intake,
         StatusService(publisher, tasks, clock),
         Bandwidth(),
         settings.max_upload_bytes,
+        ForensicIntake(publisher, tasks, intake, clock, settings.max_forensic_bytes),
+        patterns,
     )
     registry = Registry(
         products, accounts, publisher, hasher, LocalCaIssuer(settings.tls_dir), clock
     )
-    return Components(gateway, registry, accounts, tasks, publisher)
+    return Components(gateway, registry, accounts, tasks, publisher, patterns)

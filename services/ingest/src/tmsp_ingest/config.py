@@ -36,6 +36,9 @@ class IngestSettings(ServiceSettings):
     """auth's gRPC address, for its signing keys when ``auth_public_keys`` is empty."""
     auth_grpc_tls: bool = True
     max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    max_forensic_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Largest forensic data file (SFTP ``forensics/<task>/<file>``, HTTPS
+    ``POST /v1/forensic-data``); published in chunks of 256 KiB."""
     max_buffered_upload_bytes: int = Field(1024 * 1024 * 1024, ge=1024)
     """Bytes of uploads held in memory at once, all sessions together; beyond it uploads
     wait, then get a retryable error (SFTP failure, HTTPS 503)."""
@@ -59,3 +62,4 @@ class IngestSettings(ServiceSettings):
     """Worker processes that parse uploads (0: parse on the event loop)."""
     accounts_group: str = "tmsp-ingest-accounts"
     tasks_group: str = "tmsp-ingest-tasks"
+    patterns_group: str = "tmsp-ingest-cleanup-patterns"

@@ -1,6 +1,7 @@
 """Integration-test support: run the gateway as deployed and talk to it as an operator.
 
-Used by ``tests/integration/test_ingest_*.py`` and ``bench/bench_ingest.py``. Starts
+Used by ``tests/integration/test_ingest_*.py`` and ``bench/bench_ingest.py``; the helpers
+at the end drive it with the real clients (curl, OpenSSH ``sftp`` + sshpass). Starts
 ``python -m tmsp_ingest`` with its own ports, data and TLS directories, a topic prefix and a
 database; signs real access tokens with a fresh Ed25519 key whose public half the gateway
 is configured with; publishes account snapshots to the accounts topic like auth does.
@@ -10,8 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import ssl
+import subprocess
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -97,6 +102,7 @@ class Gateway:
             "TMSP_INGEST_ARGON2_MEMORY_KIB": "8192",
             "TMSP_INGEST_ACCOUNTS_GROUP": f"{self.prefix}ingest-accounts",
             "TMSP_INGEST_TASKS_GROUP": f"{self.prefix}ingest-tasks",
+            "TMSP_INGEST_PATTERNS_GROUP": f"{self.prefix}ingest-patterns",
             "TMSP_INGEST_PARSE_WORKERS": "0",
             **self.extra_env,
         }
@@ -239,6 +245,86 @@ class Gateway:
                     await asyncio.sleep(0.3)
         finally:
             await chan.close()
+
+
+def scrape(gw: Gateway) -> dict[str, float]:
+    """The gateway's Prometheus samples, ``name{labels}`` -> value."""
+    url = f"http://127.0.0.1:{gw.ports['metrics']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - fixed local URL
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def tool(name: str) -> str:
+    """The path of a client tool the integration tests drive; RuntimeError naming it."""
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} is not installed (apt-get install openssh-client sshpass curl)")
+    return path
+
+
+def curl(gw: Gateway, *args: str, port: str = "https") -> tuple[int, dict[str, str], str]:
+    """Run curl against the gateway; (status, headers, body)."""
+    proc = subprocess.run(  # noqa: S603
+        [
+            tool("curl"),
+            "-sS",
+            "--cacert",
+            str(gw.ca),
+            "-D",
+            "-",
+            *args[:-1],
+            f"https://127.0.0.1:{gw.ports[port]}{args[-1]}",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    head, _, body = proc.stdout.decode().partition("\r\n\r\n")
+    while body.startswith("HTTP/"):  # a proxy's "200 Connection established" came first
+        head, _, body = body.partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    return status, headers, body
+
+
+def openssh_sftp(
+    gw: Gateway, user: str, password: str, commands: str, tmp_path: Path, *, strict: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run OpenSSH sftp in batch mode with a password (sshpass -e keeps it off argv);
+    ``strict`` refuses a host key that is not already in known_hosts."""
+    batch = tmp_path / "batch.txt"
+    batch.write_text(commands)
+    return subprocess.run(  # noqa: S603
+        [
+            tool("sshpass"),
+            "-e",
+            tool("sftp"),
+            # Before -b, so it wins over the BatchMode=yes that -b adds (password prompt).
+            "-oBatchMode=no",
+            f"-oStrictHostKeyChecking={'yes' if strict else 'no'}",
+            f"-oUserKnownHostsFile={tmp_path / 'known_hosts'}",
+            "-oPreferredAuthentications=password",
+            "-oPubkeyAuthentication=no",
+            "-oNumberOfPasswordPrompts=1",
+            "-P",
+            str(gw.ports["sftp"]),
+            "-b",
+            str(batch),
+            f"{user}@127.0.0.1",
+        ],
+        env={**os.environ, "SSHPASS": password},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
 
 
 class PrivateKafka:

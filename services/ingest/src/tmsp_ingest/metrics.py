@@ -26,3 +26,22 @@ HEARTBEATS = Counter("tmsp_ingest_heartbeats_total", "Heartbeats received", ["re
 BUFFERED_BYTES = Gauge(
     "tmsp_ingest_buffered_upload_bytes", "Bytes of uploads held in memory (bounded)"
 )
+FORENSIC_UPLOADS = Counter(
+    "tmsp_ingest_forensic_uploads_total", "Forensic data uploads by result", ["protocol", "result"]
+)
+FORENSIC_BYTES = Counter(
+    "tmsp_ingest_forensic_bytes_total", "Bytes of forensic data published", ["protocol"]
+)
+FORENSIC_CHUNKS = Counter(
+    "tmsp_ingest_forensic_chunks_total", "Forensic data chunks published", ["protocol"]
+)
+PATTERN_DOWNLOADS = Counter(
+    "tmsp_ingest_pattern_downloads_total",
+    "Cleanup pattern downloads by result",
+    ["protocol", "result"],
+)
+PATTERN_UPDATES = Counter(
+    "tmsp_ingest_pattern_updates_total",
+    "Cleanup patterns from the bus: stored, or stale (a newer version was stored)",
+    ["result"],
+)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
@@ -12,9 +13,11 @@ from tmsp.events.v1 import status_pb2
 from tmsp_common.authn import Principal, Role
 from tmsp_common.clock import FakeClock
 from tmsp_ingest.domain.intake import Rejection, UploadContext, normalise_line
+from tmsp_ingest.domain.patterns import CleanupPattern, pattern_key, supersedes
 from tmsp_ingest.domain.products import AccountView, Kind, Product, Protocol_, Registration
 from tmsp_ingest.domain.throttle import FailureThrottle
 from tmsp_ingest.service_layer.authenticate import ProductAuthenticator
+from tmsp_ingest.service_layer.forensics import ForensicIntake, PatternCatalogue
 from tmsp_ingest.service_layer.intake import Intake
 from tmsp_ingest.service_layer.ports import (
     LedgerEntry,
@@ -84,7 +87,8 @@ class MemoryAccounts:
 
 
 class MemoryPublisher:
-    """ProductPublisher, UploadSink and HeartbeatSink recording what was published."""
+    """ProductPublisher, UploadSink, HeartbeatSink and ForensicSink recording what was
+    published."""
 
     def __init__(self) -> None:
         self.snapshots: list[Product] = []
@@ -92,6 +96,9 @@ class MemoryPublisher:
         self.rejections: list[Rejection] = []
         self.uploads: list[status_pb2.UploadReceived] = []
         self.heartbeats: list[status_pb2.Heartbeat] = []
+        self.chunks: list[status_pb2.ForensicDataChunk] = []
+        self.gate: asyncio.Event | None = None
+        """When set, each forensic chunk waits for it (a slow broker)."""
         self.fail = False
         self.fail_snapshots = False
 
@@ -130,6 +137,43 @@ class MemoryPublisher:
     async def heartbeat(self, event: status_pb2.Heartbeat) -> None:
         self.heartbeats.append(event)
 
+    async def forensic_chunks(self, chunks: Iterable[status_pb2.ForensicDataChunk]) -> None:
+        from tmsp_common.errors import Unavailable
+
+        if self.fail:
+            raise Unavailable("bus down")
+        for chunk in chunks:
+            if self.gate is not None:
+                await self.gate.wait()
+            self.chunks.append(chunk)
+
+
+class MemoryPatterns:
+    """PatternRepository keeping the highest version of each pattern."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, CleanupPattern] = {}
+
+    async def put(self, pattern: CleanupPattern) -> bool:
+        current = self.items.get(pattern.key)
+        if not supersedes(pattern.version, current.version if current else None):
+            return False
+        self.items[pattern.key] = pattern
+        return True
+
+    async def get(self, account_id: str, name: str) -> CleanupPattern | None:
+        return self.items.get(pattern_key(account_id, name))
+
+    async def names(self, account_id: str) -> list[CleanupPattern]:
+        return sorted(
+            (
+                replace(p, content=b"")
+                for p in self.items.values()
+                if p.account_id == account_id and not p.deleted
+            ),
+            key=lambda p: p.name,
+        )
+
 
 class MemoryLedger:
     def __init__(self) -> None:
@@ -155,6 +199,10 @@ class MemoryTasks:
             for t, done in sorted(self.items.values(), key=lambda x: x[0].task_id)
             if t.product_id == product_id and not done
         ][:limit]
+
+    async def get(self, task_id: str) -> status_pb2.MitigationTask | None:
+        entry = self.items.get(task_id)
+        return entry[0] if entry else None
 
     async def acknowledge(self, product_id: str, task_ids: Iterable[str]) -> int:
         count = 0
@@ -196,6 +244,8 @@ class World:
     auth: ProductAuthenticator
     intake: Intake
     status: StatusService
+    forensics: ForensicIntake
+    patterns: PatternCatalogue
 
 
 def make_world() -> World:
@@ -208,6 +258,7 @@ def make_world() -> World:
         "acct-a", "Owner@A.example", START + timedelta(days=30), False, 1
     )
     accounts.items["acct-b"] = AccountView("acct-b", "owner@b.example", None, False, 1)
+    intake = Intake(publisher, ledger, clock, 1_000_000)
     return World(
         clock,
         products,
@@ -219,8 +270,10 @@ def make_world() -> World:
         tasks,
         Registry(products, accounts, publisher, hasher, issuer, clock),
         ProductAuthenticator(products, accounts, hasher, clock, FailureThrottle(3, 60.0), ttl=30.0),
-        Intake(publisher, ledger, clock, 1_000_000),
+        intake,
         StatusService(publisher, tasks, clock),
+        ForensicIntake(publisher, tasks, intake, clock, 2_000_000),
+        PatternCatalogue(MemoryPatterns()),
     )
 
 

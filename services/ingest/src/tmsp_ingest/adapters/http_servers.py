@@ -1,16 +1,21 @@
-"""The HTTPS log server (uploads, Test Connection) and the HTTPS status server (heartbeats,
-Test Connection), both authenticated with the product's credentials over HTTP Basic.
+"""The HTTPS log server (uploads, forensic data, cleanup pattern downloads, Test
+Connection) and the HTTPS status server (heartbeats, Test Connection), both authenticated
+with the product's credentials over HTTP Basic.
 
-Answers: 202 only after Kafka acknowledged every record, with the counts; 400 with a JSON
-error for bad input, 401 for bad credentials, 403 when the product or its account may not
-connect (disabled, expired), 413 for oversized uploads, 429 with Retry-After when the source
-address is throttled after failed authentications, 503 with Retry-After when Kafka is down.
+Answers: 202 (logs) or 201 (forensic data) only after Kafka acknowledged everything, 200
+with a pattern's bytes; 400 with a JSON error for bad input, 401 for bad credentials, 403
+when the product or its account may not connect (disabled, expired) or may not download
+patterns (not a Threat Mitigator), 404 for an unknown task or pattern (also another
+product's or account's), 409 for a task that is not a forensic data request, 413 for
+oversized uploads, 429 with Retry-After when the source address is throttled after failed
+authentications, 503 with Retry-After when Kafka is down or the gateway busy.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import ssl
 from collections.abc import Awaitable, Callable
@@ -19,8 +24,16 @@ from typing import Any
 from aiohttp import web
 
 from tmsp.events.v1 import products_pb2
-from tmsp_common.errors import InvalidArgument, Unavailable
+from tmsp_common.errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from tmsp_ingest import metrics
+from tmsp_ingest.domain.bandwidth import DOWNLOAD_PIECE, pieces
 from tmsp_ingest.domain.intake import FORMAT_NAMES, UploadTooLarge
 from tmsp_ingest.domain.products import Refusal
 from tmsp_ingest.service_layer.authenticate import Authenticated, AuthenticationFailed
@@ -29,6 +42,14 @@ from tmsp_ingest.service_layer.intake import Hold
 from tmsp_ingest.service_layer.status import HeartbeatReport
 
 READ_CHUNK = 256 * 1024
+REFUSALS: tuple[tuple[type[Exception], int], ...] = (
+    (UploadTooLarge, 413),
+    (InvalidArgument, 400),
+    (NotFound, 404),
+    (PermissionDenied, 403),
+    (FailedPrecondition, 409),
+    (Unavailable, 503),
+)
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -98,12 +119,33 @@ async def _test_connection(gateway: Gateway, request: web.Request, protocol: str
     return web.json_response({"status": "OK", "product_id": who.product.product_id})
 
 
+def _refusal(exc: DomainError | UploadTooLarge) -> web.Response:
+    """A use case's refusal as an answer (503s carry Retry-After)."""
+    status = next((code for kind, code in REFUSALS if isinstance(exc, kind)), 500)
+    message = exc.message if isinstance(exc, DomainError) else str(exc)
+    if status == 503:
+        return _error(503, message, retry_after=5)
+    return _error(status, message)
+
+
+def _answering(handler: Handler) -> Handler:
+    """``handler`` with the use cases' refusals answered by :func:`_refusal`."""
+
+    async def wrapped(request: web.Request, who: Authenticated) -> web.StreamResponse:
+        try:
+            return await handler(request, who)
+        except (DomainError, UploadTooLarge) as exc:
+            return _refusal(exc)
+
+    return wrapped
+
+
 async def _read_body(
-    gateway: Gateway, request: web.Request, who: Authenticated, hold: Hold
+    gateway: Gateway, request: web.Request, who: Authenticated, hold: Hold, limit: int
 ) -> bytes:
     """The body, reserved in the upload buffer (the announced length up front, beyond
-    that chunk by chunk) before it is read; UploadTooLarge, Unavailable when full."""
-    limit = gateway.max_upload_bytes
+    that chunk by chunk) before it is read, at the product's upload bandwidth;
+    UploadTooLarge beyond ``limit``, Unavailable when the buffer is full."""
     announced = request.content_length
     if announced is not None and announced > limit:
         raise UploadTooLarge(f"upload larger than {limit} bytes")
@@ -124,9 +166,15 @@ async def _read_body(
     return b"".join(chunks)
 
 
+def _etag_matches(request: web.Request, etag: str) -> bool:
+    wanted = request.headers.get("If-None-Match", "")
+    return any(tag.strip() in (etag, "*") for tag in wanted.split(",") if tag.strip())
+
+
 def log_server_app(gateway: Gateway) -> web.Application:
-    """``POST /v1/uploads`` (raw body; ``?file=`` names it, ``?format=`` forces a format) and
-    ``GET /v1/test-connection``."""
+    """``POST /v1/uploads`` (raw body; ``?file=`` names it, ``?format=`` forces a format),
+    ``POST /v1/forensic-data?task_id=&file_name=`` (raw body, stored as is),
+    ``GET /v1/cleanup-patterns/{name}`` and ``GET /v1/test-connection``."""
 
     async def upload(request: web.Request, who: Authenticated) -> web.StreamResponse:
         name = request.query.get("file") or request.headers.get("X-TMSP-File-Name") or "upload"
@@ -138,9 +186,8 @@ def log_server_app(gateway: Gateway) -> web.Application:
             forced = FORMAT_NAMES.get(fmt_name)
             if forced is None:
                 return _error(400, f"format: unknown format {fmt_name[:30]!r}")
-        hold = gateway.intake.hold()
-        try:
-            body = await _read_body(gateway, request, who, hold)
+        with gateway.intake.hold() as hold:
+            body = await _read_body(gateway, request, who, hold, gateway.max_upload_bytes)
             if not body:
                 return _error(400, "file: empty upload")
             outcome = await gateway.ingest(
@@ -152,14 +199,6 @@ def log_server_app(gateway: Gateway) -> web.Application:
                 forced_format=forced,
                 hold=hold,
             )
-        except UploadTooLarge as exc:
-            return _error(413, str(exc))
-        except InvalidArgument as exc:
-            return _error(400, exc.message)
-        except Unavailable as exc:
-            return _error(503, exc.message, retry_after=5)
-        finally:
-            hold.release()
         return web.json_response(
             {
                 "accepted": outcome.accepted,
@@ -170,11 +209,52 @@ def log_server_app(gateway: Gateway) -> web.Application:
             status=202,
         )
 
+    async def forensic_data(request: web.Request, who: Authenticated) -> web.StreamResponse:
+        task_id = request.query.get("task_id", "")
+        file_name = request.query.get("file_name", "")
+        await gateway.forensics.accepts(who.product, task_id, file_name)  # before the body
+        with gateway.intake.hold() as hold:
+            body = await _read_body(gateway, request, who, hold, gateway.forensics.max_bytes)
+            file = await gateway.forensic_upload(
+                who.product,
+                task_id,
+                file_name,
+                body,
+                protocol=products_pb2.UPLOAD_PROTOCOL_SSL,
+                protocol_label="https",
+                hold=hold,
+            )
+        return web.json_response({**dataclasses.asdict(file), "chunks": file.count}, status=201)
+
+    async def cleanup_pattern(request: web.Request, who: Authenticated) -> web.StreamResponse:
+        pattern = await gateway.pattern(
+            who.product, request.match_info["name"], protocol_label="https"
+        )
+        etag = f'"{pattern.content_sha256}"'
+        headers = {"ETag": etag, "X-Content-SHA256": pattern.content_sha256}
+        if _etag_matches(request, etag):
+            return web.Response(status=304, headers=headers)
+        response = web.StreamResponse(headers=headers)
+        response.content_type = "application/octet-stream"
+        response.content_length = pattern.size
+        await response.prepare(request)
+        if request.method != "HEAD":
+            for piece in pieces(pattern.content, DOWNLOAD_PIECE):
+                await gateway.bandwidth.download(who.product, len(piece))
+                await response.write(piece)
+        await response.write_eof()
+        return response
+
     async def test_connection(request: web.Request) -> web.Response:
         return await _test_connection(gateway, request, "https")
 
+    def route(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        return _authenticated(gateway, "https", _answering(handler))
+
     app = web.Application(client_max_size=gateway.max_upload_bytes + 1)
-    app.router.add_post("/v1/uploads", _authenticated(gateway, "https", upload))
+    app.router.add_post("/v1/uploads", route(upload))
+    app.router.add_post("/v1/forensic-data", route(forensic_data))
+    app.router.add_get("/v1/cleanup-patterns/{name}", route(cleanup_pattern))
     app.router.add_get("/v1/test-connection", test_connection)
     return app
 

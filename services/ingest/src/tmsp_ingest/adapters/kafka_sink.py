@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from concurrent.futures import Executor
 from functools import partial
 from typing import Any
@@ -21,9 +21,10 @@ from aiokafka.errors import KafkaError
 from tmsp.events.v1 import products_pb2, status_pb2
 from tmsp_common.errors import Unavailable
 from tmsp_common.kafka import topics
-from tmsp_common.kafka.envelope import to_timestamp
+from tmsp_common.kafka.envelope import from_timestamp, to_timestamp
 from tmsp_common.kafka.producer import EventProducer
 from tmsp_ingest.adapters.encoding import EncodedChunk, encode_chunk
+from tmsp_ingest.domain.forensics import chunk_event_id
 from tmsp_ingest.domain.intake import UploadContext
 from tmsp_ingest.domain.products import Product
 from tmsp_ingest.service_layer.ports import UploadStats
@@ -52,7 +53,7 @@ def snapshot(product: Product) -> products_pb2.ProductSnapshot:
 
 
 class KafkaPublisher:
-    """Implements ProductPublisher, UploadSink and HeartbeatSink."""
+    """Implements ProductPublisher, UploadSink, HeartbeatSink and ForensicSink."""
 
     def __init__(
         self,
@@ -117,6 +118,29 @@ class KafkaPublisher:
         except KafkaError as exc:
             raise Unavailable(f"cannot publish upload: {type(exc).__name__}") from exc
 
+    async def forensic_chunks(self, chunks: Iterable[status_pb2.ForensicDataChunk]) -> None:
+        """Every chunk enqueued, then every acknowledgement awaited (the producer's
+        ``max_batch_size`` holds one 256 KiB chunk and its envelope)."""
+        pending: list[asyncio.Future[Any]] = []
+        try:
+            for chunk in chunks:
+                pending.append(
+                    await self.producer.send(
+                        topics.FORENSIC_DATA,
+                        chunk,
+                        key=chunk.upload_id,
+                        account_id=chunk.account_id,
+                        event_id=chunk_event_id(chunk.upload_id, chunk.index),
+                        occurred_at=from_timestamp(chunk.received_at),
+                    )
+                )
+            await asyncio.gather(*pending)
+        except KafkaError as exc:
+            _abandon(pending)
+            raise Unavailable(
+                f"Kafka did not acknowledge the forensic data: {type(exc).__name__}"
+            ) from exc
+
     async def _encode(
         self, lines: Sequence[bytes], first: int, ctx: UploadContext, trace: str
     ) -> EncodedChunk:
@@ -171,12 +195,19 @@ class KafkaPublisher:
         except KafkaError as exc:
             for encoding in ahead:
                 encoding.cancel()
-            for fut in pending:
-                if fut.done():
-                    fut.exception()  # retrieved, so asyncio does not log it again
-                else:
-                    fut.cancel()
+            _abandon(pending)
             raise Unavailable(
                 f"Kafka did not acknowledge the upload: {type(exc).__name__}"
             ) from exc
         return stats
+
+
+def _abandon(pending: list[asyncio.Future[Any]]) -> None:
+    """After a failed send: cancel what is still pending, retrieve what failed (so asyncio
+    does not log it again)."""
+    for fut in pending:
+        if fut.done():
+            if not fut.cancelled():
+                fut.exception()
+        else:
+            fut.cancel()

@@ -1,8 +1,9 @@
 """MongoDB repositories of the gateway's own database.
 
 Single-document atomic operations only (FerretDB has no multi-document transactions):
-products are replaced with a version compare-and-set, accounts are upserted only when
-newer, the ledger and tasks use unique ids so redelivery is harmless.
+products are replaced with a version compare-and-set, accounts and cleanup patterns are
+upserted only when not older than the stored version, the ledger and tasks use unique ids so
+redelivery is harmless.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from tmsp.events.v1 import status_pb2
 from tmsp_common.mongo import Document, insert_idempotent
+from tmsp_ingest.domain.patterns import CleanupPattern, pattern_key
 from tmsp_ingest.domain.products import AccountView, Kind, Product, Protocol_, State
 from tmsp_ingest.service_layer.ports import LedgerEntry, ProductExists, VersionConflict
 
@@ -28,6 +31,9 @@ INDEXES: dict[str, list[IndexModel]] = {
     "accounts": [],
     "uploads": [IndexModel([("product_id", ASCENDING)], name="by_product")],
     "tasks": [IndexModel([("product_id", ASCENDING), ("acknowledged", ASCENDING)], name="pending")],
+    "cleanup_patterns": [
+        IndexModel([("account_id", ASCENDING), ("name", ASCENDING)], name="by_account")
+    ],
 }
 
 
@@ -42,6 +48,23 @@ async def ensure_indexes(db: AsyncDatabase[Document]) -> None:
 def _utc(value: Any) -> datetime:
     when: datetime = value
     return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+async def _store_unless_newer(
+    coll: AsyncCollection[Document], _id: str, version: int, fields: Document
+) -> bool:
+    """Set ``fields`` (with ``version``) on document ``_id`` unless it holds a newer version;
+    True when stored. One atomic upsert: when the filter misses because a newer version is
+    stored, the insert collides with its ``_id``."""
+    try:
+        result = await coll.update_one(
+            {"_id": _id, "version": {"$lte": version}},
+            {"$set": {**fields, "version": version}},
+            upsert=True,
+        )
+    except DuplicateKeyError:
+        return False
+    return result.matched_count == 1 or result.upserted_id is not None
 
 
 def product_to_doc(p: Product) -> Document:
@@ -146,17 +169,8 @@ class MongoAccounts:
             "managed_by_email": account.managed_by_email,
             "valid_until": account.valid_until,
             "deleted": account.deleted,
-            "version": account.version,
         }
-        try:
-            result = await self.coll.update_one(
-                {"_id": account.account_id, "version": {"$lte": account.version}},
-                {"$set": doc},
-                upsert=True,
-            )
-        except DuplicateKeyError:
-            return False  # a newer version is stored
-        return result.matched_count == 1 or result.upserted_id is not None
+        return await _store_unless_newer(self.coll, account.account_id, account.version, doc)
 
 
 class MongoLedger:
@@ -212,6 +226,14 @@ class MongoTasks:
             out.append(task)
         return out
 
+    async def get(self, task_id: str) -> status_pb2.MitigationTask | None:
+        d = await self.coll.find_one({"_id": task_id})
+        if d is None:
+            return None
+        task = status_pb2.MitigationTask()
+        task.ParseFromString(bytes(d["payload"]))
+        return task
+
     async def acknowledge(self, product_id: str, task_ids: Iterable[str]) -> int:
         ids = list(task_ids)
         if not ids:
@@ -220,3 +242,49 @@ class MongoTasks:
             {"_id": {"$in": ids}, "product_id": product_id}, {"$set": {"acknowledged": True}}
         )
         return result.modified_count
+
+
+def _pattern_from_doc(d: Document) -> CleanupPattern:
+    updated = d.get("updated_at")
+    return CleanupPattern(
+        account_id=d["account_id"],
+        name=d["name"],
+        content=bytes(d.get("content", b"")),
+        content_sha256=d.get("content_sha256", ""),
+        size=d.get("size", 0),
+        version=d["version"],
+        deleted=bool(d.get("deleted")),
+        updated_at=_utc(updated) if updated else None,
+        description=d.get("description", ""),
+    )
+
+
+class MongoPatterns:
+    """The accounts' cleanup patterns, ``_id`` = ``account_id/name``; a removal stays as a
+    tombstone (no content) holding its version."""
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.coll = db["cleanup_patterns"]
+
+    async def put(self, pattern: CleanupPattern) -> bool:
+        doc = {
+            "account_id": pattern.account_id,
+            "name": pattern.name,
+            "content": b"" if pattern.deleted else pattern.content,
+            "content_sha256": "" if pattern.deleted else pattern.content_sha256,
+            "size": 0 if pattern.deleted else pattern.size,
+            "deleted": pattern.deleted,
+            "updated_at": pattern.updated_at,
+            "description": pattern.description,
+        }
+        return await _store_unless_newer(self.coll, pattern.key, pattern.version, doc)
+
+    async def get(self, account_id: str, name: str) -> CleanupPattern | None:
+        d = await self.coll.find_one({"_id": pattern_key(account_id, name)})
+        return _pattern_from_doc(d) if d else None
+
+    async def names(self, account_id: str) -> list[CleanupPattern]:
+        cursor = self.coll.find({"account_id": account_id, "deleted": False}, {"content": 0}).sort(
+            "name", ASCENDING
+        )
+        return [_pattern_from_doc(d) async for d in cursor]

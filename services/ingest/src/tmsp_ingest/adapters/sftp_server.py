@@ -14,33 +14,77 @@ ingested: its retry is the whole file.
 
 Every open and every commit first confirms the product's standing again: a session opened
 before a rotation, a disabling or an account's deletion is refused and closed.
+
+Two directories are special. ``forensics/<task_id>/<file_name>`` receives the answer to a
+forensic data request: the task and the name are checked at the open, and the close
+publishes the file as is, in chunks, instead of parsing it. ``cleanup-patterns/`` is
+virtual and read-only: it lists and serves the account's custom cleanup patterns from the
+gateway's store to Threat Mitigators (at the product's download bandwidth).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import posixpath
+import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
 from tmsp.events.v1 import products_pb2
-from tmsp_common.errors import InvalidArgument, Unavailable
+from tmsp_common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from tmsp_common.logging import get_logger
 from tmsp_ingest import metrics
 from tmsp_ingest.domain.intake import UploadTooLarge
-from tmsp_ingest.domain.products import Refusal
+from tmsp_ingest.domain.patterns import CleanupPattern
+from tmsp_ingest.domain.products import Kind, Refusal
 from tmsp_ingest.service_layer.authenticate import (
     Authenticated,
     AuthenticationFailed,
     SessionStanding,
 )
 from tmsp_ingest.service_layer.gateway import Gateway
+from tmsp_ingest.service_layer.intake import Hold
 
 log = get_logger(__name__)
 AUTH_INFO = "tmsp_auth"
 WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
+FORENSICS = "forensics"
+PATTERNS = "cleanup-patterns"
+FORENSIC_PLACE = "forensic data goes to forensics/<task_id>/<file_name>"
+READ_ONLY = "cleanup patterns are read-only"
+
+
+def client_parts(path: bytes) -> tuple[str, ...]:
+    """The components of a client's path inside its virtual root (as asyncssh's chroot
+    normalises it: relative to the root, ``..`` cannot leave it)."""
+    normal = posixpath.normpath(posixpath.join(b"/", path))
+    return tuple(p.decode(errors="surrogateescape") for p in normal.split(b"/") if p)
+
+
+def _attrs(pattern: CleanupPattern | None) -> asyncssh.SFTPAttrs:
+    """A read-only file (``pattern``) or the read-only directory of patterns (None)."""
+    if pattern is None:
+        return asyncssh.SFTPAttrs(
+            type=asyncssh.FILEXFER_TYPE_DIRECTORY, permissions=stat.S_IFDIR | 0o555
+        )
+    when = int(pattern.updated_at.timestamp()) if pattern.updated_at else None
+    return asyncssh.SFTPAttrs(
+        type=asyncssh.FILEXFER_TYPE_REGULAR,
+        size=pattern.size,
+        permissions=stat.S_IFREG | 0o444,
+        atime=when,
+        mtime=when,
+    )
 
 
 def ensure_host_key(data_dir: str) -> Path:
@@ -58,15 +102,27 @@ def ensure_host_key(data_dir: str) -> Path:
 
 
 class _OpenFile:
-    __slots__ = ("failed", "file", "name", "path", "size", "writing")
+    __slots__ = ("failed", "file", "limit", "name", "path", "size", "task_id", "writing")
 
-    def __init__(self, file: Any, name: str, path: str, writing: bool) -> None:
+    def __init__(
+        self, file: Any, name: str, path: str, writing: bool, limit: int, task_id: str | None
+    ) -> None:
         self.file = file
         self.name = name
         self.path = path
         self.writing = writing
+        self.limit = limit
+        self.task_id = task_id
+        """The forensic data request a file in ``forensics/<task_id>/`` answers."""
         self.size = 0
         self.failed = False
+
+
+class _PatternFile:
+    __slots__ = ("pattern",)
+
+    def __init__(self, pattern: CleanupPattern) -> None:
+        self.pattern = pattern
 
 
 class ProductSFTPServer(asyncssh.SFTPServer):
@@ -101,31 +157,123 @@ class ProductSFTPServer(asyncssh.SFTPServer):
         return mapped
 
     async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
+        parts = client_parts(path)
+        writing = bool(pflags & WRITE_FLAGS)
+        if parts[:1] == (PATTERNS,):
+            if writing:
+                raise asyncssh.SFTPPermissionDenied(READ_ONLY)
+            await self._confirm_standing()
+            return _PatternFile(await self._pattern(parts, download=True))
         mapped = self.map_path(path)
         if os.path.islink(mapped):
             raise asyncssh.SFTPPermissionDenied("links are not allowed")
         await self._confirm_standing()
+        task_id = None
+        if writing and parts[:1] == (FORENSICS,):
+            if len(parts) != 3:
+                raise asyncssh.SFTPPermissionDenied(FORENSIC_PLACE)
+            task_id = parts[1]
+            try:
+                await self.gateway.forensics.accepts(self.who.product, task_id, parts[2])
+            except (InvalidArgument, NotFound, FailedPrecondition) as exc:
+                raise asyncssh.SFTPPermissionDenied(f"refused: {exc.message}") from None
         file_obj = super().open(path, pflags, attrs)
         name = os.path.basename(mapped).decode(errors="replace")
+        limit = self.gateway.forensics.max_bytes if task_id else self.gateway.max_upload_bytes
         return _OpenFile(
-            file_obj, name, mapped.decode(errors="surrogateescape"), bool(pflags & WRITE_FLAGS)
+            file_obj,
+            name,
+            mapped.decode(errors="surrogateescape"),
+            writing,
+            limit,
+            task_id,
         )
 
-    async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+    async def _pattern(self, parts: tuple[str, ...], *, download: bool) -> CleanupPattern:
+        """The pattern ``cleanup-patterns/<name>`` names, as the HTTPS download sees it
+        (``download``: counted as one)."""
+        if len(parts) != 2:
+            raise asyncssh.SFTPNoSuchFile("no such file")
+        product = self.who.product
+        try:
+            if download:
+                return await self.gateway.pattern(product, parts[1], protocol_label="sftp")
+            return await self.gateway.patterns.download(product, parts[1])
+        except (NotFound, InvalidArgument) as exc:
+            raise asyncssh.SFTPNoSuchFile(exc.message) from None
+        except PermissionDenied as exc:
+            raise asyncssh.SFTPPermissionDenied(exc.message) from None
+
+    async def _virtual_attrs(self, parts: tuple[str, ...]) -> asyncssh.SFTPAttrs:
+        if len(parts) == 1:
+            if self.who.product.kind is not Kind.THREAT_MITIGATOR:
+                raise asyncssh.SFTPPermissionDenied("cleanup patterns are for Threat Mitigators")
+            return _attrs(None)
+        return _attrs(await self._pattern(parts, download=False))
+
+    async def stat(self, path: bytes) -> asyncssh.SFTPAttrs | os.stat_result:
+        parts = client_parts(path)
+        if parts[:1] == (PATTERNS,):
+            return await self._virtual_attrs(parts)
+        return os.stat(self.map_path(path))
+
+    async def lstat(self, path: bytes) -> asyncssh.SFTPAttrs | os.stat_result:
+        parts = client_parts(path)
+        if parts[:1] == (PATTERNS,):
+            return await self._virtual_attrs(parts)
+        return os.lstat(self.map_path(path))
+
+    def fstat(self, file_obj: object) -> asyncssh.SFTPAttrs | os.stat_result:
+        if isinstance(file_obj, _PatternFile):
+            return _attrs(file_obj.pattern)
         if not isinstance(file_obj, _OpenFile):
             raise asyncssh.SFTPFailure("unknown handle")
-        await self.gateway.bandwidth.download(self.who.product, size)
-        file_obj.file.seek(offset)
-        data: bytes = file_obj.file.read(size)
+        file_obj.file.flush()
+        return os.fstat(file_obj.file.fileno())
+
+    async def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
+        parts = client_parts(path)
+        if parts[:1] != (PATTERNS,):
+            async for entry in super().scandir(path):
+                yield entry
+            if not parts and self.who.product.kind is Kind.THREAT_MITIGATOR:
+                yield asyncssh.SFTPName(PATTERNS.encode(), attrs=_attrs(None))
+            return
+        await self._virtual_attrs(parts[:1])  # refuses a TDA
+        if len(parts) != 1:
+            raise asyncssh.SFTPNoSuchFile("no such directory")
+        for name in (b".", b".."):
+            yield asyncssh.SFTPName(name, attrs=_attrs(None))
+        for pattern in await self.gateway.patterns.listing(self.who.product):
+            yield asyncssh.SFTPName(pattern.name.encode(), attrs=_attrs(pattern))
+
+    def mkdir(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        parts = client_parts(path)
+        if parts[:1] == (PATTERNS,):
+            raise asyncssh.SFTPPermissionDenied(READ_ONLY)
+        if parts[:1] == (FORENSICS,) and len(parts) > 2:
+            raise asyncssh.SFTPPermissionDenied(FORENSIC_PLACE)
+        super().mkdir(path, attrs)
+
+    async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        """At the product's download bandwidth, metered by the bytes actually sent."""
+        if isinstance(file_obj, _PatternFile):
+            data = file_obj.pattern.content[offset : offset + size]
+        elif isinstance(file_obj, _OpenFile):
+            file_obj.file.seek(offset)
+            data = file_obj.file.read(size)
+        else:
+            raise asyncssh.SFTPFailure("unknown handle")
+        await self.gateway.bandwidth.download(self.who.product, len(data))
         return data
 
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
         if not isinstance(file_obj, _OpenFile):
-            raise asyncssh.SFTPFailure("unknown handle")
+            raise asyncssh.SFTPPermissionDenied(READ_ONLY)
         end = offset + len(data)
-        if end > self.gateway.max_upload_bytes:
+        if end > file_obj.limit:
             file_obj.failed = True  # the close discards it instead of ingesting a prefix
-            raise asyncssh.SFTPFailure(f"file larger than {self.gateway.max_upload_bytes} bytes")
+            raise asyncssh.SFTPFailure(f"file larger than {file_obj.limit} bytes")
         await self.gateway.bandwidth.upload(self.who.product, len(data))
         file_obj.file.seek(offset)
         file_obj.file.write(data)
@@ -139,6 +287,8 @@ class ProductSFTPServer(asyncssh.SFTPServer):
         return self.chan.is_closing() or getattr(self.chan, "_recv_state", "open") != "open"
 
     async def close(self, file_obj: object) -> None:
+        if isinstance(file_obj, _PatternFile):
+            return
         if not isinstance(file_obj, _OpenFile):
             raise asyncssh.SFTPFailure("unknown handle")
         file_obj.file.close()
@@ -156,22 +306,16 @@ class ProductSFTPServer(asyncssh.SFTPServer):
         if file_obj.failed:
             Path(file_obj.path).unlink(missing_ok=True)
             raise asyncssh.SFTPFailure("upload refused: file too large")
-        hold = self.gateway.intake.hold()
         try:
-            await self._confirm_standing()  # the file is discarded below when refused
-            path = Path(file_obj.path)
-            await hold.add(path.stat().st_size)
-            data = path.read_bytes()
-            if not data:
-                return
-            outcome = await self.gateway.ingest(
-                self.who.product,
-                file_obj.name,
-                data,
-                protocol=products_pb2.UPLOAD_PROTOCOL_SSH,
-                protocol_label="sftp",
-                hold=hold,
-            )
+            with self.gateway.intake.hold() as hold:
+                await self._confirm_standing()  # the file is discarded below when refused
+                path = Path(file_obj.path)
+                await hold.add(path.stat().st_size)
+                data = path.read_bytes()
+                if file_obj.task_id is not None:
+                    await self._commit_forensic_data(file_obj, file_obj.task_id, data, hold)
+                elif data:
+                    await self._commit_log(file_obj, data, hold)
         except Unavailable as exc:
             log.warning(
                 "upload not acknowledged",
@@ -181,9 +325,20 @@ class ProductSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPFailure(f"upload not accepted, retry: {exc.message}") from None
         except (UploadTooLarge, InvalidArgument) as exc:
             raise asyncssh.SFTPFailure(f"upload refused: {exc}") from None
+        except (NotFound, FailedPrecondition) as exc:
+            raise asyncssh.SFTPPermissionDenied(f"refused: {exc.message}") from None
         finally:
-            hold.release()
             Path(file_obj.path).unlink(missing_ok=True)
+
+    async def _commit_log(self, file_obj: _OpenFile, data: bytes, hold: Hold) -> None:
+        outcome = await self.gateway.ingest(
+            self.who.product,
+            file_obj.name,
+            data,
+            protocol=products_pb2.UPLOAD_PROTOCOL_SSH,
+            protocol_label="sftp",
+            hold=hold,
+        )
         log.info(
             "upload received",
             product_id=self.who.product.product_id,
@@ -191,6 +346,19 @@ class ProductSFTPServer(asyncssh.SFTPServer):
             accepted=outcome.accepted,
             rejected=outcome.rejected,
             duplicate=outcome.duplicate,
+        )
+
+    async def _commit_forensic_data(
+        self, file_obj: _OpenFile, task_id: str, data: bytes, hold: Hold
+    ) -> None:
+        await self.gateway.forensic_upload(
+            self.who.product,
+            task_id,
+            file_obj.name,
+            data,
+            protocol=products_pb2.UPLOAD_PROTOCOL_SSH,
+            protocol_label="sftp",
+            hold=hold,
         )
 
     def symlink(self, oldpath: bytes, newpath: bytes) -> None:

@@ -9,6 +9,18 @@ the long-run rate is exact. Pure: the caller supplies the time and does the slee
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+DOWNLOAD_PIECE = 16 * 1024
+"""A download is written in pieces of this size, each after the bucket allowed it."""
+
+
+def pieces(data: bytes, size: int) -> Iterator[bytes]:
+    """``data`` in order, in pieces of at most ``size`` bytes, none empty."""
+    view = memoryview(data)
+    for start in range(0, len(data), size):
+        yield bytes(view[start : start + size])
+
 
 class TokenBucket:
     """``rate`` bytes per second with a burst of ``burst`` bytes; rate 0 means unlimited."""

@@ -1,4 +1,5 @@
-"""Kafka consumers of the gateway: the accounts projection and incoming mitigation tasks."""
+"""Kafka consumers of the gateway: the accounts projection, incoming mitigation tasks and
+the accounts' cleanup pattern catalogues."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from typing import Any
 from tmsp.events.v1 import accounts_pb2, status_pb2
 from tmsp_common.kafka.consumer import ConsumedEvent, InvalidEvent
 from tmsp_common.kafka.envelope import from_timestamp
+from tmsp_ingest import metrics
+from tmsp_ingest.domain.patterns import CleanupPattern
 from tmsp_ingest.domain.products import AccountView
+from tmsp_ingest.service_layer.forensics import PatternCatalogue
 from tmsp_ingest.service_layer.ports import AccountRepository, ProductRepository, TaskRepository
 
 
@@ -49,5 +53,36 @@ def tasks_handler(tasks: TaskRepository, products: ProductRepository) -> Any:
             if task.account_id != product.account_id:
                 raise InvalidEvent(event, "mitigation task's account is not the product's")
             await tasks.add(task)
+
+    return handle
+
+
+def cleanup_pattern(event: status_pb2.CleanupPattern) -> CleanupPattern:
+    return CleanupPattern(
+        account_id=event.account_id,
+        name=event.name,
+        content=event.content,
+        content_sha256=event.content_sha256,
+        size=event.size,
+        version=event.version,
+        deleted=event.deleted,
+        updated_at=from_timestamp(event.updated_at) if event.HasField("updated_at") else None,
+        description=event.description,
+    )
+
+
+def patterns_handler(catalogue: PatternCatalogue) -> Any:
+    """Keep the highest version of each pattern (a removal as a tombstone); a pattern that
+    cannot be stored (no account, bad name, content not matching its hash or size, too
+    large) is dead-lettered."""
+
+    async def handle(events: list[ConsumedEvent[Any]]) -> None:
+        for event in events:
+            pattern = cleanup_pattern(event.payload)
+            problem = pattern.problem()
+            if problem:
+                raise InvalidEvent(event, problem)
+            stored = await catalogue.apply(pattern)
+            metrics.PATTERN_UPDATES.labels("stored" if stored else "stale").inc()
 
     return handle

@@ -2,8 +2,9 @@
 
 Serves, in one process: the admin gRPC API (product registry), the SFTP log server, the
 HTTPS log server, syslog over TLS, and the HTTPS status server; consumes the accounts
-projection and mitigation tasks. Order: logging, settings, dependencies, topics, build,
-serve; on SIGTERM: health NOT_SERVING, stop accepting, finish in-flight uploads, flush.
+projection, mitigation tasks and cleanup patterns. Order: logging, settings, dependencies,
+topics, build, serve; on SIGTERM: health NOT_SERVING, stop accepting, finish in-flight
+uploads, flush.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from tmsp_common import mongo
 from tmsp_common.grpc_server import GrpcConfig, GrpcServer
 from tmsp_common.kafka import topics
 from tmsp_common.kafka.admin import ensure_topics
-from tmsp_common.kafka.consumer import ConsumerRunner
+from tmsp_common.kafka.consumer import BatchHandler, ConsumerRunner
 from tmsp_common.kafka.producer import EventProducer
+from tmsp_common.kafka.topics import Topic
 from tmsp_common.lifecycle import run_service
 from tmsp_common.logging import get_logger
 from tmsp_common.metrics import start_metrics_server
@@ -31,7 +33,7 @@ from tmsp_ingest.adapters.sftp_server import start_sftp
 from tmsp_ingest.adapters.syslog_tls import SyslogTlsServer, server_context
 from tmsp_ingest.bootstrap import build, verifier
 from tmsp_ingest.config import IngestSettings
-from tmsp_ingest.entrypoints.consumers import accounts_handler, tasks_handler
+from tmsp_ingest.entrypoints.consumers import accounts_handler, patterns_handler, tasks_handler
 from tmsp_ingest.entrypoints.grpc_api import ProductRegistryServicer
 
 log = get_logger(__name__)
@@ -43,8 +45,9 @@ PRODUCED = (
     topics.INGEST_REJECTED,
     topics.HEARTBEATS,
     topics.UPLOADS,
+    topics.FORENSIC_DATA,
 )
-CONSUMED = (topics.ACCOUNTS, topics.MITIGATION_TASKS)
+CONSUMED = (topics.ACCOUNTS, topics.MITIGATION_TASKS, topics.CLEANUP_PATTERNS)
 
 
 async def serve(settings: IngestSettings, stop: asyncio.Event) -> None:
@@ -88,23 +91,28 @@ async def serve(settings: IngestSettings, stop: asyncio.Event) -> None:
         service_names=[ingest_pb2.DESCRIPTOR.services_by_name["ProductRegistryService"].full_name],
         verifier=token_verifier,
     )
+    consumed: list[tuple[str, Topic, BatchHandler, int]] = [
+        (settings.accounts_group, topics.ACCOUNTS, accounts_handler(parts.accounts), 500),
+        (
+            settings.tasks_group,
+            topics.MITIGATION_TASKS,
+            tasks_handler(parts.tasks, parts.registry.products),
+            500,
+        ),
+        # up to 512 KiB each: small batches keep the records in hand bounded
+        (settings.patterns_group, topics.CLEANUP_PATTERNS, patterns_handler(parts.patterns), 20),
+    ]
     runners = [
         ConsumerRunner(
             bootstrap=settings.kafka_bootstrap,
-            group_id=settings.accounts_group,
-            topics=[topics.ACCOUNTS],
-            handler=accounts_handler(parts.accounts),
+            group_id=group,
+            topics=[topic],
+            handler=handler,
             dead_letters=producer,
             topic_prefix=settings.topic_prefix,
-        ),
-        ConsumerRunner(
-            bootstrap=settings.kafka_bootstrap,
-            group_id=settings.tasks_group,
-            topics=[topics.MITIGATION_TASKS],
-            handler=tasks_handler(parts.tasks, parts.registry.products),
-            dead_letters=producer,
-            topic_prefix=settings.topic_prefix,
-        ),
+            batch_size=batch_size,
+        )
+        for group, topic, handler, batch_size in consumed
     ]
     consumer_stop = asyncio.Event()
     consumer_tasks = [asyncio.create_task(r.run(consumer_stop)) for r in runners]

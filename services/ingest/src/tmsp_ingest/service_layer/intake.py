@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tmsp.events.v1 import status_pb2
 from tmsp_common.clock import Clock
@@ -106,8 +106,8 @@ class UploadBuffer:
 
 
 class Hold:
-    """One upload's share of the :class:`UploadBuffer`; release it exactly once (the
-    intake takes it over when it starts the publication)."""
+    """One upload's share of the :class:`UploadBuffer`; release it exactly once, or use it
+    as a context manager (the intake takes it over when it starts the publication)."""
 
     def __init__(self, buffer: UploadBuffer, timeout: float) -> None:
         self.buffer = buffer
@@ -121,6 +121,12 @@ class Hold:
         if self.nbytes:
             self.buffer.release(self.nbytes)
             self.nbytes = 0
+
+    def __enter__(self) -> Hold:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()  # a no-op once the publication took it over
 
     def take_over(self) -> Hold:
         """A hold with this one's bytes; this one is left empty."""
@@ -154,7 +160,7 @@ class Intake:
         self.max_upload_bytes = max_upload_bytes
         self.ack_timeout = ack_timeout
         self.buffer = UploadBuffer(max_buffered_bytes or 4 * max_upload_bytes)
-        self._inflight: dict[tuple[str, str], asyncio.Task[UploadOutcome]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Task[Any]] = {}
 
     def hold(self) -> Hold:
         """An empty share of the upload buffer, for a session about to read an upload."""
@@ -185,8 +191,7 @@ class Intake:
         publication takes it over, otherwise the caller releases it (a hold made here is
         released here)."""
         if hold is None:
-            own = self.hold()
-            try:
+            with self.hold() as own:
                 return await self.ingest(
                     product,
                     file_name,
@@ -195,30 +200,48 @@ class Intake:
                     forced_format=forced_format,
                     hold=own,
                 )
-            finally:
-                own.release()  # a no-op once the publication took it over
         sha = hashlib.sha256(data).hexdigest()
         seen = await self.ledger.find(product.product_id, sha)
         if seen is not None:
             return UploadOutcome(seen.accepted, seen.rejected, True, sha, UploadStats())
         key = (product.product_id, sha)
-        task = self._inflight.get(key)
-        if task is None:
+        plain = b""
+        if not self.publishing(key):
             try:
                 plain = decompress(data, self.max_upload_bytes)
             except InvalidRecord as exc:
                 raise InvalidArgument("file", exc.reason) from None
             await hold.add(len(plain))  # the lines split from it
-            task = self._inflight.get(key)  # a retry may have started it meanwhile
+        return await self.publish_once(  # joins a retry that started it meanwhile
+            key,
+            hold,
+            lambda: self._publish(product, file_name, data, plain, sha, protocol, forced_format),
+            "the upload",
+        )
+
+    def publishing(self, key: tuple[str, str]) -> bool:
+        """Whether the publication named ``key`` is under way (a retry joins it)."""
+        return key in self._inflight
+
+    async def publish_once(
+        self,
+        key: tuple[str, str],
+        hold: Hold,
+        publication: Callable[[], Coroutine[Any, Any, T]],
+        what: str,
+    ) -> T:
+        """Run ``publication`` as the one background task for ``key`` (a retry while it
+        runs joins it instead of publishing a second copy) and wait for it at most
+        ``ack_timeout`` seconds (:class:`Unavailable` after that; the task goes on). The
+        task takes ``hold`` over and releases it when it ends."""
+        task: asyncio.Task[T] | None = self._inflight.get(key)
         if task is None:
             owned = hold.take_over()
-            task = asyncio.create_task(
-                self._publish(product, file_name, data, plain, sha, protocol, forced_format)
-            )
+            task = asyncio.create_task(publication())
             self._inflight[key] = task
             task.add_done_callback(lambda t: self._forget(key, t))
             task.add_done_callback(lambda _: owned.release())
-        return await self.acknowledged(asyncio.shield(task), "the upload")
+        return await self.acknowledged(asyncio.shield(task), what)
 
     async def acknowledged(self, work: Awaitable[T], what: str) -> T:
         """``work``'s result if it ends within ``ack_timeout`` seconds, else
@@ -236,7 +259,7 @@ class Intake:
         """The intake of one streaming session named ``session``."""
         return Stream(self, product, session, protocol)
 
-    def _forget(self, key: tuple[str, str], task: asyncio.Task[UploadOutcome]) -> None:
+    def _forget(self, key: tuple[str, str], task: asyncio.Task[Any]) -> None:
         self._inflight.pop(key, None)
         if not task.cancelled():
             task.exception()  # retrieved: a failure was already reported to the waiting client

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from tmsp.events.v1 import status_pb2
 from tmsp_ingest.domain.intake import UploadContext
+from tmsp_ingest.domain.patterns import CleanupPattern
 from tmsp_ingest.domain.products import AccountView, Product
 
 
@@ -110,3 +111,24 @@ class TaskRepository(Protocol):
     async def pending(self, product_id: str, limit: int) -> list[status_pb2.MitigationTask]: ...
 
     async def acknowledge(self, product_id: str, task_ids: Iterable[str]) -> int: ...
+
+    async def get(self, task_id: str) -> status_pb2.MitigationTask | None:
+        """The stored task (acknowledged or not), or None."""
+
+
+class ForensicSink(Protocol):
+    async def forensic_chunks(self, chunks: Iterable[status_pb2.ForensicDataChunk]) -> None:
+        """Publish every chunk (key ``upload_id``, event id ``upload_id:index``) and wait for
+        every acknowledgement; raises :class:`tmsp_common.errors.Unavailable` if the bus
+        fails."""
+
+
+class PatternRepository(Protocol):
+    async def put(self, pattern: CleanupPattern) -> bool:
+        """Store ``pattern`` (or its tombstone) unless a newer version of it is stored;
+        True when stored."""
+
+    async def get(self, account_id: str, name: str) -> CleanupPattern | None: ...
+
+    async def names(self, account_id: str) -> list[CleanupPattern]:
+        """The account's patterns that are not removed, by name, without their content."""
