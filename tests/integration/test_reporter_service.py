@@ -32,6 +32,7 @@ from tmsp.events.v1 import (
     status_pb2,
 )
 from tmsp_common.clock import FakeClock
+from tmsp_common.forensics import ForensicFile
 from tmsp_common.grpc_client import channel
 from tmsp_common.kafka.admin import ensure_topics
 from tmsp_common.kafka.envelope import to_timestamp, unwrap
@@ -43,7 +44,7 @@ from tmsp_reporter import bootstrap
 from tmsp_reporter.adapters.mongo import create_indexes
 from tmsp_reporter.bootstrap import App
 from tmsp_reporter.config import ReporterSettings
-from tmsp_reporter.domain.forensics import MAX_CHUNK_BYTES, ForensicFile
+from tmsp_reporter.domain.forensics import MAX_CHUNK_BYTES
 from tmsp_reporter.domain.model import Compliance, ReportSchedule
 from tmsp_reporter.domain.periods import ReportKind
 from tmsp_reporter.domain.retention import LogMaintenance

@@ -22,10 +22,11 @@ from tmsp_common.errors import (
     PermissionDenied,
     Unavailable,
 )
+from tmsp_common.forensics import CHUNK_BYTES, chunk_count
 from tmsp_common.kafka import topics
 from tmsp_common.kafka.consumer import ConsumedEvent, InvalidEvent
 from tmsp_ingest.domain import forensics
-from tmsp_ingest.domain.forensics import CHUNK_BYTES, ForensicFile, check_file_name, upload_id
+from tmsp_ingest.domain.forensics import check_file_name, forensic_file, upload_id
 from tmsp_ingest.domain.intake import UploadTooLarge
 from tmsp_ingest.domain.patterns import MAX_PATTERN_BYTES, CleanupPattern
 from tmsp_ingest.domain.products import Kind, Product
@@ -66,7 +67,7 @@ def test_a_file_name_is_accepted_only_when_it_is_safe(name: str) -> None:
 def test_chunks_reassemble_to_the_file(data: bytes, size: int) -> None:
     pieces = list(forensics.chunks(data, size))
     assert b"".join(pieces) == data
-    assert len(pieces) == forensics.chunk_count(len(data), size)
+    assert len(pieces) == chunk_count(len(data), size)
     assert all(0 < len(p) <= size for p in pieces)
 
 
@@ -75,7 +76,7 @@ def test_chunks_reassemble_to_the_file(data: bytes, size: int) -> None:
     [(1, 1), (CHUNK_BYTES - 1, 1), (CHUNK_BYTES, 1), (CHUNK_BYTES + 1, 2), (3 * CHUNK_BYTES, 3)],
 )
 def test_chunk_count_at_the_boundaries(size: int, count: int) -> None:
-    assert forensics.chunk_count(size) == count == len(list(forensics.chunks(b"x" * size)))
+    assert chunk_count(size) == count == len(list(forensics.chunks(b"x" * size)))
 
 
 def test_upload_id_is_deterministic_and_names_every_input() -> None:
@@ -302,5 +303,5 @@ async def test_the_patterns_consumer_stores_good_ones_and_dead_letters_bad_ones(
 
 
 def test_forensic_file_counts_its_chunks() -> None:
-    file = ForensicFile.of("t", "a", "p", "f", b"z" * (CHUNK_BYTES * 2))
+    file = forensic_file("t", "a", "p", "f", b"z" * (CHUNK_BYTES * 2))
     assert file.count == 2 and file.size == CHUNK_BYTES * 2

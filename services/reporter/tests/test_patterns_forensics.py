@@ -23,12 +23,12 @@ from tmsp_common.errors import (
     NotFound,
     Unavailable,
 )
+from tmsp_common.forensics import ForensicFile
 from tmsp_common.kafka.topics import CLEANUP_PATTERNS, Topic
 from tmsp_reporter.domain.forensics import (
     MAX_CHUNK_BYTES,
     MAX_CHUNKS,
     MAX_FILE_BYTES,
-    ForensicFile,
     InvalidChunk,
     all_received,
     check_agrees,

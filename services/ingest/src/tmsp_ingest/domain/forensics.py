@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from tmsp.events.v1 import status_pb2
 from tmsp_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from tmsp_common.forensics import CHUNK_BYTES, ForensicFile, chunk_count
 from tmsp_ingest.domain.bandwidth import pieces
 
-CHUNK_BYTES = 256 * 1024
 FORENSIC_DATA_REQUEST = status_pb2.MITIGATION_TASK_KIND_FORENSIC_DATA_REQUEST
 _FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
@@ -49,10 +48,6 @@ def upload_id(task_id: str, product_id: str, file_name: str, content_sha256: str
     return "fd-" + hashlib.sha256(material).hexdigest()[:32]
 
 
-def chunk_count(size: int, chunk_bytes: int = CHUNK_BYTES) -> int:
-    return -(-size // chunk_bytes)
-
-
 def chunks(data: bytes, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
     """The pieces of ``data`` in order, each at most ``chunk_bytes``, none empty."""
     return pieces(data, chunk_bytes)
@@ -62,33 +57,18 @@ def chunk_event_id(upload: str, index: int) -> str:
     return f"{upload}:{index}"
 
 
-@dataclass(frozen=True)
-class ForensicFile:
-    """One uploaded file of forensic data, as every chunk of it describes it."""
-
-    upload_id: str
-    task_id: str
-    account_id: str
-    product_id: str
-    file_name: str
-    content_sha256: str
-    size: int
-
-    @property
-    def count(self) -> int:
-        return chunk_count(self.size)
-
-    @classmethod
-    def of(
-        cls, task_id: str, account_id: str, product_id: str, file_name: str, data: bytes
-    ) -> ForensicFile:
-        sha = hashlib.sha256(data).hexdigest()
-        return cls(
-            upload_id(task_id, product_id, file_name, sha),
-            task_id,
-            account_id,
-            product_id,
-            file_name,
-            sha,
-            len(data),
-        )
+def forensic_file(
+    task_id: str, account_id: str, product_id: str, file_name: str, data: bytes
+) -> ForensicFile:
+    """The metadata of ``data`` uploaded as ``file_name`` for ``task_id``."""
+    sha = hashlib.sha256(data).hexdigest()
+    return ForensicFile(
+        upload_id=upload_id(task_id, product_id, file_name, sha),
+        task_id=task_id,
+        account_id=account_id,
+        product_id=product_id,
+        file_name=file_name,
+        content_sha256=sha,
+        size=len(data),
+        count=chunk_count(len(data)),
+    )

@@ -17,9 +17,9 @@ from datetime import datetime
 from tmsp.events.v1 import status_pb2
 from tmsp_common.clock import Clock
 from tmsp_common.errors import InvalidArgument
+from tmsp_common.forensics import ForensicFile
 from tmsp_common.kafka.envelope import to_timestamp
 from tmsp_ingest.domain import forensics, patterns
-from tmsp_ingest.domain.forensics import ForensicFile
 from tmsp_ingest.domain.intake import UploadTooLarge
 from tmsp_ingest.domain.patterns import CleanupPattern
 from tmsp_ingest.domain.products import Product
@@ -94,7 +94,9 @@ class ForensicIntake:
             raise InvalidArgument("file", "empty upload")
         if len(data) > self.max_bytes:
             raise UploadTooLarge(f"forensic data larger than {self.max_bytes} bytes")
-        file = ForensicFile.of(task_id, product.account_id, product.product_id, file_name, data)
+        file = forensics.forensic_file(
+            task_id, product.account_id, product.product_id, file_name, data
+        )
         key = ("forensic", file.upload_id)
         if not self.intake.publishing(key):
             await hold.add(len(data))  # the chunks' copy on its way to the broker

@@ -6,10 +6,10 @@ import asyncio
 import time
 
 from tmsp_common.errors import DomainError
+from tmsp_common.forensics import ForensicFile
 from tmsp_common.logging import get_logger
 from tmsp_ingest import metrics
 from tmsp_ingest.domain.bandwidth import TokenBucket
-from tmsp_ingest.domain.forensics import ForensicFile
 from tmsp_ingest.domain.intake import UploadTooLarge
 from tmsp_ingest.domain.patterns import CleanupPattern
 from tmsp_ingest.domain.products import Product

@@ -8,10 +8,10 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tmsp.events.v1 import accounts_pb2, detections_pb2, incidents_pb2, products_pb2, status_pb2
+from tmsp_common.forensics import ForensicFile
 from tmsp_common.kafka.envelope import from_timestamp
 from tmsp_common.mongo import Document
 from tmsp_common.severity import Severity
-from tmsp_reporter.domain.forensics import ForensicFile
 from tmsp_reporter.domain.model import (
     AccountRow,
     IncidentStatus,

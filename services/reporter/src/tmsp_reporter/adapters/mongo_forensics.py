@@ -17,8 +17,9 @@ from bson import Binary
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
+from tmsp_common.forensics import ForensicFile
 from tmsp_common.mongo import Document, insert_idempotent
-from tmsp_reporter.domain.forensics import ForensicFile, ForensicFileRow
+from tmsp_reporter.domain.forensics import ForensicFileRow
 
 _FILE_FIELDS = (
     "task_id",

@@ -9,7 +9,9 @@ from collections.abc import Collection
 from dataclasses import dataclass, fields
 from datetime import datetime
 
-MAX_CHUNK_BYTES = 256 * 1024
+from tmsp_common.forensics import CHUNK_BYTES, ForensicFile
+
+MAX_CHUNK_BYTES = CHUNK_BYTES
 MAX_FILE_BYTES = 1024 * 1024 * 1024
 MAX_CHUNKS = MAX_FILE_BYTES // MAX_CHUNK_BYTES
 MAX_FILE_NAME = 255
@@ -22,20 +24,6 @@ class InvalidChunk(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class ForensicFile:
-    """What every chunk of one file repeats; two chunks of an upload must agree on it."""
-
-    upload_id: str
-    task_id: str
-    account_id: str
-    product_id: str
-    file_name: str
-    content_sha256: str
-    size: int
-    count: int
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from datetime import datetime
 
 from tmsp_common.clock import Clock
 from tmsp_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from tmsp_common.forensics import ForensicFile
 from tmsp_common.logging import get_logger
 from tmsp_reporter.adapters.mongo import ReadModel
 from tmsp_reporter.adapters.mongo_forensics import ForensicStore
 from tmsp_reporter.domain.forensics import (
-    ForensicFile,
     ForensicFileRow,
     InvalidChunk,
     all_received,
