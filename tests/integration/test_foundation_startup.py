@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -14,9 +15,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 SERVICE = """
 from tmsp_common.lifecycle import run_service
 from tmsp_common.kafka.producer import EventProducer
+from tmsp_common.metrics import start_metrics_server
 from tmsp_common.settings import ServiceSettings
 
 async def main(settings, stop):
+    start_metrics_server(settings.metrics_port, "127.0.0.1")
     producer = EventProducer(settings.kafka_bootstrap, service="probe")
     await producer.start(timeout_s=3)
 
@@ -54,3 +57,18 @@ def test_bad_setting_stops_before_touching_the_broker() -> None:
 def test_reachable_broker_starts(infra: Infra) -> None:
     proc = run({"TMSP_KAFKA_BOOTSTRAP": infra.kafka_bootstrap})
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_port_taken_stops_with_one_line_naming_it() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # the base settings have no prefix; a service's is TMSP_<SERVICE>_METRICS_PORT
+        proc = run({"METRICS_PORT": str(port), "TMSP_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+    assert proc.returncode == 2
+    (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert line == (
+        f"tmsp-tmsp: cannot listen: [Errno 98] metrics endpoint 127.0.0.1:{port}: "
+        "Address already in use"
+    )

@@ -1,6 +1,7 @@
 """Process lifecycle shared by every entry point.
 
-Same order everywhere: logging, validated settings (exit 2 with one line on a bad one),
+Same order everywhere: logging, validated settings (exit 2 with one line on a bad one, or
+on a port that cannot be listened on),
 connect and ping dependencies (exit 3 with one line naming what is unreachable), build,
 SIGTERM/SIGINT only *request* shutdown, serve, then drain.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,6 +20,8 @@ from tmsp_common.logging import configure_logging, get_logger
 from tmsp_common.settings import ServiceSettings, load_settings
 
 S = TypeVar("S", bound=ServiceSettings)
+LISTEN_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+"""Errors binding a listening socket (port taken, address not here, privileged port)."""
 log = get_logger(__name__)
 
 
@@ -58,6 +62,12 @@ def run_service(settings_cls: type[S], main: Callable[[S, asyncio.Event], Awaita
     except DependencyUnavailable as exc:
         print(f"tmsp-{settings_cls.service_name}: {exc}", file=sys.stderr)
         raise SystemExit(3) from None
+    except OSError as exc:
+        if exc.errno not in LISTEN_ERRORS:
+            raise
+        # a port taken or not ours to bind: a setting to change, like a bad value
+        print(f"tmsp-{settings_cls.service_name}: cannot listen: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     log.info("stopped")

@@ -31,5 +31,8 @@ GRPC_SECONDS = Histogram("tmsp_grpc_server_handling_seconds", "gRPC call duratio
 def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104
     """Serve ``/metrics`` on ``port``; 0 means disabled."""
     if port:
-        start_http_server(port, addr=addr)
+        try:
+            start_http_server(port, addr=addr)
+        except OSError as exc:  # name the port: the error alone does not
+            raise OSError(exc.errno, f"metrics endpoint {addr}:{port}: {exc.strerror}") from None
         log.info("metrics endpoint listening", port=port)
