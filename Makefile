@@ -35,7 +35,7 @@ lint: setup ## ruff, mypy --strict, buf lint and the Kubernetes manifests
 	@$(UV) run --frozen ruff check .
 	@$(UV) run --frozen ruff format --check .
 	@echo "==> mypy --strict"
-	@$(UV) run --frozen mypy libs/common/src $(foreach s,$(SERVICES),$(if $(wildcard services/$(s)/src),services/$(s)/src)) scripts deploy/local
+	@$(UV) run --frozen mypy libs/common/src libs/client/src $(foreach s,$(SERVICES),$(if $(wildcard services/$(s)/src),services/$(s)/src)) scripts deploy/local
 	@echo "==> buf lint"
 	@$(INFRA) install-buf
 	@.local/bin/buf lint

@@ -1,0 +1,3 @@
+from tmsp_client.cli import main
+
+raise SystemExit(main())
