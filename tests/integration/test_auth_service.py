@@ -1074,6 +1074,8 @@ async def test_security_events_show_an_account_s_users_to_its_administrators_onl
     assert times == sorted(times, reverse=True)  # newest first
     failed = next(e for e in events if e.kind == kinds.AUTH_AUDIT_KIND_LOGIN_FAILED)
     assert failed.email.lower() == analyst_email.lower() and failed.detail
+    # the client named no address: the connection's peer is recorded
+    assert failed.source_ip in {"127.0.0.1", "::1"}
     assert all(wrong not in e.detail and analyst_pw not in e.detail for e in events)
     assert {e.user_id for e in events} <= {admin_id, analyst_id, ""}
 

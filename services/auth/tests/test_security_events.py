@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tmsp.events.v1 import auth_pb2, envelope_pb2
+from tmsp_auth.entrypoints.grpc_api import client_address
 from tmsp_auth.service_layer.security_events import SecurityEvents, event_document
 from tmsp_common.clock import FakeClock
 from tmsp_common.kafka.envelope import to_timestamp
@@ -62,3 +63,18 @@ async def test_the_retention_removes_what_is_older_than_it() -> None:
     events = SecurityEvents(fake, None, FakeClock(AT), retention=timedelta(days=90))  # type: ignore[arg-type]
     assert await events.purge() == 3
     assert fake.cutoffs == [AT - timedelta(days=90)]
+
+
+class Peer:
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
+
+
+def test_the_audit_address_is_the_named_one_else_the_peer() -> None:
+    assert client_address("203.0.113.7", Peer("ipv4:10.0.0.5:51234")) == "203.0.113.7"
+    assert client_address("", Peer("ipv4:10.0.0.5:51234")) == "10.0.0.5"
+    assert client_address("", Peer("ipv6:[2001:db8::1]:443")) == "2001:db8::1"
+    assert client_address("", Peer("unix:/tmp/sock")) == ""

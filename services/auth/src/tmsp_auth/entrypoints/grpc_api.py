@@ -108,12 +108,29 @@ def account_fields(msg: auth_pb2.Account) -> AccountFields:
     )
 
 
+def client_address(claimed: str, context: Ctx) -> str:
+    """The address for the audit trail: the one the caller names (a portal front end
+    passes its user's), else the connection's peer (``ipv4:10.0.0.5:51234``,
+    ``ipv6:[::1]:51234``)."""
+    if claimed:
+        return claimed
+    peer = str(context.peer() or "")
+    family, _, rest = peer.partition(":")
+    if family == "ipv4":
+        return rest.rpartition(":")[0]
+    if family == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return ""
+
+
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, app: App) -> None:
         self.uc = app.auth
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Ctx) -> auth_pb2.LoginResponse:
-        result = await self.uc.login(request.email, request.password, request.source_ip)
+        result = await self.uc.login(
+            request.email, request.password, client_address(request.source_ip, context)
+        )
         response = auth_pb2.LoginResponse(
             challenge_id=result.challenge_id,
             offer_two_factor_setup=result.offer_two_factor_setup,
@@ -132,7 +149,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             totp_code=request.totp_code,
             emergency_code=request.emergency_code,
             recovery_code=request.recovery_code,
-            source_ip=request.source_ip,
+            source_ip=client_address(request.source_ip, context),
         )
         return auth_pb2.VerifySecondFactorResponse(
             session=session_pb(session), recovery_codes_left=left
