@@ -151,6 +151,12 @@ def hits_topic_name(settings: CorrelatorSettings) -> str:
     return f"{settings.app_id}-hits"
 
 
+def detached_topic_name(settings: CorrelatorSettings) -> str:
+    """Status changes of incidents their group has left behind, applied by their own agent
+    (through the store, which may have to catch up) so the correlate agent never waits."""
+    return f"{settings.app_id}-detached-status"
+
+
 def changelog_topic_name(settings: CorrelatorSettings) -> str:
     """The window-state table's changelog (faust's name for it)."""
     return f"{settings.app_id}-{WINDOWS_TABLE}-changelog"
@@ -168,6 +174,14 @@ def internal_topics(settings: CorrelatorSettings) -> tuple[Topic, ...]:
             HIT_SOURCE,
             name=hits_topic_name(settings),
             partitions=settings.partitions,
+            has_dead_letter=False,
+        ),
+        Topic(
+            detached_topic_name(settings),
+            None,
+            key="incident id",
+            partitions=settings.partitions,
+            description="Internal: status changes of left-behind incidents, by incident",
             has_dead_letter=False,
         ),
         Topic(
@@ -223,6 +237,16 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     maintenance_topic = bus.topic(LOG_MAINTENANCE.qualified(prefix))
     hits_topic = app.topic(
         hits_topic_name(s),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=s.partitions,
+        internal=True,
+    )
+    detached_name = detached_topic_name(s)
+    detached_topic = app.topic(
+        detached_name,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -430,9 +454,30 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                 await send_hits(chained)
             for _inc, opened in changed.values():
                 INCIDENT_WRITES.labels("new" if opened else "update").inc()
-            for rec, hit, known_version in detached:
-                await change_detached(rec, hit, known_version)
+            for _rec, hit, known_version in detached:
+                # on the broker before this batch is acknowledged (faust flushes first)
+                await bus.send_raw(
+                    detached_name, hit["i"].encode(), orjson.dumps({"h": hit, "v": known_version})
+                )
             correlate_seconds.observe(time.perf_counter() - started)
+
+    @app.agent(detached_topic, name="detached-status")
+    async def detached_status(stream: Any) -> None:
+        async for event in stream.events():
+            record = Record.of(event)
+            try:
+                job = orjson.loads(event.value)
+                hit, known_version = job["h"], int(job["v"])
+                if not isinstance(hit, dict) or not {"i", "k", "a"} <= hit.keys():
+                    raise ValueError("no incident, group or account")
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                await refuse(
+                    INCIDENT_STATUS_CHANGES,
+                    record,
+                    EnvelopeError(f"undecodable detached status change: {exc}"),
+                )
+                continue
+            await change_detached(record, hit, known_version)
 
     @app.agent(heartbeats_topic, name="heartbeats")
     async def heartbeats(stream: Any) -> None:
@@ -559,6 +604,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
         uploads,
         products,
         log_maintenance,
+        detached_status,
     ]
 
 
