@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,14 +18,6 @@ from tmsp_client.connection import Targets
 from tmsp_client.context import Context
 from tmsp_client.output import Output
 from tmsp_client.session import Session, SessionStore
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for name in (*config.OPTIONS, "XDG_CONFIG_HOME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("TMSP_CLIENT_CONFIG_DIR", str(tmp_path / "cfg"))
-    return tmp_path / "cfg"
 
 
 def test_filters_parse_to_protobuf_values() -> None:
@@ -83,6 +76,13 @@ def test_repeatable_and_key_value_options() -> None:
         (["log-maintenance", "--log-days", "0"], "not a positive whole number"),
         (["reports", "generate", "--kind", "yearly"], "invalid choice"),
         (["incident"], "required"),
+        (["account", "delete", "acme"], "--confirm"),
+        (["users", "invite", "--email", "a@b.example", "--role", "operator"], "invalid choice"),
+        (["products", "register", "--protocol", "ftp"], "'ftp' is not one of"),
+        (["products", "update", "p1", "--upload-frequency", "-5"], "not a whole number"),
+        (["notifications", "set", "--event", "confirmation-code", "--enabled"], "invalid choice"),
+        (["notifications", "set", "--event", "incident", "--enabled", "--disabled"], "not allowed"),
+        (["2fa"], "required"),
     ],
 )
 def test_bad_usage_exits_2(
@@ -130,7 +130,9 @@ def _saved(cfg: Path, tls_dir: str) -> Session:
         access_token="at",
         refresh_token="rt",
         access_token_expires_at=datetime.now(UTC) + timedelta(minutes=5),
-        targets=Targets("auth.saved:1", "portal.saved:2", "ingest.saved:3", tls_dir),
+        targets=Targets(
+            "auth.saved:1", "portal.saved:2", "ingest.saved:3", tls_dir, "notifier.saved:4"
+        ),
     )
     SessionStore(cfg).save(session)
     return session
@@ -145,11 +147,30 @@ def test_targets_option_then_environment_then_session_then_default(
     settings = config.load({"TMSP_AUTH_TARGET": args.auth})
     ctx = Context(args, settings, Output(json=False))
     assert ctx.targets(session) == Targets(
-        "auth.option:10", "portal.env:20", "ingest.saved:3", "saved-tls"
+        "auth.option:10", "portal.env:20", "ingest.saved:3", "saved-tls", "notifier.saved:4"
     )
     assert ctx.targets(None) == Targets(
-        "auth.option:10", "portal.env:20", "127.0.0.1:50054", ".local/tls"
+        "auth.option:10", "portal.env:20", "127.0.0.1:50054", ".local/tls", "127.0.0.1:50056"
     )
+    notifier = build_parser().parse_args(["notifications", "--notifier", "notifier.option:5"])
+    chosen = Context(notifier, config.load({"TMSP_NOTIFIER_TARGET": notifier.notifier}), ctx.out)
+    assert chosen.targets(session).notifier == "notifier.option:5"
+
+
+def test_a_session_saved_before_the_notifier_target_existed_still_loads(
+    clean_env: Path,
+) -> None:
+    session = _saved(clean_env, "saved-tls")
+    path = clean_env / "session.json"
+    data = json.loads(path.read_text())
+    del data["targets"]["notifier"]
+    path.write_text(json.dumps(data))
+    loaded = SessionStore(clean_env).load()
+    assert loaded is not None and loaded.targets.notifier == ""
+    args = build_parser().parse_args(["notifications"])
+    ctx = Context(args, config.load(), Output(json=False))
+    assert ctx.targets(loaded).notifier == "127.0.0.1:50056"
+    assert loaded.targets.auth == session.targets.auth
 
 
 def test_no_ca_certificate_is_a_clear_setup_error(

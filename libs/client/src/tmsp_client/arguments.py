@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tmsp_client import config
 from tmsp_client.output import enum_choices, parse_enum
 
 if TYPE_CHECKING:
@@ -84,6 +85,63 @@ def positive(text: str) -> int:
     return value
 
 
+def comma_list(text: str) -> list[str]:
+    """``a,b`` -> ``["a", "b"]``; empty: none."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def whole(text: str) -> int:
+    """A whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return value
+
+
+VALUE_OPTIONS = frozenset(config.OPTIONS.values())
+"""The common options that take a value (the next word, unless written ``--opt=value``)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, plus a default verb for a group: ``tmsp account ID`` is ``tmsp account show
+    ID``, ``tmsp users --json`` is ``tmsp users list --json`` (the forms from before these
+    commands had verbs). Its sub-parsers are of this class too (argparse makes them so)."""
+
+    default_verb: str = ""
+    verbs: Collection[str] = ()
+
+    def parse_known_args(  # type: ignore[override]  # typeshed's overloads; same signature
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if args is not None and self.default_verb:
+            args = with_default_verb(list(args), self.default_verb, self.verbs)
+        return super().parse_known_args(args, namespace)
+
+
+def with_default_verb(words: list[str], default: str, verbs: Collection[str]) -> list[str]:
+    """``words`` (what follows a group's name) with ``default`` in front unless their first
+    word is one of ``verbs``, or there is none and help is asked for."""
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "--":
+            break
+        elif word.startswith("-") and word != "-":
+            skip = word in VALUE_OPTIONS
+        else:
+            if word in verbs:
+                return words
+            break
+    else:
+        if "-h" in words or "--help" in words:
+            return words
+    return [default, *words]
+
+
 def command(
     sub: Subparsers, common: argparse.ArgumentParser, name: str, help: str, run: Callable[..., None]
 ) -> argparse.ArgumentParser:
@@ -93,11 +151,16 @@ def command(
     return parser
 
 
-def command_group(sub: Subparsers, name: str, help: str) -> Subparsers:
-    """A command of verbs (``tmsp reports list``)."""
-    return sub.add_parser(name, help=help).add_subparsers(
-        dest="verb", required=True, metavar="VERB"
-    )
+def command_group(sub: Subparsers, name: str, help: str, default: str = "") -> Subparsers:
+    """A command of verbs (``tmsp reports list``); with ``default``, that verb is the one
+    meant when none is named (``tmsp users`` is ``tmsp users list``)."""
+    described = f"{help}. Without a verb: `{name} {default}`." if default else None
+    group = sub.add_parser(name, help=help, description=described)
+    verbs = group.add_subparsers(dest="verb", required=True, metavar="VERB")
+    if default:
+        group.default_verb = default
+        group.verbs = verbs.choices  # filled in as the verbs are added
+    return verbs
 
 
 def add_account(parser: argparse.ArgumentParser, default: str = "your own") -> None:

@@ -14,14 +14,35 @@ from collections.abc import Sequence
 import grpc
 
 from tmsp_client import config
-from tmsp_client.commands import admin, mitigation, portal, reports, signin
+from tmsp_client.arguments import Parser
+from tmsp_client.commands import (
+    accounts,
+    admin,
+    mitigation,
+    notifications,
+    portal,
+    products,
+    reports,
+    signin,
+    twofactor,
+)
 from tmsp_client.connection import MissingCA, describe_error
 from tmsp_client.context import Context, UsageError
 from tmsp_client.output import Output
 from tmsp_client.session import NotLoggedIn
 from tmsp_client.transfer import DownloadError
 
-COMMAND_GROUPS = (signin, portal, reports, mitigation, admin)
+COMMAND_GROUPS = (
+    signin,
+    twofactor,
+    portal,
+    accounts,
+    products,
+    reports,
+    notifications,
+    mitigation,
+    admin,
+)
 """Each registers its commands; a command's ``run(ctx)`` does one RPC (or a few)."""
 
 
@@ -35,6 +56,9 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument(
         "--ingest", metavar="HOST:PORT", help="ingest's registry (TMSP_INGEST_TARGET)"
     )
+    common.add_argument(
+        "--notifier", metavar="HOST:PORT", help="the notifier (TMSP_NOTIFIER_TARGET)"
+    )
     common.add_argument("--tls-dir", metavar="DIR", help="holds ca.pem (TMSP_TLS_DIR)")
     common.add_argument("--json", action="store_true", help="print the answer as JSON")
     return common
@@ -42,7 +66,7 @@ def _common() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tmsp",
         parents=[common],
         description="The Threat Management Services Portal from the command line.",
@@ -62,14 +86,8 @@ def _fail(message: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits 2 on bad usage
     try:
-        settings = config.load(
-            {
-                "TMSP_AUTH_TARGET": getattr(args, "auth", None),
-                "TMSP_REPORTER_TARGET": getattr(args, "portal", None),
-                "TMSP_INGEST_TARGET": getattr(args, "ingest", None),
-                "TMSP_TLS_DIR": getattr(args, "tls_dir", None),
-            }
-        )
+        given = {v: getattr(args, o[2:].replace("-", "_"), None) for v, o in config.OPTIONS.items()}
+        settings = config.load(given)
     except config.BadSetting as exc:
         return _fail(str(exc), 2)
     ctx = Context(args, settings, Output(json=getattr(args, "json", False)))

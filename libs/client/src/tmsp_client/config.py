@@ -33,11 +33,15 @@ class ClientSettings(BaseSettings):
         "127.0.0.1:50054",
         validation_alias=AliasChoices("TMSP_INGEST_TARGET"),
     )
+    notifier_target: str = Field(
+        "127.0.0.1:50056",
+        validation_alias=AliasChoices("TMSP_NOTIFIER_TARGET"),
+    )
     tls_dir: str = Field(".local/tls", validation_alias=AliasChoices("TMSP_TLS_DIR"), min_length=1)
     config_dir: str = Field("", validation_alias=AliasChoices("TMSP_CLIENT_CONFIG_DIR"))
     """Where the session file lives; empty: ``$XDG_CONFIG_HOME/tmsp`` or ``~/.config/tmsp``."""
 
-    @field_validator("auth_target", "portal_target", "ingest_target")
+    @field_validator("auth_target", "portal_target", "ingest_target", "notifier_target")
     @classmethod
     def _target(cls, value: str) -> str:
         if not _TARGET.match(value):
@@ -57,6 +61,7 @@ OPTIONS = {
     "TMSP_AUTH_TARGET": "--auth",
     "TMSP_REPORTER_TARGET": "--portal",
     "TMSP_INGEST_TARGET": "--ingest",
+    "TMSP_NOTIFIER_TARGET": "--notifier",
     "TMSP_TLS_DIR": "--tls-dir",
 }
 """Each connection setting's variable and the option that overrides it."""

@@ -1,4 +1,5 @@
-"""gRPC channels to auth, the portal (reporter) and ingest, over TLS with the local CA.
+"""gRPC channels to auth, the portal (reporter), ingest and the notifier, over TLS with the
+local CA.
 
 One interceptor per channel adds the bearer access token (asked for at each call, so an
 access token about to expire is refreshed first), a default deadline, and remembers which
@@ -18,6 +19,7 @@ import grpc
 
 from tmsp.auth.v1 import auth_pb2_grpc
 from tmsp.ingest.v1 import ingest_pb2_grpc
+from tmsp.notifier.v1 import notifier_pb2_grpc
 from tmsp.reporter.v1 import reporter_pb2_grpc
 from tmsp_common.grpc_client import bearer
 
@@ -35,12 +37,14 @@ class MissingCA(Exception):
 
 @dataclass(frozen=True)
 class Targets:
-    """Where each service listens, and the directory whose ``ca.pem`` verifies them."""
+    """Where each service listens, and the directory whose ``ca.pem`` verifies them.
+    ``notifier`` is empty in sessions saved before the client knew of it (the default)."""
 
     auth: str
     portal: str
     ingest: str
     tls_dir: str
+    notifier: str = ""
 
     def ca_pem(self) -> bytes:
         path = Path(self.tls_dir) / "ca.pem"
@@ -134,6 +138,10 @@ class Connection:
         self.portal = reporter_pb2_grpc.ReporterServiceStub(portal)
         ingest = self._intercept(self._channel(creds, t.ingest), "ingest", t.ingest, self._token)
         self.ingest = ingest_pb2_grpc.ProductRegistryServiceStub(ingest)
+        notifier = self._intercept(
+            self._channel(creds, t.notifier), "notifier", t.notifier, self._token
+        )
+        self.notifier = notifier_pb2_grpc.NotificationSettingsServiceStub(notifier)
 
     def _channel(self, creds: grpc.ChannelCredentials, target: str) -> grpc.Channel:
         chan = grpc.secure_channel(target, creds)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from tmsp.auth.v1 import auth_pb2, auth_pb2_grpc
 from tmsp.ingest.v1 import ingest_pb2_grpc
+from tmsp.notifier.v1 import notifier_pb2_grpc
 from tmsp.reporter.v1 import reporter_pb2_grpc
 from tmsp_client.config import ClientSettings, config_dir
 from tmsp_client.connection import CallLog, Connection, Targets
@@ -45,6 +46,7 @@ class Context:
             portal=pick("portal_target", saved.portal if saved else None),
             ingest=pick("ingest_target", saved.ingest if saved else None),
             tls_dir=pick("tls_dir", saved.tls_dir if saved else None),
+            notifier=pick("notifier_target", saved.notifier if saved else None),
         )
 
     def connect(self, session: Session | None = None) -> Connection:
@@ -88,6 +90,10 @@ class Context:
     @property
     def ingest(self) -> ingest_pb2_grpc.ProductRegistryServiceStub:
         return self._signed_connection().ingest
+
+    @property
+    def notifier(self) -> notifier_pb2_grpc.NotificationSettingsServiceStub:
+        return self._signed_connection().notifier
 
     @property
     def account(self) -> str:

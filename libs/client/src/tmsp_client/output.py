@@ -112,12 +112,13 @@ def render_fields(pairs: Iterable[tuple[str, object]]) -> str:
     return "\n".join(f"{label + ':':<{width + 1}} {value}" for label, value in items)
 
 
-def to_json(message: Message) -> str:
+def to_json(message: Message, indent: int | None = 2) -> str:
+    """Field names as in the .proto files, defaults included; ``indent`` None: one line."""
     return json_format.MessageToJson(
         message,
         preserving_proto_field_name=True,
         always_print_fields_with_no_presence=True,
-        indent=2,
+        indent=indent,
         sort_keys=False,
     )
 
@@ -150,6 +151,11 @@ class Output:
             return
         cells = list(rows)
         self.result(message, render_table(headers, cells) if cells or not empty else empty)
+
+    def step(self, message: Message, text: str) -> None:
+        """One step of a dialogue: ``message`` as one line of JSON with --json, else
+        ``text``; flushed, as whoever answers the next prompt has to read it first."""
+        print(to_json(message, indent=None) if self.json else text, file=self.out, flush=True)
 
     def data(self, record: dict[str, Any], text: str) -> None:
         """What is not a protobuf (the local session): a JSON object with --json."""

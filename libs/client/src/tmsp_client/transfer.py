@@ -125,3 +125,46 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+class PrivateFile:
+    """A file only its owner may read (0600: credentials, a TOTP secret's QR code), written
+    whole or not at all. The temporary file next to ``path`` is made at once, before the
+    answer it is to hold is asked for: a path that cannot be written fails first, and a
+    secret shown only once is not lost to it. ``path`` is replaced if it exists."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise DownloadError(f"{self.path} is a directory: name a file")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        except OSError as exc:
+            raise DownloadError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        self._tmp: Path | None = Path(tmp)
+        self._fh = os.fdopen(fd, "wb")
+
+    def commit(self, data: bytes) -> None:
+        """Write ``data`` and move the file into place."""
+        if self._tmp is None:
+            raise DownloadError(f"{self.path} was written already")
+        self._fh.write(data)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.chmod(self._tmp, 0o600)
+        self._tmp.replace(self.path)
+        self._tmp = None
+
+    def discard(self) -> None:
+        """Remove the temporary file unless it was committed."""
+        if self._tmp is not None:
+            self._fh.close()
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+    def __enter__(self) -> PrivateFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()

@@ -13,6 +13,7 @@ from tmsp_client.arguments import (
     add_account,
     add_limit,
     command,
+    command_group,
     enum_list,
     labels,
     paged,
@@ -23,11 +24,16 @@ from tmsp_client.output import (
     enum_label,
     joined,
     render_fields,
+    render_table,
     ts,
     yes_no,
 )
 
 AUDIT = audit_pb2.AuthAuditKind
+ROLES = {
+    "administrator": auth_pb2.ROLE_ACCOUNT_ADMINISTRATOR,
+    "analyst": auth_pb2.ROLE_ANALYST,
+}
 
 
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -49,8 +55,22 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     )
     add_limit(p)
 
-    p = command(sub, common, "users", "the account's users", users)
+    verbs = command_group(
+        sub, "users", "the account's users: list, invite, disable, unlock", "list"
+    )
+    p = command(verbs, common, "list", "email, roles, 2FA, disabled, locked", users)
     add_account(p)
+    p = command(verbs, common, "invite", "add a user: an emailed link sets the password", invite)
+    p.add_argument("--email", required=True)
+    p.add_argument("--name", default="", help="display name")
+    p.add_argument("--role", choices=list(ROLES), required=True)
+    add_account(p)
+    for verb, run, what in (
+        ("disable", disable_user, "the user can no longer log in; their sessions end"),
+        ("unlock", unlock_user, "clear a lockout after failed logins"),
+    ):
+        p = command(verbs, common, verb, what, run)
+        p.add_argument("user_id", metavar="USER_ID")
 
     p = command(
         sub,
@@ -84,24 +104,47 @@ def security_events(ctx: Context) -> None:
     )
 
 
+def _user_rows(users: list[auth_pb2.User]) -> list[tuple[object, ...]]:
+    return [
+        (
+            u.email,
+            u.display_name,
+            joined(enum_label(auth_pb2.Role, role) for role in u.roles),
+            yes_no(u.two_factor_enabled),
+            yes_no(u.disabled),
+            ts(u.locked_until, present=u.HasField("locked_until")),
+            u.user_id,
+        )
+        for u in users
+    ]
+
+
+USER_COLUMNS = ["email", "name", "roles", "2fa", "disabled", "locked until", "id"]
+
+
 def users(ctx: Context) -> None:
     r = ctx.accounts.ListUsers(auth_pb2.ListUsersRequest(account_id=ctx.own_account()))
-    ctx.out.table(
-        r,
-        ["email", "name", "roles", "2fa", "disabled", "locked until", "id"],
-        [
-            (
-                u.email,
-                u.display_name,
-                joined(enum_label(auth_pb2.Role, role) for role in u.roles),
-                yes_no(u.two_factor_enabled),
-                yes_no(u.disabled),
-                ts(u.locked_until, present=u.HasField("locked_until")),
-                u.user_id,
-            )
-            for u in r.users
-        ],
+    ctx.out.table(r, USER_COLUMNS, _user_rows(list(r.users)))
+
+
+def invite(ctx: Context) -> None:
+    a = ctx.args
+    request = auth_pb2.CreateUserRequest(
+        account_id=ctx.own_account(), email=a.email, display_name=a.name, roles=[ROLES[a.role]]
     )
+    r = ctx.accounts.CreateUser(request)
+    table = render_table(USER_COLUMNS, _user_rows([r.user]))
+    ctx.out.result(r, f"{table}\n(invited: an emailed link lets {r.user.email} set a password)")
+
+
+def disable_user(ctx: Context) -> None:
+    r = ctx.accounts.DisableUser(auth_pb2.DisableUserRequest(user_id=ctx.args.user_id))
+    ctx.out.result(r, f"user {ctx.args.user_id} disabled (their sessions ended)")
+
+
+def unlock_user(ctx: Context) -> None:
+    r = ctx.accounts.UnlockUser(auth_pb2.UnlockUserRequest(user_id=ctx.args.user_id))
+    ctx.out.result(r, f"user {ctx.args.user_id} unlocked")
 
 
 def log_maintenance(ctx: Context) -> None:

@@ -1,12 +1,12 @@
-"""The portal's screens: Customer Accounts, incidents (with triage), nonconforming
-endpoints, products (the reporter's read API; the registry's view from ingest)."""
+"""The portal's screens: Customer Accounts (and one account: ``account show``), incidents
+(with triage), nonconforming endpoints, products (``products list``: the reporter's read API;
+the registry's view from ingest)."""
 
 from __future__ import annotations
 
 import argparse
 
 from tmsp.events.v1 import detections_pb2, incidents_pb2, products_pb2
-from tmsp.ingest.v1 import ingest_pb2
 from tmsp.reporter.v1 import reporter_pb2 as pb
 from tmsp_client.arguments import (
     Subparsers,
@@ -44,9 +44,6 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--include-deleted", action="store_true", help="operators: deleted too")
     add_limit(p, 500)
 
-    p = command(sub, common, "account", "one customer account in full", account)
-    p.add_argument("account_id", nargs="?", default="", metavar="ID", help="default: your own")
-
     p = command(sub, common, "incidents", "incidents, most recently seen first", incidents)
     add_account(p, "your own; every account for operators")
     p.add_argument(
@@ -75,14 +72,6 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     add_account(p, "your own; every account for operators")
     p.add_argument("--include-cleared", action="store_true", help="also those cleared since")
     add_limit(p, 1000)
-
-    p = command(sub, common, "products", "registered products and liveness", products)
-    add_account(p)
-    p.add_argument(
-        "--registry",
-        action="store_true",
-        help="the registration details from ingest (protocol, frequency, bandwidth)",
-    )
 
 
 def _compliance(value: int) -> str:
@@ -255,9 +244,7 @@ def endpoints(ctx: Context) -> None:
 
 
 def products(ctx: Context) -> None:
-    if ctx.args.registry:
-        _registry(ctx)
-        return
+    """The reporter's view: liveness, last received, security compliance."""
     r = ctx.portal.ListProducts(pb.ListProductsRequest(account_id=ctx.account))
     ctx.out.table(
         r,
@@ -286,27 +273,6 @@ def products(ctx: Context) -> None:
                     if p.HasField("security_compliance_enabled")
                     else None
                 ),
-                p.product_id,
-            )
-            for p in r.products
-        ],
-    )
-
-
-def _registry(ctx: Context) -> None:
-    r = ctx.ingest.ListProducts(ingest_pb2.ListProductsRequest(account_id=ctx.own_account()))
-    ctx.out.table(
-        r,
-        ["product", "kind", "protocol", "state", "upload every", "heartbeat", "email", "id"],
-        [
-            (
-                p.name,
-                KIND_SHORT.get(p.kind, enum_label(products_pb2.ProductKind, p.kind)),
-                enum_label(products_pb2.UploadProtocol, p.protocol).upper(),
-                enum_label(products_pb2.ProductState, p.state),
-                f"{p.upload_frequency_seconds}s",
-                f"{p.heartbeat_interval_seconds}s",
-                p.registration_email,
                 p.product_id,
             )
             for p in r.products

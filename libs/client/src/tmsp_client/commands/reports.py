@@ -19,7 +19,7 @@ from tmsp_client.arguments import (
     timestamp,
 )
 from tmsp_client.context import Context, UsageError
-from tmsp_client.output import enum_label, render_table, size, ts
+from tmsp_client.output import enum_label, render_fields, render_table, size, ts
 from tmsp_client.transfer import Download, safe_name
 
 KINDS = {
@@ -27,6 +27,12 @@ KINDS = {
     "daily": pb.REPORT_KIND_DAILY_ADMINISTRATIVE,
     "weekly": pb.REPORT_KIND_WEEKLY_EXECUTIVE,
     "monthly": pb.REPORT_KIND_MONTHLY_EXECUTIVE,
+}
+SCHEDULE = {
+    # option -> ReportSchedule field (and what the report is called)
+    "daily": "daily administrative",
+    "weekly": "weekly executive",
+    "monthly": "monthly executive",
 }
 
 
@@ -50,6 +56,19 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("report_id", metavar="ID")
     add_account(p)
     add_output(p, "the report's file name")
+
+    schedule = command_group(verbs, "schedule", "which periodic reports the account gets", "show")
+    p = command(schedule, common, "show", "daily, weekly, monthly; the time zone", schedule_show)
+    add_account(p)
+    p = command(schedule, common, "set", "turn periodic reports on or off", schedule_set)
+    for option, what in SCHEDULE.items():
+        p.add_argument(
+            f"--{option}", action=argparse.BooleanOptionalAction, help=f"the {what} report"
+        )
+    p.add_argument(
+        "--time-zone", metavar="ZONE", help="IANA time zone of the periods ('': the account's)"
+    )
+    add_account(p)
 
     verbs = command_group(sub, "logs", "consolidated logs (CSV)")
     p = command(verbs, common, "download", "one row per event of each incident", logs_download)
@@ -139,6 +158,45 @@ def logs_download(ctx: Context) -> None:
         for piece in ctx.portal.DownloadConsolidatedLogs(request):
             download.write(piece.chunk)
         download.finish()
+
+
+Schedule = pb.GetReportScheduleResponse | pb.SetReportScheduleResponse
+
+
+def _schedule(ctx: Context, r: Schedule) -> None:
+    s = r.schedule
+    rows = [
+        (what, "on" if getattr(s, what.replace(" ", "_")) else "off") for what in SCHEDULE.values()
+    ]
+    rows.append(("time zone", s.time_zone or "(the account's)"))
+    ctx.out.result(r, render_fields(rows))
+
+
+def schedule_show(ctx: Context) -> None:
+    request = pb.GetReportScheduleRequest(account_id=ctx.account)
+    _schedule(ctx, ctx.portal.GetReportSchedule(request))
+
+
+def scheduled(current: pb.ReportSchedule, args: argparse.Namespace) -> pb.ReportSchedule:
+    """``current`` with the options given applied (SetReportSchedule replaces it whole)."""
+    wanted = pb.ReportSchedule()
+    wanted.CopyFrom(current)
+    for option, what in SCHEDULE.items():
+        value = getattr(args, option)
+        if value is not None:
+            setattr(wanted, what.replace(" ", "_"), value)
+    if args.time_zone is not None:
+        wanted.time_zone = args.time_zone
+    return wanted
+
+
+def schedule_set(ctx: Context) -> None:
+    a = ctx.args
+    if a.time_zone is None and all(getattr(a, option) is None for option in SCHEDULE):
+        raise UsageError("reports schedule set: nothing to change (--daily, --no-weekly, ...)")
+    current = ctx.portal.GetReportSchedule(pb.GetReportScheduleRequest(account_id=ctx.account))
+    wanted = scheduled(current.schedule, ctx.args)
+    _schedule(ctx, ctx.portal.SetReportSchedule(pb.SetReportScheduleRequest(schedule=wanted)))
 
 
 Recipients = (

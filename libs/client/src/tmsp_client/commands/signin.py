@@ -52,7 +52,9 @@ class StdinLines:
         return line
 
 
-def _reader(from_stdin: bool, lines: StdinLines, what: str) -> Callable[[str], str]:
+def reader(from_stdin: bool, lines: StdinLines, what: str) -> Callable[[str], str]:
+    """Asks for ``what`` with a prompt (no echo), or takes the next line of ``lines``."""
+
     def read(prompt: str) -> str:
         if from_stdin:
             return lines.next(what)
@@ -67,8 +69,8 @@ def _reader(from_stdin: bool, lines: StdinLines, what: str) -> Callable[[str], s
 def login_command(ctx: Context) -> None:
     a = ctx.args
     lines = StdinLines()
-    password = _reader(a.password_stdin, lines, "password")("Password: ")
-    second = SecondFactor(_reader(a.totp_stdin, lines, "code"), emergency=a.emergency)
+    password = reader(a.password_stdin, lines, "password")("Password: ")
+    second = SecondFactor(reader(a.totp_stdin, lines, "code"), emergency=a.emergency)
     try:
         previous = ctx.store.load()
     except NotLoggedIn:
@@ -80,7 +82,7 @@ def login_command(ctx: Context) -> None:
     ctx.out.note(f"logged in as {a.email} (account {session.account_id})")
     ctx.out.note(f"session saved in {ctx.store.path}")
     if result.offer_two_factor_setup:
-        ctx.out.note("two-factor authentication is off for you: turn it on in the portal")
+        ctx.out.note("two-factor authentication is off for you: turn it on with `tmsp 2fa setup`")
     if result.recovery_codes_left is not None:
         ctx.out.note(f"recovery code used: {result.recovery_codes_left} left")
 
@@ -119,6 +121,7 @@ def whoami(ctx: Context) -> None:
             "auth_target": targets.auth,
             "portal_target": targets.portal,
             "ingest_target": targets.ingest,
+            "notifier_target": targets.notifier,
             "tls_dir": targets.tls_dir,
         },
         render_fields(
@@ -131,6 +134,7 @@ def whoami(ctx: Context) -> None:
                 ("auth", targets.auth),
                 ("portal", targets.portal),
                 ("ingest", targets.ingest),
+                ("notifier", targets.notifier),
                 ("tls dir", targets.tls_dir),
                 ("session file", ctx.store.path),
             ]
