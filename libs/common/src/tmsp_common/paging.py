@@ -10,9 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from tmsp_common.errors import InvalidArgument
+
+T = TypeVar("T")
 
 
 def page_size(requested: int, default: int, maximum: int) -> int:
@@ -56,3 +60,11 @@ def decode_time_token(token: str) -> tuple[datetime, str] | None:
     if at.tzinfo is None:
         raise InvalidArgument("page_token", "not a token from a previous page")
     return at, parts[1]
+
+
+def next_page_token(rows: Sequence[T], size: int, key: Callable[[T], tuple[datetime, str]]) -> str:
+    """The next page's token after a full page: the last row's time and id (``key``);
+    empty after a short page (the last one)."""
+    if not rows or len(rows) != size:
+        return ""
+    return time_token(*key(rows[-1]))

@@ -16,7 +16,7 @@ from tmsp_common.authn import Role, current_principal
 from tmsp_common.errors import InvalidArgument
 from tmsp_common.kafka.envelope import from_timestamp, to_timestamp
 from tmsp_common.mongo import Document
-from tmsp_common.paging import decode_time_token, page_size, time_token
+from tmsp_common.paging import decode_time_token, next_page_token, page_size
 
 Ctx = Any
 
@@ -361,9 +361,7 @@ class AccountServicer(auth_pb2_grpc.AccountServiceServicer):
             limit=size,
             after=decode_time_token(request.page_token),
         )
-        token = ""
-        if len(docs) == size:
-            token = time_token(aware(docs[-1]["occurred_at"]), str(docs[-1]["_id"]))
+        token = next_page_token(docs, size, lambda d: (aware(d["occurred_at"]), str(d["_id"])))
         return auth_pb2.ListSecurityEventsResponse(
             events=[security_event_pb(d) for d in docs], next_page_token=token
         )

@@ -6,7 +6,7 @@ before any method runs; an empty one left here means "every account" (operators 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -23,8 +23,8 @@ from tmsp_common.paging import (
     decode_time_token,
     decode_token,
     encode_token,
+    next_page_token,
     page_size,
-    time_token,
 )
 from tmsp_common.severity import Severity
 from tmsp_reporter.bootstrap import App
@@ -65,13 +65,6 @@ def _set(target: Timestamp, at: datetime | None) -> None:
 
 def _when(request: Any, field: str) -> datetime | None:
     return from_timestamp(getattr(request, field)) if request.HasField(field) else None
-
-
-def _next_token(rows: Sequence[T], size: int, key: Callable[[T], tuple[datetime, str]]) -> str:
-    """The next page's token after a full page: the last row's time and id (``key``)."""
-    if not rows or len(rows) != size:
-        return ""
-    return time_token(*key(rows[-1]))
 
 
 def _kind(value: int) -> ReportKind:
@@ -271,7 +264,7 @@ class ReporterServicer(reporter_pb2_grpc.ReporterServiceServicer):
                 after=decode_time_token(request.page_token),
             )
         )
-        token = _next_token(
+        token = next_page_token(
             rows, size, lambda last: (from_timestamp(last.last_seen), last.incident_id)
         )
         return reporter_pb2.ListIncidentsResponse(
@@ -306,7 +299,7 @@ class ReporterServicer(reporter_pb2_grpc.ReporterServiceServicer):
             limit=size,
             after=decode_time_token(request.page_token),
         )
-        token = _next_token(
+        token = next_page_token(
             rows,
             size,
             lambda last: (
@@ -344,7 +337,7 @@ class ReporterServicer(reporter_pb2_grpc.ReporterServiceServicer):
         rows = await self.app.reports.list_reports(
             request.account_id, limit=size, after=decode_time_token(request.page_token)
         )
-        token = _next_token(rows, size, lambda last: (last["period_start"], last["_id"]))
+        token = next_page_token(rows, size, lambda last: (last["period_start"], last["_id"]))
         return reporter_pb2.ListReportsResponse(
             reports=[report_to_proto(d) for d in rows], next_page_token=token
         )
@@ -365,7 +358,7 @@ class ReporterServicer(reporter_pb2_grpc.ReporterServiceServicer):
             if acknowledged_at is not None:
                 state.acknowledged_at.CopyFrom(to_timestamp(acknowledged_at))
             out.append(state)
-        token = _next_token(
+        token = next_page_token(
             [task for task, _, _ in rows],
             size,
             lambda last: (from_timestamp(last.created_at), f"{last.product_id}/{last.task_id}"),
@@ -478,7 +471,7 @@ class ReporterServicer(reporter_pb2_grpc.ReporterServiceServicer):
             limit=size,
             after=decode_time_token(request.page_token),
         )
-        token = _next_token(rows, size, lambda last: (last.received_at, last.file.upload_id))
+        token = next_page_token(rows, size, lambda last: (last.received_at, last.file.upload_id))
         return reporter_pb2.ListForensicDataResponse(
             files=[forensic_to_proto(r) for r in rows], next_page_token=token
         )
