@@ -221,4 +221,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(parse(sys.argv[1:])))))
+    from tmsp_common.testing import leftovers_removed
+
+    with leftovers_removed():
+        print(json.dumps(asyncio.run(main(parse(sys.argv[1:])))))

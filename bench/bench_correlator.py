@@ -47,6 +47,7 @@ from tmsp_common.testing import (
     ServiceProcess,
     group_behind,
     kafka_reachable,
+    leftovers_removed,
     local_infra,
     process_cpu_seconds,
     unique,
@@ -465,5 +466,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    out = asyncio.run(main(parse(sys.argv[1:])))
-    print(json.dumps(out))
+    with leftovers_removed():
+        out = asyncio.run(main(parse(sys.argv[1:])))
+        print(json.dumps(out))

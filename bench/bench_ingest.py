@@ -28,7 +28,7 @@ import aiohttp
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tmsp_common.kafka import topics
-from tmsp_common.testing import REPO_ROOT, local_infra, unique
+from tmsp_common.testing import REPO_ROOT, leftovers_removed, local_infra, unique
 from tmsp_ingest.adapters.encoding import encode_chunk
 from tmsp_ingest.domain.intake import UploadContext
 from tmsp_ingest.harness import Gateway
@@ -173,4 +173,5 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(parse(sys.argv[1:])))))
+    with leftovers_removed():
+        print(json.dumps(asyncio.run(main(parse(sys.argv[1:])))))

@@ -28,7 +28,13 @@ from tmsp.events.v1 import notifications_pb2
 from tmsp_common.clock import SystemClock
 from tmsp_common.kafka.producer import EventProducer
 from tmsp_common.kafka.topics import NOTIFICATION_REQUESTS
-from tmsp_common.testing import ServiceProcess, free_port, local_infra, unique
+from tmsp_common.testing import (
+    ServiceProcess,
+    free_port,
+    leftovers_removed,
+    local_infra,
+    unique,
+)
 from tmsp_notifier.adapters.smtp import SmtpConfig, SmtpSender
 from tmsp_notifier.domain.model import Kind
 from tmsp_notifier.service_layer.compose import compose
@@ -179,5 +185,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    result = asyncio.run(main(parse(sys.argv[1:])))
-    print(json.dumps(result))
+    with leftovers_removed():
+        result = asyncio.run(main(parse(sys.argv[1:])))
+        print(json.dumps(result))

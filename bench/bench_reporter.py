@@ -39,7 +39,13 @@ from tmsp_common.authn import Principal, Role
 from tmsp_common.grpc_client import bearer, channel
 from tmsp_common.kafka.envelope import to_timestamp
 from tmsp_common.mongo import close, connect
-from tmsp_common.testing import ServiceProcess, free_port, local_infra, unique
+from tmsp_common.testing import (
+    ServiceProcess,
+    free_port,
+    leftovers_removed,
+    local_infra,
+    unique,
+)
 from tmsp_common.tokens import TokenSigner, public_pem
 from tmsp_reporter.adapters.mongo import ReadModel, create_indexes
 from tmsp_reporter.testing import reporter_env
@@ -217,4 +223,5 @@ if __name__ == "__main__":
     parser.add_argument("--accounts", type=int, default=100)
     parser.add_argument("--incidents", type=int, default=40)
     parser.add_argument("--calls", type=int, default=200)
-    print(json.dumps(asyncio.run(main(parser.parse_args()))))
+    with leftovers_removed():
+        print(json.dumps(asyncio.run(main(parser.parse_args()))))

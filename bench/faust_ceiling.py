@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bench_correlator import decode_only  # this directory: the same reference reader
 
-from tmsp_common.testing import local_infra, unique
+from tmsp_common.testing import leftovers_removed, local_infra, unique
 
 VALUE = b"x" * 300  # about a detection envelope's size
 
@@ -55,7 +55,7 @@ def faust_worker(bootstrap: str, topic: str, n: int) -> None:
     import faust
 
     app = faust.App(
-        unique("ceiling-faust"),
+        f"{topic}-faust",  # named after the topic, so its leftovers go with it
         broker=f"kafka://{bootstrap}",
         store="memory://",
         key_serializer="raw",
@@ -128,4 +128,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with leftovers_removed():
+        main()

@@ -695,6 +695,8 @@ def wait_ready(
             break
         if time.monotonic() >= deadline:
             reason = f"{component.name} not ready on {where} after {timeout:.0f} s"
+            if component is KAFKA:
+                reason += kafka_backlog_hint()
             break
         time.sleep(0.25)
     details = []
@@ -708,6 +710,25 @@ def wait_ready(
 # --------------------------------------------------------------------------------------------
 # Kafka
 # --------------------------------------------------------------------------------------------
+
+
+#: Past this many partition directories, a slow start is most likely the broker loading them.
+MANY_PARTITIONS = 2000
+
+
+def kafka_backlog_hint() -> str:
+    """Why a local broker may be slow to start: many partitions left in its data directory
+    (each is opened at start-up), with what to do about it; empty when there are few."""
+    try:
+        partitions = sum(1 for entry in KAFKA_DATA.iterdir() if entry.is_dir())
+    except OSError:
+        return ""
+    if partitions < MANY_PARTITIONS:
+        return ""
+    return (
+        f" ({KAFKA_DATA} holds {partitions} partitions, which the broker loads before it is"
+        " ready: wait longer with `up --timeout 600`, or start empty with `down --purge`)"
+    )
 
 
 def java_command(main_class: str, jvm_opts: Sequence[str], log4j: Path) -> list[str]:

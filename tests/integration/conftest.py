@@ -9,13 +9,20 @@ test that cannot reach its infrastructure fails instead of skipping.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from tmsp_common.testing import Infra, docker_engine_available, local_infra, unique
+from tmsp_common.testing import (
+    Infra,
+    docker_engine_available,
+    local_infra,
+    remove_leftovers,
+    unique,
+)
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -30,11 +37,15 @@ def infra() -> Iterator[Infra]:
             yield Infra(kafka.get_bootstrap_server(), mongo.get_connection_url())
         return
     try:
-        yield local_infra(start=True)
+        found = local_infra(start=True)
     except RuntimeError as exc:
         if CI:
             pytest.fail(f"integration infrastructure unreachable under CI: {exc}")
         pytest.skip(f"integration infrastructure unreachable: {exc}")
+    yield found
+    # the session's own topics and databases (named after ``unique``), so that the shared
+    # development broker does not grow by thousands of partitions per run
+    asyncio.run(remove_leftovers(found))
 
 
 @dataclass(frozen=True)

@@ -225,3 +225,45 @@ async def test_a_member_is_told_when_its_partitions_are_revoked(
     finally:
         stop.set()
         await asyncio.gather(*tasks)
+
+
+async def test_remove_leftovers_deletes_only_the_named_topics_and_databases(infra: Infra) -> None:
+    """A test session removes its own topics and databases at its end, and nothing a session
+    beside it named."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from pymongo import AsyncMongoClient
+
+    from tmsp_common.testing import remove_leftovers, unique
+
+    mine, theirs = unique("itmine"), unique("ittheirs")
+    await ensure_topics(infra.kafka_bootstrap, [SINGLE], prefix=f"{mine}.")
+    await ensure_topics(infra.kafka_bootstrap, [SINGLE], prefix=f"{theirs}.")
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongo_url)
+    try:
+        for name in (mine, theirs):
+            await client[f"{name}_db"]["c"].insert_one({"x": 1})
+
+        # the topic and its dead-letter topic, and the database
+        assert await remove_leftovers(infra, [mine]) == (2, 1)
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+        await admin.start()
+        try:
+            left = await wait_until(lambda: _topics_once_gone(admin, mine, theirs), timeout=30)
+        finally:
+            await admin.close()
+        assert left == [f"{theirs}.tmsp.detections.v1", f"{theirs}.tmsp.detections.v1.dlq"]
+        databases = await client.list_database_names()
+        assert f"{mine}_db" not in databases
+        assert f"{theirs}_db" in databases
+    finally:
+        await remove_leftovers(infra, [theirs])
+        await client.close()
+
+
+async def _topics_once_gone(admin: Any, gone: str, kept: str) -> list[str] | None:
+    """The topics named after ``kept``, once none is left named after ``gone``."""
+    topics = await admin.list_topics()
+    if any(t.startswith(gone) for t in topics):
+        return None
+    return sorted(t for t in topics if t.startswith(kept))

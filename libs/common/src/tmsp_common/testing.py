@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from google.protobuf.message import Message
+from pymongo import AsyncMongoClient
 
 from tmsp_common.kafka.envelope import unwrap
 from tmsp_common.kafka.topics import Topic
@@ -106,9 +108,70 @@ def docker_engine_available() -> bool:
     return True
 
 
+_UNIQUE_NAMES: set[str] = set()
+"""Every name :func:`unique` handed out in this process (see :func:`remove_leftovers`)."""
+
+
 def unique(prefix: str = "t") -> str:
     """A short unique name for topics, groups and databases of one test."""
-    return f"{prefix}{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}{uuid.uuid4().hex[:10]}"
+    _UNIQUE_NAMES.add(name)
+    return name
+
+
+async def remove_leftovers(infra: Infra, heads: Iterable[str] | None = None) -> tuple[int, int]:
+    """Delete the topics and databases whose names begin with one of ``heads`` (by default,
+    every name :func:`unique` handed out in this process); returns how many of each.
+
+    Tests and benchmarks name what they create after :func:`unique`, so a session removes
+    exactly its own topics and databases, never those of a session running beside it. Left
+    in place, a development broker accumulates thousands of partitions, each of which it
+    opens at every start.
+    """
+    prefixes = tuple(sorted(_UNIQUE_NAMES if heads is None else set(heads)))
+    if not prefixes:
+        return 0, 0
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        topics = sorted(t for t in await admin.list_topics() if t.startswith(prefixes))
+        for i in range(0, len(topics), _DELETE_BATCH):
+            await admin.delete_topics(topics[i : i + _DELETE_BATCH], timeout_ms=60_000)
+    finally:
+        await admin.close()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongo_url)
+    try:
+        databases = [d for d in await client.list_database_names() if d.startswith(prefixes)]
+        for name in databases:
+            await client.drop_database(name)
+    finally:
+        await client.close()
+    return len(topics), len(databases)
+
+
+_DELETE_BATCH = 200
+"""Topics per DeleteTopics request."""
+
+
+@contextlib.contextmanager
+def leftovers_removed() -> Iterator[None]:
+    """Run a benchmark or script, then remove the topics and databases it named after
+    :func:`unique` (see :func:`remove_leftovers`); a broker gone by then is skipped."""
+    try:
+        yield
+    finally:
+        _remove_own_leftovers()
+
+
+def _remove_own_leftovers() -> None:
+    if not _UNIQUE_NAMES:
+        return
+    try:
+        infra = local_infra(start=False)
+    except RuntimeError:
+        return
+    topics, databases = asyncio.run(remove_leftovers(infra))
+    print(f"removed {topics} topics and {databases} databases", file=sys.stderr)
 
 
 _HANDED_OUT: set[int] = set()
