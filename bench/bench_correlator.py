@@ -49,7 +49,7 @@ from tmsp_common.testing import (
     kafka_reachable,
     leftovers_removed,
     local_infra,
-    process_cpu_seconds,
+    process_tree_cpu_seconds,
     unique,
 )
 from tmsp_correlator.domain.correlation import MemoryCorrelator, hits_for_event
@@ -203,6 +203,12 @@ async def decode_only(
         await consumer.stop()
 
 
+def cpu_since(now: dict[int, float], before: dict[int, float]) -> float:
+    """CPU seconds a worker's processes used since ``before`` (a process that was not
+    there then counts from its start)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in now.items())
+
+
 async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, Any]:
     infra = local_infra(start=False)
     prefix = f"{unique('bench')}."
@@ -233,6 +239,7 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
         "TMSP_CORRELATOR_DATA_DIR": str(rules_root / "data"),
         "TMSP_CORRELATOR_PARTITIONS": str(PARTITIONS),
         "TMSP_LOG_LEVEL": "INFO",  # as deployed; "service ready" is an info line
+        "TMSP_CORRELATOR_MATCH_PROCESSES": str(args.match_processes),
     }
     # ``--workers N``: N workers of one app share the partitions (each its own data dir);
     # the clock starts when the first is ready, so rebalancing as the others join counts
@@ -249,8 +256,10 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
             if not worker.alive() or time.monotonic() > deadline:
                 raise RuntimeError(worker.logs[-3000:])
             await asyncio.sleep(0.1)
+        # the match processes are up before the worker says it is ready
+        assert all("match processes running" in w.logs for w in workers if args.match_processes)
         started = time.perf_counter()
-        cpu0 = [process_cpu_seconds(w.pid()) for w in workers]
+        cpu0 = [process_tree_cpu_seconds(w.pid()) for w in workers]
         # done = every detection committed by the match stage AND every hit it produced
         # committed by the correlate stage (its window states and incidents written)
         hits_topic = f"{app_id}-hits"
@@ -283,7 +292,8 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
             drained_s = time.perf_counter() - started
             worker_rate = args.events / drained_s
             worker_cpu = sum(
-                process_cpu_seconds(w.pid()) - c for w, c in zip(workers, cpu0, strict=True)
+                cpu_since(process_tree_cpu_seconds(w.pid()), c)
+                for w, c in zip(workers, cpu0, strict=True)
             )
             hit_records = sum(hit_ends.values())
             # and the store stage: every published incident written to Mongo (committed)
@@ -317,6 +327,7 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
         "rules": args.rules,
         "decode_only_events_per_s": round(decode_rate),
         "workers": args.workers,
+        "match_processes_per_worker": args.match_processes,
         "worker_events_per_s": round(worker_rate),
         "hits_per_event": round(hits_in(rules_root, dets) / args.events, 2),
         "hit_records": hit_records,
@@ -455,6 +466,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--paced-rate", type=int, default=200, help="events/s of the paced run")
     p.add_argument("--paced-seconds", type=float, default=10.0)
     p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument(
+        "--match-processes",
+        type=int,
+        default=0,
+        help="TMSP_CORRELATOR_MATCH_PROCESSES of each worker (0: the match stage in its process)",
+    )
     p.add_argument(
         "--workers",
         type=int,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,7 +38,14 @@ from tmsp_common.kafka.topics import (
     UPLOADS,
     Topic,
 )
-from tmsp_common.testing import Infra, ServiceProcess, TopicReader, group_behind, wait_until
+from tmsp_common.testing import (
+    Infra,
+    ServiceProcess,
+    TopicReader,
+    group_behind,
+    process_tree,
+    wait_until,
+)
 from tmsp_correlator.config import CorrelatorSettings
 from tmsp_correlator.domain.correlation import MemoryCorrelator
 from tmsp_correlator.domain.rules import load_rule_directory
@@ -259,11 +268,7 @@ async def test_worker_killed_and_restarted_loses_and_duplicates_no_incident(
         for h in range(hosts)
         for i in range(3)
     ]
-    reference = MemoryCorrelator(load_rule_directory(RULES))
-    for d in dets:
-        env = unwrap((await _envelope(d)), detections_pb2.Detection)[0]
-        reference.process(detection_event(env, d))
-    expected = {i["id"]: i["count"] for i in reference.incidents.values()}
+    expected = _expected_incidents(dets)
     assert len(expected) == hosts
 
     worker = correlators.start()
@@ -292,12 +297,81 @@ async def test_worker_killed_and_restarted_loses_and_duplicates_no_incident(
         pytest.fail(f"missing={len(missing)} extra={len(extra)} wrong_counts={len(wrong)}")
 
 
-async def _envelope(d: detections_pb2.Detection) -> bytes:
+def _expected_incidents(dets: list[detections_pb2.Detection]) -> dict[str, int]:
+    """Incident id -> event count, as the reference (in-memory) correlator finds them."""
     from tmsp_common.kafka.envelope import wrap
 
-    return wrap(
-        d, producer="test", account_id=d.account_id, event_id=d.event_id
-    ).SerializeToString()
+    reference = MemoryCorrelator(load_rule_directory(RULES))
+    for d in dets:
+        env = wrap(d, producer="test", account_id=d.account_id, event_id=d.event_id)
+        reference.process(detection_event(env, d))
+    return {i["id"]: i["count"] for i in reference.incidents.values()}
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def test_match_processes_count_like_the_worker_a_killed_one_restarts_none_outlives_it(
+    infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
+) -> None:
+    hosts = 60
+    # a threat per host: every group's events come from one product, so one partition, and
+    # arrive in the order the reference sees them (a group across partitions may fire on
+    # another window first: its incident then differs from the reference's)
+    dets = [
+        detection(
+            f"m{h}-{i}",
+            T0 + h + i * 20,
+            product_id=f"tda-{h % 6}",
+            host=f"mhost{h}",
+            threat_name=f"M{h}",
+        )
+        for h in range(hosts)
+        for i in range(3)
+    ]
+    expected = _expected_incidents(dets)
+    assert len(expected) == hosts
+    worker = correlators.start(TMSP_CORRELATOR_MATCH_PROCESSES="2")
+    assert "match processes running" in worker.logs
+    children = set(process_tree(worker.pid())) - {worker.pid()}
+    assert len(children) == 2
+    await publish(producer, dets[: len(dets) // 2])
+    await wait_until(lambda: incidents_in_db(infra, correlators.db_name), timeout=60, interval=0.05)
+    # a match process killed mid-stream: its worker starts another, its batch is replayed
+    killed = min(children)
+    os.kill(killed, signal.SIGKILL)
+    await publish(producer, dets[len(dets) // 2 :])
+
+    async def settled() -> bool:
+        docs = await incidents_in_db(infra, correlators.db_name)
+        return {d["_id"]: d["event_count"] for d in docs} == expected
+
+    await wait_until(settled, timeout=90, interval=1.0)
+    assert "match process exited" in worker.logs
+    restarted = await wait_until(
+        lambda: len(set(process_tree(worker.pid())) - {worker.pid(), killed}) == 2, timeout=30
+    )
+    assert restarted and worker.alive()
+    # the worker killed: its match processes notice and stop by themselves
+    now = set(process_tree(worker.pid())) - {worker.pid()}
+    worker.kill()
+    await wait_until(lambda: all(_gone(pid) for pid in now), timeout=15)
+
+
+async def test_a_worker_stopped_with_sigterm_stops_its_match_processes_first(
+    correlators: Correlators,
+) -> None:
+    worker = correlators.start(TMSP_CORRELATOR_MATCH_PROCESSES="1")
+    (child,) = set(process_tree(worker.pid())) - {worker.pid()}
+    assert worker.terminate(timeout=60) == 0
+    assert _gone(child)
+    assert "match process exited" not in worker.logs  # stopped, not restarted
 
 
 async def test_failed_mitigation_makes_an_endpoint_nonconforming_until_cleaned(

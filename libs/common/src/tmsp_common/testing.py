@@ -214,6 +214,28 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every live process below it (Linux ``/proc``)."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo.extend(int(child) for child in task.read_text().split())
+    return tree
+
+
+def process_tree_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds (see :func:`process_cpu_seconds`) of ``pid`` and each process below it,
+    by process id: a worker that runs some of its stages in processes of its own."""
+    out = {}
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            out[member] = process_cpu_seconds(member)
+    return out
+
+
 @dataclass
 class ServiceProcess:
     """A service started as a subprocess (``python -m <module>``), as in production."""

@@ -57,7 +57,11 @@ def load_rules_logged(settings: CorrelatorSettings, clean: dict[str, str]) -> Re
     return loaded
 
 
-def rules_fingerprint(directory: str) -> tuple[tuple[str, int, int], ...]:
+Fingerprint = tuple[tuple[str, int, int], ...]
+"""(path, mtime in ns, size) of every rule file: what says the directory changed."""
+
+
+def rules_fingerprint(directory: str) -> Fingerprint:
     """Changes when a rule file is added, removed or modified."""
     root = Path(directory)
     out = []
@@ -77,7 +81,7 @@ class Container:
     nonconforming: NonconformingEndpoints
     liveness: ProductLiveness
     retention: LogRetention
-    fingerprint: tuple[tuple[str, int, int], ...] = field(default_factory=tuple)
+    fingerprint: Fingerprint = field(default_factory=tuple)
     clean_rule_files: dict[str, str] = field(default_factory=dict)
     """The last version of each rule file that loaded without a rejection."""
     rule_files: RuleFileStore | None = None
@@ -93,13 +97,23 @@ class Container:
     def reload_rules_if_changed(self) -> bool:
         """Swap in a freshly loaded rule set when the directory changed; window state stays.
         A file whose new version has a rejected rule keeps its last clean version."""
-        fp = rules_fingerprint(self.settings.rules_dir)
-        if fp == self.fingerprint:
+        changed = reload_if_changed(self.settings, self.fingerprint, self.clean_rule_files)
+        if changed is None:
             return False
-        loaded = load_rules_logged(self.settings, self.clean_rule_files)
+        loaded, self.fingerprint = changed
         self.rules, self.clean_rule_files = loaded.rules, loaded.clean
-        self.fingerprint = fp
         return True
+
+
+def reload_if_changed(
+    settings: CorrelatorSettings, fingerprint: Fingerprint, clean: dict[str, str]
+) -> tuple[Reload, Fingerprint] | None:
+    """The rules directory loaded again (and its new fingerprint) if it changed since
+    ``fingerprint``; None if it did not. ``clean``: each file's last clean version."""
+    fp = rules_fingerprint(settings.rules_dir)
+    if fp == fingerprint:
+        return None
+    return load_rules_logged(settings, clean), fp
 
 
 def build(

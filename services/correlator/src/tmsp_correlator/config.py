@@ -48,6 +48,10 @@ class CorrelatorSettings(ServiceSettings):
     """Detections per match batch: their hits leave as one record per hits partition."""
     match_batch_s: float = Field(0.02, gt=0)
     """How long a match batch waits to fill."""
+    match_processes: int = Field(0, ge=0, le=64)
+    """Match processes the worker runs beside itself, each a consumer of the match group
+    with a core's worth of Python to itself; 0: the match stage runs in the worker's own
+    process. The correlate and store stages stay in the worker."""
     correlate_batch_max: int = Field(50, ge=1)
     """Hits records per correlation batch: incidents changed in a batch are written once."""
     correlate_batch_s: float = Field(0.05, gt=0)

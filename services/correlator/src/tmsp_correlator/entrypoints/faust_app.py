@@ -65,6 +65,7 @@ from tmsp_correlator.domain.correlation import (
     hits_for_event,
 )
 from tmsp_correlator.domain.nonconforming import MitigationFact
+from tmsp_correlator.entrypoints.match_process import MatchProcesses
 from tmsp_correlator.entrypoints.metrics import (
     EVENTS,
     HANDLE_SECONDS,
@@ -72,7 +73,12 @@ from tmsp_correlator.entrypoints.metrics import (
     INCIDENT_WRITES,
     LATE,
 )
-from tmsp_correlator.entrypoints.stages import MatchStage, SharedProducer, StoreStage
+from tmsp_correlator.entrypoints.stages import (
+    MatchStage,
+    SharedProducer,
+    StoreStage,
+    hits_topic_name,
+)
 from tmsp_correlator.service_layer.events import mitigation_event, status_hit
 
 log = get_logger(__name__)
@@ -145,10 +151,6 @@ class Record:
             "partition": self.partition,
             "offset": self.offset,
         }
-
-
-def hits_topic_name(settings: CorrelatorSettings) -> str:
-    return f"{settings.app_id}-hits"
 
 
 def detached_topic_name(settings: CorrelatorSettings) -> str:
@@ -310,7 +312,10 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     # (faust starts an @app.service after table recovery, like the agents; an instance is
     # taken as it is, though the decorator is typed for classes)
     producer = SharedProducer(s)
-    app.service(cast(Any, MatchStage(c, producer, hits_topic=hits_name, beacon=app.beacon)))
+    if s.match_processes:
+        app.service(cast(Any, MatchProcesses(s, beacon=app.beacon)))
+    else:
+        app.service(cast(Any, MatchStage(c, producer, beacon=app.beacon)))
     app.service(cast(Any, StoreStage(c, producer, beacon=app.beacon)))
 
     @app.agent(mitigations_topic, name="mitigation-results")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mode import Service
@@ -53,6 +54,11 @@ SERVICE = "correlator"
 READY_TIMEOUT_S = 20.0
 """How long start-up waits for a stage's first partitions (more workers than partitions
 leave some without)."""
+
+
+def hits_topic_name(settings: CorrelatorSettings) -> str:
+    """The internal topic of hits, partitioned by group key (read by the correlate agent)."""
+    return f"{settings.app_id}-hits"
 
 
 def match_group(settings: CorrelatorSettings) -> str:
@@ -84,6 +90,68 @@ def match_batch(
     return hits
 
 
+async def match_and_send(
+    rules: RuleSet,
+    producer: EventProducer,
+    settings: CorrelatorSettings,
+    events: list[ConsumedEvent[detections_pb2.Detection]],
+) -> None:
+    """Match a batch, send its hits records, return once the broker has them (then the
+    runner commits): the match stage's handler, in the worker or a match process."""
+    hits = match_batch(rules, events, settings.topic_prefix)
+    futures = [
+        await producer.send_raw(hits_topic_name(settings), value, key=key, partition=partition)
+        for partition, key, value in hit_records(hits, settings.partitions)
+    ]
+    await asyncio.gather(*futures)
+    EVENTS.labels("detections").inc(len(events))
+    HITS.inc(len(hits))
+
+
+def stage_producer(settings: CorrelatorSettings) -> EventProducer:
+    """The producer of the consumer-runner stages (hits, dead letters): lingers, large
+    batches."""
+    return EventProducer(
+        settings.kafka_bootstrap,
+        service=SERVICE,
+        topic_prefix=settings.topic_prefix,
+        linger_ms=int(settings.producer_linger_s * 1000),
+        max_batch_size=1 << 20,
+    )
+
+
+def stage_runner(
+    settings: CorrelatorSettings,
+    *,
+    group: str,
+    topic: Topic,
+    handler: Callable[[list[ConsumedEvent[Any]]], Awaitable[None]],
+    dead_letters: EventProducer,
+    batch: tuple[int, float],
+    on_revoked: Callable[[], None] | None = None,
+    give_up_after: int = 10,
+) -> ConsumerRunner:
+    """A stage's consumer: ``batch`` is (records, seconds) of one batch; after
+    ``give_up_after`` consecutive failures of a batch the runner stops (aiokafka binds the
+    consumer to the running loop: build it there)."""
+    records, seconds = batch
+    return ConsumerRunner(
+        bootstrap=settings.kafka_bootstrap,
+        group_id=group,
+        topics=[topic],
+        handler=handler,
+        dead_letters=dead_letters,
+        topic_prefix=settings.topic_prefix,
+        batch_size=records,
+        batch_timeout_ms=max(1, int(seconds * 1000)),
+        on_revoked=on_revoked,
+        max_consecutive_failures=give_up_after,
+        session_timeout_ms=int(settings.session_timeout_s * 1000),
+        heartbeat_interval_ms=int(max(1.0, settings.session_timeout_s / 10) * 1000),
+        max_partition_fetch_bytes=4 << 20,
+    )
+
+
 class SharedProducer:
     """The one producer of the worker's consumer-runner stages (the match stage's hits, both
     stages' dead letters): started by the first stage that starts, stopped by the last one
@@ -99,14 +167,7 @@ class SharedProducer:
     async def acquire(self) -> EventProducer:
         async with self._lock:
             if self._producer is None:
-                s = self.settings
-                producer = EventProducer(
-                    s.kafka_bootstrap,
-                    service=SERVICE,
-                    topic_prefix=s.topic_prefix,
-                    linger_ms=int(s.producer_linger_s * 1000),
-                    max_batch_size=1 << 20,
-                )
+                producer = stage_producer(self.settings)
                 await producer.start()
                 self._producer = producer
             self._users += 1
@@ -153,29 +214,18 @@ class ConsumerStage(Service):
     async def handle(self, events: list[ConsumedEvent[Any]]) -> None:
         raise NotImplementedError
 
-    def _runner(self, producer: EventProducer) -> ConsumerRunner:
-        """Its consumer (aiokafka binds it to the running loop: built at start)."""
-        s = self.container.settings
-        records, seconds = self.batch()
-        return ConsumerRunner(
-            bootstrap=s.kafka_bootstrap,
-            group_id=self.group(),
-            topics=[self.topic],
-            handler=self.handle,
-            dead_letters=producer,
-            topic_prefix=s.topic_prefix,
-            batch_size=records,
-            batch_timeout_ms=max(1, int(seconds * 1000)),
-            on_revoked=self.on_revoked,
-            max_consecutive_failures=self.give_up_after,
-            session_timeout_ms=int(s.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(max(1.0, s.session_timeout_s / 10) * 1000),
-            max_partition_fetch_bytes=4 << 20,
-        )
-
     async def on_start(self) -> None:
         self.producer = await self.shared.acquire()
-        self.runner = self._runner(self.producer)
+        self.runner = stage_runner(
+            self.container.settings,
+            group=self.group(),
+            topic=self.topic,
+            handler=self.handle,
+            dead_letters=self.producer,
+            batch=self.batch(),
+            on_revoked=self.on_revoked,
+            give_up_after=self.give_up_after,
+        )
         self._task = asyncio.create_task(self._run(self.runner))
         try:
             await asyncio.wait_for(self.runner.ready.wait(), READY_TIMEOUT_S)
@@ -210,16 +260,11 @@ class ConsumerStage(Service):
 
 
 class MatchStage(ConsumerStage):
-    """Detections in, hits records out (see the module docstring)."""
+    """Detections in, hits records out (see the module docstring), in the worker's process
+    (``MATCH_PROCESSES=0``; else see ``match_process.py``)."""
 
     name = "match"
     topic = DETECTIONS
-
-    def __init__(
-        self, container: Container, producer: SharedProducer, *, hits_topic: str, **kwargs: Any
-    ) -> None:
-        super().__init__(container, producer, **kwargs)
-        self.hits_topic = hits_topic
 
     def group(self) -> str:
         return match_group(self.container.settings)
@@ -229,18 +274,8 @@ class MatchStage(ConsumerStage):
         return s.match_batch_max, s.match_batch_s
 
     async def handle(self, events: list[ConsumedEvent[detections_pb2.Detection]]) -> None:
-        """Match a batch, send its hits, return once the broker has them (then the runner
-        commits)."""
         assert self.producer is not None  # noqa: S101 - set in on_start
-        s = self.container.settings
-        hits = match_batch(self.container.rules, events, s.topic_prefix)
-        futures = [
-            await self.producer.send_raw(self.hits_topic, value, key=key, partition=partition)
-            for partition, key, value in hit_records(hits, s.partitions)
-        ]
-        await asyncio.gather(*futures)
-        EVENTS.labels("detections").inc(len(events))
-        HITS.inc(len(hits))
+        await match_and_send(self.container.rules, self.producer, self.container.settings, events)
 
 
 class StoreStage(ConsumerStage):
