@@ -442,3 +442,39 @@ async def test_a_scheduled_report_that_fails_is_retried_with_backoff_not_every_p
     assert calls == [T0, T0 + timedelta(minutes=1), T0 + timedelta(minutes=3)]
     (report,) = await app.reports.list_reports("acme", limit=10, after=None)
     assert report["state"] == "ready"
+
+
+async def test_pattern_changes_left_unpublished_are_published_by_the_republisher(
+    world: World, infra: Infra, names: Any
+) -> None:
+    """A put answered UNAVAILABLE and never repeated stays stored unpublished: the reporter's
+    periodic republish finds it in Mongo and puts it on the real topic."""
+    from tmsp_common.kafka.topics import CLEANUP_PATTERNS
+    from tmsp_reporter.adapters.mongo_patterns import PatternStore
+    from tmsp_reporter.domain.patterns import CleanupPatternEntry
+
+    await ensure_topics(infra.kafka_bootstrap, [CLEANUP_PATTERNS], prefix=names.prefix)
+    app = world.app(FakeClock(T0))
+    store = PatternStore(world.db)
+
+    def entry(name: str, content: bytes, *, published: bool) -> CleanupPatternEntry:
+        return CleanupPatternEntry(
+            account_id="acme",
+            name=name,
+            description="",
+            content_sha256=hashlib.sha256(content).hexdigest(),
+            size=len(content),
+            version=1,
+            updated_at=T0,
+            updated_by_user_id="op-1",
+            published=published,
+        )
+
+    await store.save(entry("on-the-server", b"old", published=True), b"old", 0)
+    await store.save(entry("left-behind", b"kill: x.exe\n", published=False), b"kill: x.exe\n", 0)
+    assert await app.patterns.republish() == 1
+    assert await app.patterns.republish() == 0
+    async with TopicReader(infra.kafka_bootstrap, CLEANUP_PATTERNS, names.prefix) as reader:
+        (snap,) = await reader.read_events(status_pb2.CleanupPattern, 1, timeout=30)
+    assert (snap.name, snap.version, snap.content) == ("left-behind", 1, b"kill: x.exe\n")
+    assert (await app.patterns.for_task("acme", "left-behind")).published

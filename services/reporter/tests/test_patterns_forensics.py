@@ -127,6 +127,9 @@ class FakeStore:
         if stored.version == entry.version:
             self.docs[entry.key] = (replace(stored, published=True), content)
 
+    async def unpublished(self) -> list[tuple[CleanupPatternEntry, bytes]]:
+        return [(e, c) for e, c in self.docs.values() if not e.published]
+
     async def list(self, account_id: str) -> list[CleanupPatternEntry]:
         rows = [e for e, _ in self.docs.values() if e.account_id == account_id and not e.deleted]
         return sorted(rows, key=lambda e: e.name)
@@ -194,6 +197,33 @@ async def test_a_put_is_published_and_a_retry_after_an_outage_publishes_the_stor
     with pytest.raises(FailedPrecondition, match="version 2"):
         await patterns.put("acct-a", "emotet", "again", b"y", 1, "op-1")
     assert store.docs["acct-a/emotet"][0].version == 2
+
+
+async def test_changes_nobody_repeated_after_an_outage_are_published_by_the_reporter() -> None:
+    patterns, store, publisher, _ = catalogue()
+    await patterns.put("acct-a", "kept", "", b"one", None, "op")
+    publisher.failures = 2
+    with pytest.raises(Unavailable):
+        await patterns.put("acct-a", "new", "", b"two", None, "op")
+    with pytest.raises(Unavailable):
+        await patterns.delete("acct-a", "kept", "op")
+    publisher.failures = 1  # the bus still down at the first sweep: nothing lost
+    with pytest.raises(Unavailable):
+        await patterns.republish()
+    assert await patterns.republish() == 2
+    published = {
+        (s.name, s.version, s.deleted, s.content)
+        for _, s, _, _ in publisher.sent
+        if isinstance(s, status_pb2.CleanupPattern)
+    }
+    assert published == {
+        ("kept", 1, False, b"one"),
+        ("new", 1, False, b"two"),
+        ("kept", 2, True, b""),
+    }
+    assert (await patterns.for_task("acct-a", "new")).published
+    assert await patterns.republish() == 0  # each change once
+    assert len(publisher.sent) == 3
 
 
 async def test_removal_publishes_a_tombstone_and_frees_the_name() -> None:

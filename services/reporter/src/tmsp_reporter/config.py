@@ -42,6 +42,8 @@ class ReporterSettings(ServiceSettings):
     daily incident count)."""
     stale_generation_s: float = Field(600.0, gt=0)
     purge_interval_s: float = Field(3600.0, gt=0)
+    pattern_republish_interval_s: float = Field(60.0, gt=0)
+    """How often cleanup pattern changes whose publication failed are published again."""
     scheduler_enabled: bool = True
 
     @field_validator("auth_public_keys")

@@ -69,7 +69,9 @@ INDEXES: dict[str, list[IndexModel]] = {
         )
     ],
     "cleanup_patterns": [
-        IndexModel([("account_id", ASCENDING), ("name", ASCENDING)], name="by_account_name")
+        IndexModel([("account_id", ASCENDING), ("name", ASCENDING)], name="by_account_name"),
+        # the republisher's query: changes whose publication failed
+        IndexModel([("published", ASCENDING)], name="by_published"),
     ],
     "forensic_uploads": [
         IndexModel(

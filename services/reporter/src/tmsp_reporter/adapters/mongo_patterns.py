@@ -78,6 +78,10 @@ class PatternStore:
             {"_id": entry.key, "version": entry.version}, {"$set": {"published": True}}
         )
 
+    async def unpublished(self) -> list[tuple[CleanupPatternEntry, bytes]]:
+        cursor = self.patterns.find({"published": False})
+        return [(_entry(d), bytes(d.get("content", b""))) async for d in cursor]
+
     async def list(self, account_id: str) -> list[CleanupPatternEntry]:
         """The account's entries that are not removed, by name (without content)."""
         cursor = self.patterns.find(

@@ -116,6 +116,16 @@ async def serve(settings: ReporterSettings, stop: asyncio.Event) -> None:
                 every(settings.purge_interval_s, app.maintenance.purge, stop, "purge")
             )
         )
+        tasks.append(
+            asyncio.create_task(
+                every(
+                    settings.pattern_republish_interval_s,
+                    app.patterns.republish,
+                    stop,
+                    "republish cleanup patterns",
+                )
+            )
+        )
         if settings.scheduler_enabled:
 
             async def scheduled() -> None:

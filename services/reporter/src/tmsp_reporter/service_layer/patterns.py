@@ -2,8 +2,9 @@
 the provider's operators put and remove an account's patterns; each change is stored, then
 published on the cleanup-patterns topic the log server serves them from, and answered only
 once the broker acknowledged it. A put or removal whose publication failed (UNAVAILABLE) is
-repeated by the caller: the repeat publishes the stored version again instead of making a
-new one."""
+stored but not published: the caller's repeat publishes the stored version again instead of
+making a new one, and so does the reporter by itself (:meth:`CleanupPatterns.republish`, at
+start-up and every ``PATTERN_REPUBLISH_INTERVAL_S``) when nobody repeats it."""
 
 from __future__ import annotations
 
@@ -156,9 +157,23 @@ class CleanupPatterns:
             )
         if not found[0].published:
             raise FailedPrecondition(
-                f"cleanup pattern {name!r} is not on the log server yet; put it again"
+                f"cleanup pattern {name!r} is not on the log server yet (it is published "
+                "again shortly); retry, or put it again"
             )
         return found[0]
+
+    async def republish(self) -> int:
+        """Publish every stored change whose publication failed (a put or removal answered
+        UNAVAILABLE and not repeated); returns how many were published. The log server
+        keeps the highest version of each pattern, so publishing one that a newer change
+        has overtaken meanwhile does no harm."""
+        done = 0
+        for entry, content in await self.store.unpublished():
+            await self._publish(entry, content)
+            done += 1
+        if done:
+            log.info("unpublished cleanup pattern changes published", count=done)
+        return done
 
     async def _publish(self, entry: CleanupPatternEntry, content: bytes) -> CleanupPatternEntry:
         await self.publisher.publish(

@@ -43,4 +43,8 @@ class PatternRepository(Protocol):
 
     async def mark_published(self, entry: CleanupPatternEntry) -> None: ...
 
+    async def unpublished(self) -> list[tuple[CleanupPatternEntry, bytes]]:
+        """Every stored entry (of any account, removals too) not yet published, with its
+        content."""
+
     async def list(self, account_id: str) -> list[CleanupPatternEntry]: ...
