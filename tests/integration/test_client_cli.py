@@ -428,6 +428,12 @@ async def test_operator_manages_accounts_and_their_users(
     # still `account show ID`.
     eventually(op, ("account", account_id), f"{name} GmbH")
     assert "time zone:" in op.ok("account", "show", account_id)
+    # A validity date is cleared with `none`; the other stays.
+    cleared = op.json(
+        "account", "edit", account_id, "--valid-from", "none", "--valid-until", "2027-01-01"
+    )
+    assert "valid_from" not in cleared["account"]
+    assert cleared["account"]["valid_until"] == "2027-01-01T00:00:00Z"
 
     # Invite its administrator (the link read from the notification topic), who then owns it.
     email = f"{unique('grace')}@globex.example"

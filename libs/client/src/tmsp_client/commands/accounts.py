@@ -66,9 +66,21 @@ def _account_fields(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--services", type=comma_list, metavar="A,B", help="the subscribed services (operators)"
     )
-    p.add_argument("--valid-from", type=iso_time, metavar="T", help="subscription start")
-    p.add_argument("--valid-until", type=iso_time, metavar="T", help="subscription end")
+    p.add_argument(
+        "--valid-from", type=time_or_clear, metavar="T", help="subscription start (none: clear)"
+    )
+    p.add_argument(
+        "--valid-until", type=time_or_clear, metavar="T", help="subscription end (none: clear)"
+    )
     p.add_argument("--time-zone", metavar="ZONE", help="IANA time zone (e.g. Europe/Berlin)")
+
+
+CLEAR = "none"
+"""A validity date given as this is cleared: named in the update mask, left unset."""
+
+
+def time_or_clear(text: str) -> datetime | str:
+    return CLEAR if text.strip().lower() == CLEAR else iso_time(text)
 
 
 def _fill(account: auth_pb2.Account, args: argparse.Namespace, dests: list[str]) -> list[str]:
@@ -77,6 +89,8 @@ def _fill(account: auth_pb2.Account, args: argparse.Namespace, dests: list[str])
     for dest in given:
         value = getattr(args, dest)
         field = EDITABLE[dest]
+        if value == CLEAR:
+            continue  # in the mask without a value: the field is cleared
         if isinstance(value, datetime):
             getattr(account, field).CopyFrom(timestamp(value))
         elif isinstance(value, list):
