@@ -26,7 +26,6 @@ from typing import Any
 import grpc
 import pytest
 
-from tmsp.auth.v1 import auth_pb2
 from tmsp.events.v1 import notifications_pb2
 from tmsp_auth.testing import (
     AuthClient,
@@ -448,12 +447,14 @@ async def test_operator_manages_accounts_and_their_users(
     assert invitation.params["invite"] == "true"
     assert invited["roles"] == ["ROLE_ACCOUNT_ADMINISTRATOR"]
     user_id = invited["user_id"]
-    password = new_password()
-    await auth_client.auth.ResetPassword(
-        auth_pb2.ResetPasswordRequest(
-            token=invitation.params["reset_url"].rsplit("token=", 1)[1], new_password=password
-        )
-    )
+    # Grace sets her first password with the invitation's link; the link works once.
+    grace = client(stack, tmp_path, "grace")
+    password, link = new_password(), invitation.params["reset_url"]
+    first = grace.ok("password", "reset", "--link-stdin", stdin=f"{link}\n{password}\n")
+    assert first.strip() == "password set; log in with `tmsp login --email ...`"
+    spent = grace.run("password", "reset", "--link-stdin", stdin=f"{link}\n{new_password()}\n")
+    assert spent.returncode == 1 and spent.stderr.startswith("tmsp: ResetPassword: ")
+    assert password not in spent.stderr + first
     owned = op.ok("account", "edit", account_id, "--managed-by", user_id)
     assert f"managed by:  {email}" in owned
 
@@ -464,6 +465,29 @@ async def test_operator_manages_accounts_and_their_users(
     assert "locked_until" in user_entry(op, account_id, user_id)
     assert op.ok("users", "unlock", user_id).strip() == f"user {user_id} unlocked"
     assert "locked_until" not in user_entry(op, account_id, user_id)
+    await auth_client.session(email, password)
+
+    # She changes it (signed in), forgets the new one and resets it by the emailed link.
+    grace.ok("login", "--email", email, "--password-stdin", stdin=f"{password}\n")
+    changed = new_password()
+    out = grace.ok("password", "change", "--stdin", stdin=f"{password}\n{changed}\n")
+    assert "password changed" in out
+    with pytest.raises(grpc.aio.AioRpcError):
+        await auth_client.login(email, password)
+    async with Mailbox(stack.infra.kafka_bootstrap, stack.prefix) as mail:
+        asked = grace.ok("password", "forgot", "--email", email)
+        assert asked.strip() == f"if {email} belongs to a user, a reset link is on its way there"
+        nobody = grace.ok("password", "forgot", "--email", f"{unique('nobody')}@globex.example")
+        assert "if " in nobody  # the same answer for an address nobody has
+        reset_kind = notifications_pb2.NotificationKind.NOTIFICATION_KIND_PASSWORD_RESET
+        assert (await mail.next(reset_kind, email)).params[
+            "invite"
+        ] == "true"  # read from the start
+        mailed = await mail.next(reset_kind, email)
+    assert mailed.params["invite"] != "true"
+    token = mailed.params["reset_url"].rsplit("token=", 1)[1]
+    password = new_password()
+    grace.ok("password", "reset", "--link-stdin", stdin=f"{token}\n{password}\n")  # the token alone
     await auth_client.session(email, password)
     assert "disabled" in op.ok("users", "disable", user_id)
     assert user_entry(op, account_id, user_id)["disabled"] is True

@@ -470,3 +470,14 @@ def test_2fa_disable_and_new_recovery_codes_reauthenticate_by_password(
     _, out, _ = run(["2fa", "disable", "--password-stdin"], auth=stub)
     assert "off for me@acme.example" in out.getvalue()
     assert [r.current_password for _, r in stub.calls] == ["my-password", "my-password"]
+
+
+def test_a_reset_link_gives_its_token_and_a_bare_token_is_itself() -> None:
+    from tmsp_client.commands.password import token_of
+
+    link = "https://portal.tmsp.local/reset-password?token=Ab-c_9"
+    assert token_of(link) == "Ab-c_9"
+    assert token_of("  Ab-c_9\n") == "Ab-c_9"
+    for bad in ("", "https://portal.tmsp.local/reset-password", "https://x/?token="):
+        with pytest.raises(UsageError):
+            token_of(bad)

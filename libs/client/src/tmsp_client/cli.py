@@ -20,6 +20,7 @@ from tmsp_client.commands import (
     admin,
     mitigation,
     notifications,
+    password,
     portal,
     products,
     reports,
@@ -34,6 +35,7 @@ from tmsp_client.transfer import DownloadError
 
 COMMAND_GROUPS = (
     signin,
+    password,
     twofactor,
     portal,
     accounts,
