@@ -431,6 +431,28 @@ def test_2fa_setup_walks_the_dialogue_and_shows_the_codes_only_on_stdout(
         assert secret not in notes
 
 
+def test_2fa_change_device_walks_the_same_dialogue_and_ends_in_change_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("CONF-9\n112233\n"))
+    stub = Stub(
+        SendConfirmationEmail=auth_pb2.SendConfirmationEmailResponse(),
+        ConfirmSetupCode=auth_pb2.ConfirmSetupCodeResponse(
+            otpauth_uri="otpauth://totp/TMSP:me?secret=NEWSEC", secret_base32="NEWSEC"
+        ),
+        ChangeDevice=auth_pb2.ChangeDeviceResponse(),
+    )
+    _, out, err = run(["2fa", "change-device", "--code-stdin"], auth=stub)
+    assert stub.rpcs() == ["SendConfirmationEmail", "ConfirmSetupCode", "ChangeDevice"]
+    assert stub.calls[1][1].confirmation_code == "CONF-9"
+    assert stub.calls[2][1].totp_code == "112233"
+    text = out.getvalue()
+    assert "secret:      NEWSEC" in text
+    assert text.rstrip().endswith("moved to the new device")
+    for secret in ("NEWSEC", "CONF-9", "112233"):
+        assert secret not in err.getvalue()
+
+
 def test_2fa_setup_with_json_prints_one_line_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("CONF-123\n654321\n"))
     stub = Stub(

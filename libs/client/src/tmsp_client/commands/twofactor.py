@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from collections.abc import Callable
 
 from tmsp.auth.v1 import auth_pb2
 from tmsp_client.arguments import Subparsers, command, command_group
@@ -25,6 +26,19 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         "--code-stdin",
         action="store_true",
         help="read the emailed confirmation code, then the app's first code, from stdin lines",
+    )
+    p.add_argument("--qr", metavar="FILE", help="also write the QR code (PNG, mode 0600) to FILE")
+    p = command(
+        verbs,
+        common,
+        "change-device",
+        "move it to a new authenticator app; the old one stops working",
+        change_device,
+    )
+    p.add_argument(
+        "--code-stdin",
+        action="store_true",
+        help="read the emailed confirmation code, then the new app's first code, from stdin lines",
     )
     p.add_argument("--qr", metavar="FILE", help="also write the QR code (PNG, mode 0600) to FILE")
     p = command(verbs, common, "disable", "turn it off (asks for your password)", disable)
@@ -60,32 +74,48 @@ def _codes(ctx: Context, r: RecoveryCodes, *, dialogue: bool = False) -> None:
 def setup(ctx: Context) -> None:
     """SendConfirmationEmail, ConfirmSetupCode with the emailed code, EnableTwoFactor with
     the app's first code."""
-    a = ctx.args
-    read = reader(a.code_stdin, StdinLines(), "code")
+    read = reader(ctx.args.code_stdin, StdinLines(), "code")
     with contextlib.ExitStack() as stack:
-        qr = stack.enter_context(PrivateFile(a.qr)) if a.qr else None
-        sent = ctx.auth.SendConfirmationEmail(auth_pb2.SendConfirmationEmailRequest())
-        email = ctx.signed_in().session.email
-        ctx.out.note(
-            f"a confirmation code was emailed to {email} (valid until {ts(sent.expires_at)})"
-        )
-        code = read("Confirmation code (emailed): ")
-        prov = ctx.auth.ConfirmSetupCode(auth_pb2.ConfirmSetupCodeRequest(confirmation_code=code))
-        if qr is not None:
-            qr.commit(prov.qr_png)
-            ctx.out.note(f"QR code written to {qr.path} (mode 0600: it holds the secret)")
-        ctx.out.note("add this to your authenticator app (scan the QR code, or enter either):")
-        shown = auth_pb2.ConfirmSetupCodeResponse(
-            otpauth_uri=prov.otpauth_uri, secret_base32=prov.secret_base32
-        )
-        ctx.out.step(
-            shown,
-            render_fields([("otpauth uri", prov.otpauth_uri), ("secret", prov.secret_base32)]),
-        )
+        email = _provision(ctx, read, stack)
         totp = read("Authenticator code (6 digits): ")
         enabled = ctx.auth.EnableTwoFactor(auth_pb2.EnableTwoFactorRequest(totp_code=totp))
     ctx.out.note(f"two-factor authentication is on for {email}: logins ask for the app's code")
     _codes(ctx, enabled, dialogue=True)
+
+
+def change_device(ctx: Context) -> None:
+    """The same dialogue as :func:`setup` for a new device, ending in ChangeDevice (the
+    recovery codes stay as they are)."""
+    read = reader(ctx.args.code_stdin, StdinLines(), "code")
+    with contextlib.ExitStack() as stack:
+        email = _provision(ctx, read, stack)
+        totp = read("New authenticator code (6 digits): ")
+        r = ctx.auth.ChangeDevice(auth_pb2.ChangeDeviceRequest(totp_code=totp))
+    ctx.out.result(r, f"two-factor authentication for {email} moved to the new device")
+
+
+def _provision(ctx: Context, read: Callable[[str], str], stack: contextlib.ExitStack) -> str:
+    """SendConfirmationEmail, then ConfirmSetupCode with the emailed code: shows the new
+    device's provisioning (and writes the QR file). Returns the signed-in address."""
+    a = ctx.args
+    qr = stack.enter_context(PrivateFile(a.qr)) if a.qr else None
+    sent = ctx.auth.SendConfirmationEmail(auth_pb2.SendConfirmationEmailRequest())
+    email = ctx.signed_in().session.email
+    ctx.out.note(f"a confirmation code was emailed to {email} (valid until {ts(sent.expires_at)})")
+    code = read("Confirmation code (emailed): ")
+    prov = ctx.auth.ConfirmSetupCode(auth_pb2.ConfirmSetupCodeRequest(confirmation_code=code))
+    if qr is not None:
+        qr.commit(prov.qr_png)
+        ctx.out.note(f"QR code written to {qr.path} (mode 0600: it holds the secret)")
+    ctx.out.note("add this to your authenticator app (scan the QR code, or enter either):")
+    shown = auth_pb2.ConfirmSetupCodeResponse(
+        otpauth_uri=prov.otpauth_uri, secret_base32=prov.secret_base32
+    )
+    ctx.out.step(
+        shown,
+        render_fields([("otpauth uri", prov.otpauth_uri), ("secret", prov.secret_base32)]),
+    )
+    return email
 
 
 def disable(ctx: Context) -> None:
