@@ -8,7 +8,7 @@ Needs ``sftp`` (openssh-client) and ``sshpass`` on the PATH: CI must
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncssh
@@ -274,22 +274,32 @@ class PublicKeyOnly(asyncssh.SSHKeyPair):
         raise ValueError("no private key")
 
 
-async def test_a_public_key_probe_does_not_reset_the_failed_login_throttle(
+async def keyed_product(
     gateway: Gateway,
-) -> None:
-    """Password guesses interleaved with "would you accept this key?" probes for the
-    product's (public) key must still run into AUTH_FAILURE_LIMIT (10)."""
+) -> tuple[asyncssh.SSHKey, Callable[..., Awaitable[None]], str]:
+    """A product registered with an SSH key: the key, a login as the product (keyword
+    arguments go to ``asyncssh.connect``), and its password."""
     key = asyncssh.generate_private_key("ssh-ed25519")
     reg = await gateway.register(
         "acct-a", "owner@a.example", ssh_public_key=key.export_public_key().decode().strip()
     )
-    user, password = reg.credentials.user_name, reg.credentials.password
+    user = reg.credentials.user_name
 
     async def login(**how: object) -> None:
         conn = await asyncssh.connect(
             "127.0.0.1", gateway.ports["sftp"], username=user, known_hosts=None, **how
         )
         conn.close()
+
+    return key, login, reg.credentials.password
+
+
+async def test_a_public_key_probe_does_not_reset_the_failed_login_throttle(
+    gateway: Gateway,
+) -> None:
+    """Password guesses interleaved with "would you accept this key?" probes for the
+    product's (public) key must still run into AUTH_FAILURE_LIMIT (10)."""
+    key, login, password = await keyed_product(gateway)
 
     for guess in range(9):
         with pytest.raises(asyncssh.PermissionDenied):
@@ -299,4 +309,24 @@ async def test_a_public_key_probe_does_not_reset_the_failed_login_throttle(
     with pytest.raises(asyncssh.PermissionDenied):
         await login(password="guess-9", client_keys=None)
     with pytest.raises(asyncssh.PermissionDenied):  # throttled: even the right password
+        await login(password=password, client_keys=None)
+
+
+async def test_a_registered_key_offered_and_never_proven_counts_as_a_failed_login(
+    gateway: Gateway,
+) -> None:
+    """Who holds only a product's public key gets "yes" to the unsigned probe and then
+    cannot sign: each such connection is a failed authentication of its source, so after
+    AUTH_FAILURE_LIMIT (10) of them even the right password is refused."""
+    key, login, password = await keyed_product(gateway)
+
+    assert gateway.process is not None
+    for _ in range(10):
+        with pytest.raises(asyncssh.PermissionDenied):
+            await login(client_keys=[PublicKeyOnly(key.convert_to_public())])
+    # counted when the server sees the connection end
+    await wait_until(
+        lambda: gateway.process.logs.count("ssh key offered and never proven") >= 10, timeout=10
+    )
+    with pytest.raises(asyncssh.PermissionDenied):
         await login(password=password, client_keys=None)

@@ -326,15 +326,23 @@ async def test_projections_and_customer_accounts_screen(
     assert list(got.recommended_actions) == ["Isolate the endpoint", "Reset credentials"]
     assert "attack.lateral_movement" in got.attack_tags
 
+    async def with_cleared() -> list[Any]:
+        # the screen's count (1) holds before pc-2's records are projected too: wait for them
+        listed = await stub.ListNonconformingEndpoints(
+            reporter_pb2.ListNonconformingEndpointsRequest(
+                account_id="acct-a", include_cleared=True
+            ),
+            metadata=operator,
+        )
+        seen = {e.endpoint_key: e.cleared for e in listed.endpoints}
+        return list(listed.endpoints) if seen.get("pc-2") else []
+
+    cleared = {e.endpoint_key: e.cleared for e in await wait_until(with_cleared, timeout=30)}
+    assert cleared == {"pc-1": False, "pc-2": True}
     endpoints = await stub.ListNonconformingEndpoints(
         reporter_pb2.ListNonconformingEndpointsRequest(account_id="acct-a"), metadata=operator
     )
     assert [e.endpoint_key for e in endpoints.endpoints] == ["pc-1"]  # pc-2 was cleared
-    with_cleared = await stub.ListNonconformingEndpoints(
-        reporter_pb2.ListNonconformingEndpointsRequest(account_id="acct-a", include_cleared=True),
-        metadata=operator,
-    )
-    assert sorted(e.endpoint_key for e in with_cleared.endpoints) == ["pc-1", "pc-2"]
 
     async with TopicReader(infra.kafka_bootstrap, INCIDENTS.dead_letter, names.prefix) as dlq:  # type: ignore[arg-type]
         records = await dlq.read_until(lambda rs: len(rs) >= 1)

@@ -368,6 +368,11 @@ class ProductSFTPServer(asyncssh.SFTPServer):
         raise asyncssh.SFTPPermissionDenied("links are not allowed")
 
 
+KEY_NOT_PROVEN = "key not proven"
+"""The failure reason (metric label) of a connection that offered a registered key and
+closed without proving it."""
+
+
 class ProductSSHServer(asyncssh.SSHServer):
     """Per-connection authentication against the registry."""
 
@@ -375,6 +380,9 @@ class ProductSSHServer(asyncssh.SSHServer):
         self.gateway = gateway
         self.conn: asyncssh.SSHServerConnection | None = None
         self.source = "?"
+        self.key_accepted = False
+        """A registered key was offered (and accepted for its signature to be checked)."""
+        self.authenticated = False
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -384,6 +392,13 @@ class ProductSSHServer(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         metrics.ACTIVE_SESSIONS.labels("sftp").dec()
+        if self.key_accepted and not self.authenticated:
+            # asyncssh verifies a key's signature after validate_public_key and has no hook
+            # for a bad one: a connection that offered a registered key and never proved it
+            # (a bad signature, or no private key) is one failed authentication of its source
+            self.gateway.auth.key_not_proven(self.source)
+            metrics.AUTH_FAILURES.labels("sftp", KEY_NOT_PROVEN).inc()
+            log.info("ssh key offered and never proven", source=self.source)
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -410,6 +425,7 @@ class ProductSSHServer(asyncssh.SSHServer):
         """asyncssh calls this only once authentication succeeded: for a public key after
         the signature was verified, never for the unsigned "would you accept this key?"
         probe, which must not clear the source's failed-login count."""
+        self.authenticated = True
         self.gateway.auth.succeeded(self.source)
 
     async def validate_password(self, username: str, password: str) -> bool:
@@ -425,6 +441,7 @@ class ProductSSHServer(asyncssh.SSHServer):
             who = await self.gateway.auth.with_public_key(username, blob, self.source)
         except AuthenticationFailed as exc:
             return self._refused(exc)
+        self.key_accepted = True
         return self._accepted(who)
 
 

@@ -129,6 +129,12 @@ class ProductAuthenticator:
         self.succeeded(source)
         return await self._standing(product)
 
+    def key_not_proven(self, source: str) -> None:
+        """A connection from ``source`` offered a registered key and ended without proving
+        it (SSH: no valid signature): a failed authentication, counted like a wrong
+        password."""
+        self._fail(source, Refusal.BAD_CREDENTIALS)
+
     def succeeded(self, source: str) -> None:
         """Authentication really completed (a password verified, an SSH signature checked):
         clear the failures counted for ``source``."""
