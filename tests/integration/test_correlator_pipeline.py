@@ -257,17 +257,7 @@ async def test_worker_killed_and_restarted_loses_and_duplicates_no_incident(
     infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
 ) -> None:
     hosts = 200
-    dets = [
-        detection(
-            f"k{h}-{i}",
-            T0 + h + i * 20,
-            product_id=f"tda-{h % 5}",
-            host=f"host{h}",
-            threat_name=f"T{h}",
-        )
-        for h in range(hosts)
-        for i in range(3)
-    ]
+    dets = host_bursts("k", hosts, products=5)
     expected = _expected_incidents(dets)
     assert len(expected) == hosts
 
@@ -297,6 +287,24 @@ async def test_worker_killed_and_restarted_loses_and_duplicates_no_incident(
         pytest.fail(f"missing={len(missing)} extra={len(extra)} wrong_counts={len(wrong)}")
 
 
+def host_bursts(tag: str, hosts: int, *, products: int) -> list[detections_pb2.Detection]:
+    """Three high-severity detections 20 s apart on each host, a threat of its own per host
+    (so each group's events come from one product, one partition, in the order the
+    reference sees them: a group across partitions may fire on another window first, and
+    its incident then differs from the reference's)."""
+    return [
+        detection(
+            f"{tag}{h}-{i}",
+            T0 + h + i * 20,
+            product_id=f"tda-{h % products}",
+            host=f"{tag}host{h}",
+            threat_name=f"{tag.upper()}{h}",
+        )
+        for h in range(hosts)
+        for i in range(3)
+    ]
+
+
 def _expected_incidents(dets: list[detections_pb2.Detection]) -> dict[str, int]:
     """Incident id -> event count, as the reference (in-memory) correlator finds them."""
     from tmsp_common.kafka.envelope import wrap
@@ -321,20 +329,7 @@ async def test_match_processes_count_like_the_worker_a_killed_one_restarts_none_
     infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
 ) -> None:
     hosts = 60
-    # a threat per host: every group's events come from one product, so one partition, and
-    # arrive in the order the reference sees them (a group across partitions may fire on
-    # another window first: its incident then differs from the reference's)
-    dets = [
-        detection(
-            f"m{h}-{i}",
-            T0 + h + i * 20,
-            product_id=f"tda-{h % 6}",
-            host=f"mhost{h}",
-            threat_name=f"M{h}",
-        )
-        for h in range(hosts)
-        for i in range(3)
-    ]
+    dets = host_bursts("m", hosts, products=6)
     expected = _expected_incidents(dets)
     assert len(expected) == hosts
     worker = correlators.start(TMSP_CORRELATOR_MATCH_PROCESSES="2")

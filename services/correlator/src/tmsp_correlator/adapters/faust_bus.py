@@ -37,7 +37,9 @@ class FaustBus:
         self.prefix = prefix
         self._topics: dict[str, Any] = {}
 
-    def topic(self, name: str, partitions: int | None = None) -> Any:
+    def topic(self, name: str, partitions: int | None = None, *, internal: bool = False) -> Any:
+        """The raw-bytes faust topic ``name`` (one object per name); ``internal``: one of
+        the app's own topics (hits, detached status changes)."""
         t = self._topics.get(name)
         if t is None:
             t = self.app.topic(
@@ -47,6 +49,7 @@ class FaustBus:
                 key_serializer="raw",
                 value_serializer="raw",
                 partitions=partitions,
+                internal=internal,
             )
             self._topics[name] = t
         return t

@@ -237,25 +237,9 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     uploads_topic = bus.topic(UPLOADS.qualified(prefix))
     products_topic = bus.topic(PRODUCTS.qualified(prefix))
     maintenance_topic = bus.topic(LOG_MAINTENANCE.qualified(prefix))
-    hits_topic = app.topic(
-        hits_topic_name(s),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=s.partitions,
-        internal=True,
-    )
+    hits_topic = bus.topic(hits_topic_name(s), s.partitions, internal=True)
     detached_name = detached_topic_name(s)
-    detached_topic = app.topic(
-        detached_name,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=s.partitions,
-        internal=True,
-    )
+    detached_topic = bus.topic(detached_name, s.partitions, internal=True)
     windows = app.Table(WINDOWS_TABLE, default=None, partitions=s.partitions)
     # a Table takes its serializers from key_type/value_type (json unless a model says
     # otherwise), not from a schema; set before its changelog topic is first built
