@@ -522,6 +522,64 @@ async def test_window_state_outlives_the_worker_through_the_table_changelog(
     assert burst[-1].event_count == 3
 
 
+async def test_an_idle_group_is_forgotten_in_memory_and_in_the_changelog(
+    infra: Infra, names: Any, correlators: Correlators, producer: EventProducer
+) -> None:
+    """Two of a burst's three detections, then no hit for longer than GROUP_IDLE_S: the
+    group's state is forgotten. In memory: the next three open an incident of their own
+    (kept, the first two would have opened it at the third and joined it). In the
+    changelog: a tombstone after the state, which a new worker's recovery honours (three
+    more open another incident rather than joining the one before)."""
+    app_id = names.group("correlator")
+    idle = {"TMSP_CORRELATOR_GROUP_IDLE_S": "4", "TMSP_CORRELATOR_GROUP_SWEEP_INTERVAL_S": "0.5"}
+    changelog = Topic(f"{app_id}-{WINDOWS_TABLE}-changelog", None, key="group key")
+
+    def burst_group(records: list[Any]) -> list[Any]:
+        return [
+            r
+            for r in records
+            if BURST in orjson.loads(r.key) and '["burst"]' in orjson.loads(r.key)
+        ]
+
+    async def tombstones(reader: TopicReader, n: int) -> None:
+        def forgotten(records: list[Any]) -> bool:
+            group = burst_group(records)
+            return sum(r.value is None for r in group) >= n and group[-1].value is None
+
+        await reader.read_until(forgotten, timeout=60)
+
+    async def newest_burst(incidents: TopicReader, first_event: str) -> incidents_pb2.Incident:
+        def bursts(records: list[Any]) -> list[incidents_pb2.Incident]:
+            decoded = (unwrap(r.value, incidents_pb2.Incident)[1] for r in records)
+            return [i for i in decoded if BURST in i.rule_ids and first_event in i.event_ids]
+
+        await incidents.read_until(
+            lambda rs: any(len(i.event_ids) >= 3 for i in bursts(rs)), timeout=60
+        )
+        return bursts(incidents.records)[-1]
+
+    first = correlators.start(**idle)
+    async with (
+        TopicReader(infra.kafka_bootstrap, changelog, "") as states,
+        TopicReader(infra.kafka_bootstrap, INCIDENTS, names.prefix) as incidents,
+    ):
+        await publish(producer, [detection(f"w{i}", T0 + i, host="burst") for i in range(2)])
+        await tombstones(states, 1)
+        assert burst_group(states.records)[-2].value is not None  # the state, then its tombstone
+
+        await publish(producer, [detection(f"w{i}", T0 + i, host="burst") for i in range(2, 5)])
+        second = await newest_burst(incidents, "w2")
+        assert sorted(second.event_ids) == ["w2", "w3", "w4"]
+
+        await tombstones(states, 2)
+        assert first.terminate() == 0
+        correlators.start(**idle)
+        await publish(producer, [detection(f"w{i}", T0 + i, host="burst") for i in range(5, 8)])
+        third = await newest_burst(incidents, "w5")
+    assert sorted(third.event_ids) == ["w5", "w6", "w7"]
+    assert third.incident_id != second.incident_id
+
+
 async def test_the_stages_share_one_producer_until_the_last_one_stops(
     infra: Infra, names: Any, producer: EventProducer
 ) -> None:

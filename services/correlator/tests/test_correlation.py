@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 
 from tmsp_correlator.domain.correlation import (
+    SEEN,
     Limits,
     MemoryCorrelator,
     apply_hit,
     group_key,
     hits_for_event,
+    idle_groups,
 )
 from tmsp_correlator.domain.rules import load_rules
 
@@ -776,3 +778,18 @@ def test_group_keys_keep_their_json_format_for_random_values() -> None:
         ]
         expected = json.dumps(values, separators=(",", ":"))
         assert group_key("acc", "corr", values) == f"acc|corr|{expected}", values
+
+
+def test_idle_groups_are_those_no_hit_changed_for_the_idle_time() -> None:
+    now = 1_000_000.0
+    states = [
+        ("fresh", {"w": [], SEEN: now - 10}),
+        ("edge", {"w": [], SEEN: now - 100}),
+        ("old", {"w": [[1.0]], SEEN: now - 5000}),
+        ("legacy", {"w": [[1.0]], "max": 1.0}),
+    ]
+    idle, unstamped = idle_groups(states, now, 100)
+    assert idle == ["edge", "old"]
+    # a state from before stamps is not forgotten at once: its idle time starts now
+    assert unstamped == ["legacy"]
+    assert idle_groups(states, now, 6000) == ([], ["legacy"])

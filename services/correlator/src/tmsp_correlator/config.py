@@ -44,6 +44,12 @@ class CorrelatorSettings(ServiceSettings):
     max_window_events: int = Field(1000, ge=10)
     max_incident_event_ids: int = Field(200, ge=1)
     max_incident_endpoints: int = Field(100, ge=1)
+    group_idle_s: float = Field(8 * 86400.0, gt=0)
+    """A correlation group no hit has changed for this long (wall clock) is forgotten: its
+    window state leaves memory and, as a tombstone, the table's changelog. Longer than the
+    longest upload interval (7 days), so a product's weekly upload still meets its window."""
+    group_sweep_interval_s: float = Field(600.0, gt=0)
+    """How often each worker looks for idle groups among its partitions."""
     match_batch_max: int = Field(1000, ge=1)
     """Detections per match batch: their hits leave as one record per hits partition."""
     match_batch_s: float = Field(0.02, gt=0)

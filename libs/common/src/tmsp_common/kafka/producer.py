@@ -167,12 +167,13 @@ async def send_in_batches(
     producer: AIOKafkaProducer,
     topic_name: str,
     partition: int,
-    records: Iterable[tuple[bytes | None, bytes]],
+    records: Iterable[tuple[bytes | None, bytes | None]],
 ) -> list[tuple[asyncio.Future[Any], int]]:
-    """Append ``(key, value)`` records, in order, to as few broker record batches as fit and
-    submit each to ``partition``: one future per batch instead of one per record (several
-    times cheaper per record than ``send``). Returns (acknowledgement future, records in
-    the batch) per batch; a record larger than a whole batch raises ValueError."""
+    """Append ``(key, value)`` records (a None value: a tombstone), in order, to as few
+    broker record batches as fit and submit each to ``partition``: one future per batch
+    instead of one per record (several times cheaper per record than ``send``). Returns
+    (acknowledgement future, records in the batch) per batch; a record larger than a whole
+    batch raises ValueError."""
     sent: list[tuple[asyncio.Future[Any], int]] = []
     batch = producer.create_batch()
 
@@ -186,7 +187,7 @@ async def send_in_batches(
             await submit()
             batch = producer.create_batch()
             if batch.append(key=key, value=value, timestamp=None) is None:
-                raise ValueError(f"a record of {len(value)} bytes exceeds max_batch_size")
+                raise ValueError(f"a record of {len(value or b'')} bytes exceeds max_batch_size")
     if batch.record_count():
         await submit()
     return sent

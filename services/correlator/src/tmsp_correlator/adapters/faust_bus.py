@@ -76,7 +76,7 @@ class FaustBus:
         await self.app.producer.send(topic, key, value, partition, None, None)
 
     async def send_records(
-        self, topic: str, partition: int, records: Iterable[tuple[bytes, bytes]]
+        self, topic: str, partition: int, records: Iterable[tuple[bytes, bytes | None]]
     ) -> None:
         """Hand ``(key, value)`` records for one partition to faust's producer as whole
         record batches (:func:`~tmsp_common.kafka.producer.send_in_batches`): one future per

@@ -32,6 +32,7 @@ import json
 import operator
 import re
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,9 @@ STATUS_HIT = "status"
 """The ``x`` (kind) of a status hit; a detection hit has none."""
 MAX_PAST_INCIDENTS = 8
 """A group state remembers the ids and last versions of this many earlier incidents."""
+SEEN = "seen"
+"""When a hit last changed the group's state (wall clock, stamped by the writer as it
+writes the state): what :func:`idle_groups` measures."""
 
 
 @dataclass(frozen=True)
@@ -511,6 +515,29 @@ def _remember_past(st: GroupState, inc: dict[str, Any]) -> None:
     past[inc["id"]] = inc["version"]
     while len(past) > MAX_PAST_INCIDENTS:
         del past[next(iter(past))]
+
+
+def idle_groups(
+    states: Iterable[tuple[str, GroupState]], now: float, idle_s: float
+) -> tuple[list[str], list[str]]:
+    """Group states to forget, and those to stamp: ``(idle, unstamped)``.
+
+    A group no hit has changed for ``idle_s`` seconds of wall clock (:data:`SEEN`) is idle:
+    forgotten, its next event starts a fresh window. Wall clock, not event time: one
+    product with a wrong clock cannot age out every other group, and a product's weekly
+    upload of week-old events still meets its group if ``idle_s`` is longer than a week.
+    A state written before states were stamped starts its idle time now (the caller
+    stamps and writes it).
+    """
+    idle: list[str] = []
+    unstamped: list[str] = []
+    for key, state in states:
+        seen = state.get(SEEN)
+        if seen is None:
+            unstamped.append(key)
+        elif now - float(seen) >= idle_s:
+            idle.append(key)
+    return idle, unstamped
 
 
 def make_status_hit(

@@ -10,6 +10,7 @@ Topology::
     MITIGATION_RESULTS ─> NONCONFORMING_ENDPOINTS
     HEARTBEATS, UPLOADS, PRODUCTS ─> liveness ─> PRODUCT_LIVENESS (timer on the leader)
     LOG_MAINTENANCE ─> retention settings ─> purge of the store (and a timer on the leader)
+    (timer on every worker) idle groups ─> tombstones on the window-state changelog
 
 The match and store stages run on the shared consumer runner (stages.py), started with the
 app; everything else here is a faust agent. Every agent catches its own errors: an
@@ -57,17 +58,21 @@ from tmsp_correlator.bootstrap import Container
 from tmsp_correlator.config import CorrelatorSettings
 from tmsp_correlator.domain.correlation import (
     DERIVED_STATE,
+    SEEN,
     STATUS_HIT,
     GroupState,
     Hit,
     apply_hit,
     apply_status,
     hits_for_event,
+    idle_groups,
 )
 from tmsp_correlator.domain.nonconforming import MitigationFact
 from tmsp_correlator.entrypoints.match_process import MatchProcesses
 from tmsp_correlator.entrypoints.metrics import (
     EVENTS,
+    GROUP_STATES,
+    GROUPS_FORGOTTEN,
     HANDLE_SECONDS,
     HITS,
     INCIDENT_WRITES,
@@ -354,21 +359,107 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     correlate_seconds = HANDLE_SECONDS.labels("correlate")
     changelog = changelog_topic_name(s)
 
-    async def write_states(table: Any, states: dict[str, GroupState]) -> None:
-        """The batch's changed window states into the table and its changelog: one record
-        batch per changelog partition, sent through faust's producer (flushed before the
-        batch's hits are committed) rather than a ``table[key] = state`` (a send per key).
-        A group's changelog partition is its hits partition, as faust's own write would
-        pick (the partition of the record the hit came in); the records are what faust
-        writes (key as JSON, value through the state codec), so recovery reads them."""
-        parts: dict[int, list[tuple[bytes, bytes]]] = {}
+    state_lock = asyncio.Lock()
+    """Held by a correlate batch from its first read of the table to its last write, and
+    by the idle sweep: the table's two writers never interleave."""
+
+    async def write_states(
+        table: Any, states: dict[str, GroupState], forgotten: list[str] | None = None
+    ) -> None:
+        """The batch's changed window states (stamped :data:`SEEN`) into the table and its
+        changelog, and tombstones of ``forgotten`` groups: one record batch per changelog
+        partition, sent through faust's producer (flushed before the batch's hits are
+        committed) rather than a ``table[key] = state`` (a send per key). A group's
+        changelog partition is its hits partition, as faust's own write would pick (the
+        partition of the record the hit came in); the records are what faust writes (key
+        as JSON, value through the state codec, None to delete), so recovery reads them."""
+        now = time.time()
+        parts: dict[int, list[tuple[bytes, bytes | None]]] = {}
         for key, state in states.items():
+            state[SEEN] = now
             table.data[key] = state  # the store itself: no changelog send of faust's
             parts.setdefault(hit_partition(key, s.partitions), []).append(
                 (changelog_key(key), STATE.dumps(state))
             )
+        for key in forgotten or ():
+            table.data.pop(key, None)
+            parts.setdefault(hit_partition(key, s.partitions), []).append(
+                (changelog_key(key), None)
+            )
         for partition, records in parts.items():
             await bus.send_records(changelog, partition, records)
+
+    async def correlate_batch(batch: list[Any]) -> None:
+        """Apply a batch of hits records: window states to the table and its changelog,
+        changed incidents to INCIDENTS, chained hits to the hits topic, decisions on
+        incidents left behind to the detached-status topic."""
+        changed: dict[str, tuple[dict[str, Any], bool]] = {}
+        states: dict[str, GroupState] = {}
+        chained: list[Hit] = []
+        detached: list[tuple[Record, Hit, int]] = []
+        # the table's store, read as write_states writes it (no per-key sensor calls)
+        store = windows.data
+        for event in batch:
+            record = Record.of(event)
+            try:
+                hits = decode_hits(event.value)
+            except EnvelopeError as exc:
+                await refuse(HIT_SOURCE, record, exc)
+                continue
+            for hit in hits:
+                status = hit.get("x") == STATUS_HIT
+                try:
+                    key = hit["k"]
+                    prior = states[key] if key in states else store.get(key)
+                    if status:
+                        status_state, out = apply_status(prior, hit)
+                    else:
+                        state, out = apply_hit(c.rules, prior, hit, c.limits)
+                except Exception as exc:  # noqa: BLE001 - one bad hit, not the batch
+                    await refuse(HIT_SOURCE, record.with_hit(hit), exc)
+                    continue
+                if status:
+                    # a triage decision: the group's current incident changes here
+                    if out.detached is not None:
+                        detached.append((record, hit, out.detached))
+                    elif out.late_reason:
+                        refused = EnvelopeError(f"status change not applied: {out.late_reason}")
+                        await refuse(INCIDENT_STATUS_CHANGES, record.with_hit(hit), refused)
+                    elif status_state is not None and out.incident is not None:
+                        states[key] = status_state
+                        changed[out.incident["id"]] = (out.incident, False)
+                    continue
+                if out.late_reason:
+                    LATE.inc()
+                    o = hit.get("o") or {}
+                    await bus.dead_letter(
+                        _source_of(o.get("topic", ""), prefix),
+                        key=key.encode(),
+                        value=orjson.dumps(hit),
+                        reason=out.late_reason,
+                        partition=o.get("partition", ""),
+                        offset=o.get("offset", ""),
+                        extra_headers=[("tmsp-dlq-content-type", b"application/json; hit")],
+                    )
+                    continue
+                if not out.duplicate:
+                    states[key] = state
+                if out.incident is not None:
+                    inc = out.incident
+                    opened = out.new_incident or changed.get(inc["id"], (inc, False))[1]
+                    changed[inc["id"]] = (inc, opened)
+                chained.extend(out.chained)
+        await write_states(windows, states)
+        await c.recorder.publish_many(list(changed.values()))
+        if chained:
+            await send_hits(chained)
+        for _inc, opened in changed.values():
+            INCIDENT_WRITES.labels("new" if opened else "update").inc()
+        for _rec, hit, known_version in detached:
+            # on the broker before this batch is acknowledged (faust flushes first)
+            await bus.send_raw(
+                detached_name, hit["i"].encode(), orjson.dumps({"h": hit, "v": known_version})
+            )
 
     @app.agent(hits_topic, name="correlate")
     async def correlate(stream: Any) -> None:
@@ -381,73 +472,8 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
         # Applying a hit is pure and in memory: no per-hit coroutine, and nothing to retry.
         async for batch in stream.take_events(s.correlate_batch_max, within=s.correlate_batch_s):
             started = time.perf_counter()
-            changed: dict[str, tuple[dict[str, Any], bool]] = {}
-            states: dict[str, GroupState] = {}
-            chained: list[Hit] = []
-            detached: list[tuple[Record, Hit, int]] = []
-            # the table's store, read as write_states writes it (no per-key sensor calls)
-            store = windows.data
-            for event in batch:
-                record = Record.of(event)
-                try:
-                    hits = decode_hits(event.value)
-                except EnvelopeError as exc:
-                    await refuse(HIT_SOURCE, record, exc)
-                    continue
-                for hit in hits:
-                    status = hit.get("x") == STATUS_HIT
-                    try:
-                        key = hit["k"]
-                        prior = states[key] if key in states else store.get(key)
-                        if status:
-                            status_state, out = apply_status(prior, hit)
-                        else:
-                            state, out = apply_hit(c.rules, prior, hit, c.limits)
-                    except Exception as exc:  # noqa: BLE001 - one bad hit, not the batch
-                        await refuse(HIT_SOURCE, record.with_hit(hit), exc)
-                        continue
-                    if status:
-                        # a triage decision: the group's current incident changes here
-                        if out.detached is not None:
-                            detached.append((record, hit, out.detached))
-                        elif out.late_reason:
-                            refused = EnvelopeError(f"status change not applied: {out.late_reason}")
-                            await refuse(INCIDENT_STATUS_CHANGES, record.with_hit(hit), refused)
-                        elif status_state is not None and out.incident is not None:
-                            states[key] = status_state
-                            changed[out.incident["id"]] = (out.incident, False)
-                        continue
-                    if out.late_reason:
-                        LATE.inc()
-                        o = hit.get("o") or {}
-                        await bus.dead_letter(
-                            _source_of(o.get("topic", ""), prefix),
-                            key=key.encode(),
-                            value=orjson.dumps(hit),
-                            reason=out.late_reason,
-                            partition=o.get("partition", ""),
-                            offset=o.get("offset", ""),
-                            extra_headers=[("tmsp-dlq-content-type", b"application/json; hit")],
-                        )
-                        continue
-                    if not out.duplicate:
-                        states[key] = state
-                    if out.incident is not None:
-                        inc = out.incident
-                        opened = out.new_incident or changed.get(inc["id"], (inc, False))[1]
-                        changed[inc["id"]] = (inc, opened)
-                    chained.extend(out.chained)
-            await write_states(windows, states)
-            await c.recorder.publish_many(list(changed.values()))
-            if chained:
-                await send_hits(chained)
-            for _inc, opened in changed.values():
-                INCIDENT_WRITES.labels("new" if opened else "update").inc()
-            for _rec, hit, known_version in detached:
-                # on the broker before this batch is acknowledged (faust flushes first)
-                await bus.send_raw(
-                    detached_name, hit["i"].encode(), orjson.dumps({"h": hit, "v": known_version})
-                )
+            async with state_lock:
+                await correlate_batch(batch)
             correlate_seconds.observe(time.perf_counter() - started)
 
     @app.agent(detached_topic, name="detached-status")
@@ -532,6 +558,24 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                     await c.retention.purge(time.time())
 
             await guarded(LOG_MAINTENANCE, Record.of(event), handle)
+
+    @app.timer(interval=s.group_sweep_interval_s)  # type: ignore[untyped-decorator]  # faust is untyped
+    async def forget_idle_groups() -> None:
+        # only between rebalances, and only this worker's partitions: a changelog still
+        # being read (recovery) or a partition about to move must not get our tombstones
+        if app.rebalancing or app.in_recovery:
+            return
+        mine = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog}
+        async with state_lock:
+            store = windows.data
+            owned = [(k, v) for k, v in store.items() if hit_partition(k, s.partitions) in mine]
+            idle, unstamped = idle_groups(owned, time.time(), s.group_idle_s)
+            if idle or unstamped:
+                await write_states(windows, {k: store[k] for k in unstamped}, idle)
+            GROUP_STATES.set(len(store))
+        if idle:
+            GROUPS_FORGOTTEN.inc(len(idle))
+            log.info("idle correlation groups forgotten", groups=len(idle), kept=len(store))
 
     @app.timer(interval=s.purge_interval_s, on_leader=True)  # type: ignore[untyped-decorator]  # faust is untyped
     async def purge() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("tmsp_correlator_events_total", "Events matched against the rules", ["topic"])
 HITS = Counter("tmsp_correlator_hits_total", "Rule hits sent to the correlation stage")
@@ -15,4 +15,10 @@ HANDLE_SECONDS = Histogram(
     "tmsp_correlator_handle_seconds",
     "Time to handle one batch (match: detections; correlate: hits records; store: incidents)",
     ["stage"],
+)
+GROUP_STATES = Gauge(
+    "tmsp_correlator_group_states", "Correlation groups whose window state this worker holds"
+)
+GROUPS_FORGOTTEN = Counter(
+    "tmsp_correlator_groups_forgotten_total", "Idle correlation groups whose state was dropped"
 )
