@@ -12,6 +12,10 @@ Measured side by side in the same run:
   script share its cores, so wall rates understate the worker). Then detections are
   published at a fixed rate (default 10k/s) and the latency from publishing the event
   that completes a burst to receiving the incident on INCIDENTS is measured (p50/p99).
+* ``restart`` (``--restart``): the workers stopped, a new one is timed from start to
+  ``service ready`` (its table recovered from the changelog the run wrote), at once and
+  again after ``--compaction-wait`` seconds, when the broker has compacted the closed
+  changelog segments (``--changelog-segment-bytes``; a segment still open is not).
 
     .venv/bin/python bench/bench_correlator.py                    # small, < 2 min
     .venv/bin/python bench/bench_correlator.py --events 200000 --rate 10000 --seconds 10
@@ -32,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +245,7 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
         "TMSP_CORRELATOR_PARTITIONS": str(PARTITIONS),
         "TMSP_LOG_LEVEL": "INFO",  # as deployed; "service ready" is an info line
         "TMSP_CORRELATOR_MATCH_PROCESSES": str(args.match_processes),
+        "TMSP_CORRELATOR_CHANGELOG_SEGMENT_BYTES": str(args.changelog_segment_bytes),
     }
     # ``--workers N``: N workers of one app share the partitions (each its own data dir);
     # the clock starts when the first is ready, so rebalancing as the others join counts
@@ -318,6 +324,7 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
         latencies = await latency_run(
             args.rate, args.seconds, args, infra.kafka_bootstrap, producer, prefix, "l"
         )
+        restart = await restart_run(args, env, rules_root, workers) if args.restart else None
     finally:
         for w in workers:
             w.terminate(timeout=30)
@@ -344,7 +351,66 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
         "stored_rate_note": "until the store stage had also written every published incident to Mongo",
         "paced": paced,
         "at_target_rate": latencies,
+        **({"restart": restart} if restart else {}),
     }
+
+
+async def restart_run(
+    args: argparse.Namespace, env: dict[str, str], rules_root: Path, workers: list[ServiceProcess]
+) -> dict[str, Any]:
+    """Stop the workers; time a new worker to ``service ready`` at once and after the wait."""
+    for w in workers:
+        w.terminate(timeout=30)
+
+    async def ready_after_start() -> tuple[float, float | None]:
+        started = time.perf_counter()
+        # faust's recovery says when it starts and stops reading the changelog
+        w = ServiceProcess(
+            "tmsp_correlator", {**env, "TMSP_CORRELATOR_DATA_DIR": str(rules_root / "restart")}
+        ).start()
+        try:
+            while "service ready" not in w.logs:
+                if not w.alive() or time.perf_counter() - started > args.timeout:
+                    raise RuntimeError(w.logs[-3000:])
+                await asyncio.sleep(0.05)
+            return time.perf_counter() - started, recovery_seconds(w.logs)
+        finally:
+            w.terminate(timeout=30)
+
+    at_once, recovery_at_once = await ready_after_start()
+    await asyncio.sleep(args.compaction_wait)
+    compacted, recovery_compacted = await ready_after_start()
+    return {
+        "changelog_segment_bytes": args.changelog_segment_bytes,
+        "ready_s_at_once": round(at_once, 2),
+        "recovery_s_at_once": recovery_at_once,
+        "ready_s_after_compaction_wait": round(compacted, 2),
+        "recovery_s_after_compaction_wait": recovery_compacted,
+        "compaction_wait_s": args.compaction_wait,
+        "note": "ready: start to 'service ready' (imports, group join, recovery) of a new worker; recovery: faust's reading of the changelog",
+    }
+
+
+def recovery_seconds(logs: str) -> float | None:
+    """Seconds between faust's first 'Restoring state from changelog topics' and its last
+    'Done reading from changelog topics' (JSON log lines), or None without both."""
+    marks: dict[str, list[float]] = {"start": [], "done": []}
+    for line in logs.splitlines():
+        kind = (
+            "start"
+            if "Restoring state from changelog" in line
+            else "done"
+            if "Done reading from changelog" in line
+            else None
+        )
+        if kind is None:
+            continue
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            at = json.loads(line)["timestamp"]
+            marks[kind].append(datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp())
+    if not marks["start"] or not marks["done"]:
+        return None
+    return round(max(marks["done"]) - min(marks["start"]), 2)
 
 
 async def latency_run(
@@ -479,6 +545,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="correlator workers sharing the partitions (the rate is then theirs together)",
     )
     p.add_argument("--engine-only", action="store_true")
+    p.add_argument("--restart", action="store_true", help="also time a worker's restart")
+    p.add_argument(
+        "--changelog-segment-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="TMSP_CORRELATOR_CHANGELOG_SEGMENT_BYTES (the window-state changelog's segments)",
+    )
+    p.add_argument(
+        "--compaction-wait",
+        type=float,
+        default=90.0,
+        help="seconds between the two restarts (the broker compacts after 60 s + its backoff)",
+    )
     return p.parse_args(argv)
 
 

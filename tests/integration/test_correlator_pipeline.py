@@ -504,7 +504,10 @@ async def test_window_state_outlives_the_worker_through_the_table_changelog(
     assert state["inc"] is None
     assert first.terminate() == 0
 
-    correlators.start()
+    second = correlators.start()
+    # at INFO, a restart shows faust's recovery (long work at scale), not only our lines
+    assert "Restoring state from changelog topics" in second.logs
+    assert "Done reading from changelog topics" in second.logs
     await publish(producer, [detection("w2", T0 + 2, host="burst")])
     async with TopicReader(infra.kafka_bootstrap, INCIDENTS, names.prefix) as incidents:
         await incidents.read_until(

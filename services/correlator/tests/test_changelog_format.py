@@ -14,6 +14,7 @@ from tmsp_correlator.entrypoints.faust_app import (
     WINDOWS_TABLE,
     changelog_key,
     changelog_topic_name,
+    internal_topics,
     make_app,
 )
 
@@ -34,3 +35,16 @@ def test_a_state_record_is_the_one_faust_would_write(key: str, tmp_path: Path) -
     assert changelog_key(key) == faust_key
     assert STATE.dumps({**state, "ids": {"e1": 1.0}}) == faust_value
     assert app.serializers.loads_key(None, changelog_key(key), serializer="json") == key
+
+
+def test_internal_topics_keep_what_a_restart_reads_small() -> None:
+    settings = CorrelatorSettings(app_id="cfg", changelog_segment_bytes=8 * 1024 * 1024)
+    by_name = {t.name: t.config() for t in internal_topics(settings)}
+    changelog = by_name[changelog_topic_name(settings)]
+    assert changelog["cleanup.policy"] == "compact"
+    assert changelog["segment.bytes"] == str(8 * 1024 * 1024)
+    assert changelog["segment.ms"] == str(3600 * 1000)
+    hits = by_name["cfg-hits"]
+    assert (hits["cleanup.policy"], hits["retention.ms"]) == ("delete", str(24 * 3600 * 1000))
+    with pytest.raises(ValueError, match="changelog_segment_bytes"):
+        CorrelatorSettings(changelog_segment_bytes=4096)

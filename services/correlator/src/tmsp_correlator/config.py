@@ -44,6 +44,10 @@ class CorrelatorSettings(ServiceSettings):
     max_window_events: int = Field(1000, ge=10)
     max_incident_event_ids: int = Field(200, ge=1)
     max_incident_endpoints: int = Field(100, ge=1)
+    changelog_segment_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    """Segment size of the window-state changelog (set when the topic is created). Kafka
+    compacts only closed segments and a restarted worker reads the whole changelog: with
+    the broker's 1 GiB a restart could read up to 1 GiB of superseded states per partition."""
     group_idle_s: float = Field(8 * 86400.0, gt=0)
     """A correlation group no hit has changed for this long (wall clock) is forgotten: its
     window state leaves memory and, as a tombstone, the table's changelog. Longer than the

@@ -97,6 +97,10 @@ HIT_SOURCE = Topic(
 HIT_DEAD_LETTERS = cast(Topic, HIT_SOURCE.dead_letter)  # HIT_SOURCE has a dead-letter topic
 """Created at start-up (under the prefix): hits the correlate stage could not handle."""
 RETRIES = 3
+HITS_RETENTION_MS = 24 * 3600 * 1000
+"""The internal hits topic's retention (its records are consumed within seconds)."""
+CHANGELOG_SEGMENT_MS = 3600 * 1000
+"""A changelog segment closes after an hour at the latest, so a quiet one is compacted too."""
 WINDOWS_TABLE = "correlation-windows"
 STATE_CODEC = "tmsp-state"
 
@@ -182,6 +186,8 @@ def internal_topics(settings: CorrelatorSettings) -> tuple[Topic, ...]:
             name=hits_topic_name(settings),
             partitions=settings.partitions,
             has_dead_letter=False,
+            # consumed within seconds by the same worker; a day outlasts any stall
+            retention_ms=HITS_RETENTION_MS,
         ),
         Topic(
             detached_topic_name(settings),
@@ -199,6 +205,11 @@ def internal_topics(settings: CorrelatorSettings) -> tuple[Topic, ...]:
             compacted=True,
             description="Internal: changelog of the window-state table",
             has_dead_letter=False,
+            # closed segments get compacted: what a restart reads stays near the live states
+            extra_config={
+                "segment.bytes": str(settings.changelog_segment_bytes),
+                "segment.ms": str(CHANGELOG_SEGMENT_MS),
+            },
         ),
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -167,6 +168,10 @@ def prepare_data_dir(settings: CorrelatorSettings) -> None:
 def main() -> None:
     settings = load_settings(CorrelatorSettings)
     configure_logging(CorrelatorSettings.service_name, settings.log_level, settings.log_format)
+    # at INFO only our own lines show, but a restart's table recovery is long work: faust's
+    # recovery says what it reads and how long is left (its highwater and offset tables)
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger("faust.tables.recovery").setLevel(logging.INFO)
     prepare_data_dir(settings)
     try:
         checked = asyncio.run(preflight(settings))
