@@ -274,17 +274,24 @@ async def test_worker_killed_and_restarted_loses_and_duplicates_no_incident(
     stored_at_kill = len(await incidents_in_db(infra, correlators.db_name))
     await publish(producer, dets[len(dets) // 2 :])
     correlators.start(**SWEEPING)
+    assert stored_at_kill < len(expected), "the kill should interrupt the run"
+    await stored_counts_reach(infra, correlators.db_name, expected)
+
+
+async def stored_counts_reach(infra: Infra, db: str, expected: dict[str, int]) -> None:
+    """Wait until the store holds exactly ``expected`` (incident id -> event count); fail
+    saying how many incidents are missing, extra or miscounted if it does not."""
+
+    async def counts() -> dict[str, int]:
+        return {d["_id"]: d["event_count"] for d in await incidents_in_db(infra, db)}
 
     async def settled() -> bool:
-        docs = await incidents_in_db(infra, correlators.db_name)
-        return {d["_id"]: d["event_count"] for d in docs} == expected
+        return await counts() == expected
 
-    assert stored_at_kill < len(expected), "the kill should interrupt the run"
     try:
         await wait_until(settled, timeout=90, interval=1.0)
     except TimeoutError:
-        docs = await incidents_in_db(infra, correlators.db_name)
-        got = {d["_id"]: d["event_count"] for d in docs}
+        got = await counts()
         missing = set(expected) - set(got)
         extra = set(got) - set(expected)
         wrong = {k for k in set(got) & set(expected) if got[k] != expected[k]}
@@ -346,12 +353,7 @@ async def test_match_processes_count_like_the_worker_a_killed_one_restarts_none_
     killed = min(children)
     os.kill(killed, signal.SIGKILL)
     await publish(producer, dets[len(dets) // 2 :])
-
-    async def settled() -> bool:
-        docs = await incidents_in_db(infra, correlators.db_name)
-        return {d["_id"]: d["event_count"] for d in docs} == expected
-
-    await wait_until(settled, timeout=90, interval=1.0)
+    await stored_counts_reach(infra, correlators.db_name, expected)
     assert "match process exited" in worker.logs
     restarted = await wait_until(
         lambda: len(set(process_tree(worker.pid())) - {worker.pid(), killed}) == 2, timeout=30

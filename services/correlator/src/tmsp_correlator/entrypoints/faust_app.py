@@ -42,6 +42,7 @@ from tmsp.events.v1 import (
 )
 from tmsp_common.kafka.envelope import EnvelopeError, epoch_seconds, unwrap
 from tmsp_common.kafka.topics import (
+    DAY_MS,
     DETECTIONS,
     HEARTBEATS,
     INCIDENT_STATUS_CHANGES,
@@ -97,7 +98,7 @@ HIT_SOURCE = Topic(
 HIT_DEAD_LETTERS = cast(Topic, HIT_SOURCE.dead_letter)  # HIT_SOURCE has a dead-letter topic
 """Created at start-up (under the prefix): hits the correlate stage could not handle."""
 RETRIES = 3
-HITS_RETENTION_MS = 24 * 3600 * 1000
+HITS_RETENTION_MS = DAY_MS
 """The internal hits topic's retention (its records are consumed within seconds)."""
 CHANGELOG_SEGMENT_MS = 3600 * 1000
 """A changelog segment closes after an hour at the latest, so a quiet one is compacted too."""
@@ -577,13 +578,17 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
         if app.rebalancing or app.in_recovery:
             return
         mine = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog}
-        async with state_lock:
-            store = windows.data
-            owned = [(k, v) for k, v in store.items() if hit_partition(k, s.partitions) in mine]
-            idle, unstamped = idle_groups(owned, time.time(), s.group_idle_s)
-            if idle or unstamped:
-                await write_states(windows, {k: store[k] for k in unstamped}, idle)
-            GROUP_STATES.set(len(store))
+        try:
+            async with state_lock:
+                store = windows.data
+                owned = [(k, v) for k, v in store.items() if hit_partition(k, s.partitions) in mine]
+                idle, unstamped = idle_groups(owned, time.time(), s.group_idle_s)
+                if idle or unstamped:
+                    await write_states(windows, {k: store[k] for k in unstamped}, idle)
+                GROUP_STATES.set(len(store))
+        except Exception:  # noqa: BLE001 - the states stay; the next tick tries again
+            log.exception("idle group sweep failed")
+            return
         if idle:
             GROUPS_FORGOTTEN.inc(len(idle))
             log.info("idle correlation groups forgotten", groups=len(idle), kept=len(store))
