@@ -57,12 +57,13 @@ from tmsp_common.testing import (
     process_tree_cpu_seconds,
     unique,
 )
+from tmsp_correlator.config import DEFAULT_RULES_DIR
 from tmsp_correlator.domain.correlation import MemoryCorrelator, hits_for_event
 from tmsp_correlator.domain.rules import load_rule_directory
 from tmsp_correlator.service_layer.events import detection_event
 from tmsp_correlator.testing import detection
 
-PACK = Path(__file__).resolve().parents[1] / "services" / "correlator" / "rules"
+PACK = Path(DEFAULT_RULES_DIR)
 T0 = 1_790_000_000.0
 PARTITIONS = 6
 BURST_TITLE = "Several high-severity detections on one endpoint"

@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tmsp_correlator.config import DEFAULT_RULES_DIR
 from tmsp_correlator.domain.correlation import Hit, Limits, apply_hit, hits_for_event
 from tmsp_correlator.domain.rules import RuleSet, load_rule_directory
 
-PACK = Path(__file__).resolve().parents[1] / "services" / "correlator" / "rules"
+PACK = Path(DEFAULT_RULES_DIR)
 SEQUENCE = "4f1a8d7e-1c52-4c1e-9a51-0b6a3c1d0203"
 """Threat detected, then mitigation failed on the same endpoint within a day."""
 SCAN = "4f1a8d7e-1c52-4c1e-9a51-0b6a3c1d0205"

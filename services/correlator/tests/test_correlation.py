@@ -634,6 +634,7 @@ def aggregate_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+@pytest.mark.python_build
 def test_a_sequence_waiting_for_its_second_rule_is_not_scanned_per_event(
     aggregate_calls: list[int],
 ) -> None:
@@ -668,6 +669,7 @@ def test_a_sequence_waiting_for_its_second_rule_is_not_scanned_per_event(
     assert feed(ev("l3", 2002, threat_category="lateral")).new_incident
 
 
+@pytest.mark.python_build
 def test_a_scan_short_of_distinct_targets_is_not_scanned_per_event(
     aggregate_calls: list[int],
 ) -> None:

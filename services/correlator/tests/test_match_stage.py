@@ -11,11 +11,12 @@ from tmsp.events.v1 import detections_pb2
 from tmsp_common.kafka.consumer import ConsumedEvent, InvalidEvent
 from tmsp_common.kafka.envelope import wrap
 from tmsp_common.kafka.topics import DETECTIONS
+from tmsp_correlator.config import DEFAULT_RULES_DIR
 from tmsp_correlator.domain.rules import RuleSet, load_rule_directory
 from tmsp_correlator.entrypoints.stages import match_batch
 from tmsp_correlator.testing import detection
 
-PACK = Path(__file__).resolve().parents[1] / "rules"
+PACK = Path(DEFAULT_RULES_DIR)
 T0 = 1_790_000_000.0
 
 
@@ -51,6 +52,7 @@ def test_every_hit_names_the_record_its_detection_came_from() -> None:
         assert h["a"] == "acc1"
 
 
+@pytest.mark.python_build
 def test_a_detection_whose_matching_raises_is_handed_back_and_the_rest_match() -> None:
     rules = cast(RuleSet, Exploding(load_rule_directory(PACK), bad="e2"))
     batch = [consumed("e1", 1), consumed("e2", 2), consumed("e3", 3)]

@@ -20,6 +20,7 @@ from tmsp_common.kafka.topics import (
     PRODUCT_LIVENESS,
     Topic,
 )
+from tmsp_correlator.config import DEFAULT_RULES_DIR
 from tmsp_correlator.domain.correlation import OPEN_STATUSES, MemoryCorrelator, make_status_hit
 from tmsp_correlator.domain.liveness import LivenessPolicy, due_transitions
 from tmsp_correlator.domain.nonconforming import MitigationFact, apply_result, endpoint_key
@@ -34,7 +35,7 @@ from tmsp_correlator.service_layer.incidents import (
 from tmsp_correlator.service_layer.monitoring import NonconformingEndpoints, ProductLiveness
 from tmsp_correlator.testing import detection
 
-PACK = Path(__file__).resolve().parents[1] / "rules"
+PACK = Path(DEFAULT_RULES_DIR)
 
 
 class FakePublisher:

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
+from tmsp_correlator.config import DEFAULT_RULES_DIR
 from tmsp_correlator.domain.correlation import MemoryCorrelator
 from tmsp_correlator.domain.rules import RuleSet, load_rule_directory
 
-PACK = Path(__file__).resolve().parents[1] / "rules"
+PACK = Path(DEFAULT_RULES_DIR)
 
 
 @pytest.fixture(scope="module")

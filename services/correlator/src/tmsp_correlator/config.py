@@ -13,7 +13,7 @@ from pydantic_settings import SettingsConfigDict
 
 from tmsp_common.settings import ServiceSettings
 
-DEFAULT_RULES_DIR = str(Path(__file__).resolve().parents[2] / "rules")
+DEFAULT_RULES_DIR = str(Path(__file__).resolve().parent / "rules")
 
 
 class CorrelatorSettings(ServiceSettings):

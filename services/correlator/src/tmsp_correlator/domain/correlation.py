@@ -193,8 +193,9 @@ def _aggregate_ok(corr: CorrelationRule, window: list[list[Any]]) -> bool:
             # monotonic: stop as soon as enough distinct values were seen (newest first)
             need = corr.distinct_values_needed
             seen: set[Any] = set()
-            for e in reversed(window):
-                v = e[_VAL]
+            # (an index loop: mypyc 2.4 fails on reversed() of this list type)
+            for i in range(len(window) - 1, -1, -1):
+                v = window[i][_VAL]
                 if v not in (None, "") and v not in seen:
                     seen.add(v)
                     if len(seen) >= need:

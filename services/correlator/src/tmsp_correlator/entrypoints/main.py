@@ -35,6 +35,7 @@ from tmsp_common.logging import configure_logging, get_logger
 from tmsp_common.metrics import start_metrics_server
 from tmsp_common.mongo import close, connect
 from tmsp_common.settings import load_settings
+from tmsp_correlator import engine_build
 from tmsp_correlator.adapters.faust_bus import FaustBus
 from tmsp_correlator.adapters.mongo import (
     MongoIncidents,
@@ -109,7 +110,7 @@ class CorrelatorWorker(faust.Worker):
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
-        log.info("service ready", app_id=self.app.conf.id)
+        log.info("service ready", app_id=self.app.conf.id, engine=engine_build())
 
 
 def create(
