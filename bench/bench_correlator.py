@@ -12,6 +12,10 @@ Measured side by side in the same run:
   script share its cores, so wall rates understate the worker). Then detections are
   published at a fixed rate (default 10k/s) and the latency from publishing the event
   that completes a burst to receiving the incident on INCIDENTS is measured (p50/p99).
+* ``--build compiled`` runs the worker (and the engine figure, in a subprocess) from the
+  compiled build (scripts/compiled_correlator.py, what the container image installs);
+  ``--build both`` measures both builds in one run and reports compiled/python ratios. The
+  publisher and the decode-only reference stay plain Python either way.
 * ``restart`` (``--restart``): the workers stopped, a new one is timed from start to
   ``service ready`` (its table recovered from the changelog the run wrote), at once and
   again after ``--compaction-wait`` seconds, when the broker has compacted the closed
@@ -20,6 +24,7 @@ Measured side by side in the same run:
     .venv/bin/python bench/bench_correlator.py                    # small, < 2 min
     .venv/bin/python bench/bench_correlator.py --events 200000 --rate 10000 --seconds 10
     .venv/bin/python bench/bench_correlator.py --engine-only
+    .venv/bin/python bench/bench_correlator.py --build both --events 60000 --match-processes 2
 
 Prints one JSON object as the last line.
 """
@@ -30,9 +35,11 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +56,7 @@ from tmsp_common.kafka.envelope import unwrap, wrap
 from tmsp_common.kafka.producer import EventProducer
 from tmsp_common.kafka.topics import DETECTIONS, INCIDENTS
 from tmsp_common.testing import (
+    REPO_ROOT,
     ServiceProcess,
     group_behind,
     kafka_reachable,
@@ -215,7 +223,42 @@ def cpu_since(now: dict[int, float], before: dict[int, float]) -> float:
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in now.items())
 
 
-async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, Any]:
+def compiled_build() -> str:
+    """The directory of the compiled build (built if the sources changed since)."""
+    built = subprocess.run(  # noqa: S603
+        [sys.executable, str(REPO_ROOT / "scripts" / "compiled_correlator.py")],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    return built.stdout.strip()
+
+
+def engine_of_build(args: argparse.Namespace, pythonpath: str) -> dict[str, Any]:
+    """The engine figure of another build: this script in a subprocess, that build first on
+    its path (the same rules and workload: both are generated from fixed seeds)."""
+    ran = subprocess.run(  # noqa: S603
+        [
+            sys.executable,
+            __file__,
+            "--engine-only",
+            "--rules",
+            str(args.rules),
+            "--engine-events",
+            str(args.engine_events),
+        ],
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    engine: dict[str, Any] = json.loads(ran.stdout.strip().splitlines()[-1])["engine"]
+    return engine
+
+
+async def bench_kafka(
+    args: argparse.Namespace, rules_root: Path, pythonpath: str | None = None
+) -> dict[str, Any]:
     infra = local_infra(start=False)
     prefix = f"{unique('bench')}."
     app_id = f"{prefix}correlator"
@@ -247,6 +290,7 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
         "TMSP_LOG_LEVEL": "INFO",  # as deployed; "service ready" is an info line
         "TMSP_CORRELATOR_MATCH_PROCESSES": str(args.match_processes),
         "TMSP_CORRELATOR_CHANGELOG_SEGMENT_BYTES": str(args.changelog_segment_bytes),
+        **({"PYTHONPATH": pythonpath} if pythonpath else {}),
     }
     # ``--workers N``: N workers of one app share the partitions (each its own data dir);
     # the clock starts when the first is ready, so rebalancing as the others join counts
@@ -263,6 +307,8 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
             if not worker.alive() or time.monotonic() > deadline:
                 raise RuntimeError(worker.logs[-3000:])
             await asyncio.sleep(0.1)
+        build = "compiled" if pythonpath else "python"
+        assert f'"engine": "{build}"' in worker.logs, "the worker runs another build"
         # the match processes are up before the worker says it is ready
         assert all("match processes running" in w.logs for w in workers if args.match_processes)
         started = time.perf_counter()
@@ -333,6 +379,7 @@ async def bench_kafka(args: argparse.Namespace, rules_root: Path) -> dict[str, A
     return {
         "events": args.events,
         "rules": args.rules,
+        "build": build,
         "decode_only_events_per_s": round(decode_rate),
         "workers": args.workers,
         "match_processes_per_worker": args.match_processes,
@@ -510,15 +557,46 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         wrap(d, producer="bench", account_id="acc1", event_id=d.event_id).SerializeToString()
         for d in dets
     ]
-    result: dict[str, Any] = {"rules": rule_count, "engine": bench_engine(rules_root, payloads)}
+    builds = ["python", "compiled"] if args.build == "both" else [args.build]
+    compiled = compiled_build() if "compiled" in builds else None
+    result: dict[str, Any] = {"rules": rule_count}
+    for build in builds:
+        suffix = "" if build == "python" else "_compiled"
+        result[f"engine{suffix}"] = (
+            engine_of_build(args, compiled)
+            if build == "compiled" and compiled
+            else bench_engine(rules_root, payloads)
+        )
     if not args.engine_only:
         infra = local_infra(start=False) if kafka_reachable("127.0.0.1:19092") else None
-        if infra is None:
-            result["kafka"] = "skipped: local Kafka not reachable"
-        else:
-            result["kafka"] = await bench_kafka(args, rules_root)
+        for build in builds:
+            suffix = "" if build == "python" else "_compiled"
+            if infra is None:
+                result[f"kafka{suffix}"] = "skipped: local Kafka not reachable"
+                continue
+            path = compiled if build == "compiled" else None
+            result[f"kafka{suffix}"] = await bench_kafka(args, rules_root, path)
+    if len(builds) == 2:
+        result["compiled_to_python"] = build_ratios(result)
     shutil.rmtree(rules_root, ignore_errors=True)
     return result
+
+
+def build_ratios(result: dict[str, Any]) -> dict[str, float]:
+    """The compiled build's figures as ratios to the Python build's of the same run."""
+    pairs = [("engine", "engine_events_per_s")]
+    if isinstance(result.get("kafka"), dict) and isinstance(result.get("kafka_compiled"), dict):
+        pairs += [
+            ("kafka", "worker_events_per_s"),
+            ("kafka", "worker_events_per_cpu_s"),
+            ("kafka", "stored_events_per_s"),
+        ]
+    return {
+        f"{section}.{figure}": round(
+            result[f"{section}_compiled"][figure] / result[section][figure], 2
+        )
+        for section, figure in pairs
+    }
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -546,6 +624,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="correlator workers sharing the partitions (the rate is then theirs together)",
     )
     p.add_argument("--engine-only", action="store_true")
+    p.add_argument(
+        "--build",
+        choices=("python", "compiled", "both"),
+        default="python",
+        help="the correlator build measured (compiled: mypyc, as the container image has it)",
+    )
     p.add_argument("--restart", action="store_true", help="also time a worker's restart")
     p.add_argument(
         "--changelog-segment-bytes",

@@ -1,8 +1,8 @@
 """Build of tmsp-correlator: plain Python by default; with ``TMSP_COMPILE=1`` the hot path
-(rule matching, window and incident logic, hit records) is compiled to C extensions by mypyc
-from the same, type-checked sources. The container image builds it compiled; development
-installs stay plain, so an edit takes effect at once. docs/services/correlator.md, "Compiled
-build", has the figures and how the compiled build is tested."""
+(flattening events, rule matching, window and incident logic, hit and state records) is
+compiled to C extensions by mypyc from the same, type-checked sources. The container image
+builds it compiled; development installs stay plain, so an edit takes effect at once.
+docs/services/correlator.md, "Compiled build", has the figures and how it is tested."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ COMPILED_MODULES = [
     "src/tmsp_correlator/domain/sigma_compiler.py",
     "src/tmsp_correlator/domain/rules.py",
     "src/tmsp_correlator/domain/correlation.py",
+    "src/tmsp_correlator/service_layer/events.py",
+    "src/tmsp_correlator/adapters/hit_records.py",
 ]
 
 if os.environ.get("TMSP_COMPILE") == "1":

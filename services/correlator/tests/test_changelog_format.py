@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from tmsp_correlator.adapters.hit_records import changelog_key, changelog_records, hit_partition
 from tmsp_correlator.config import CorrelatorSettings
+from tmsp_correlator.domain.correlation import SEEN
 from tmsp_correlator.entrypoints.faust_app import (
     STATE,
     STATE_CODEC,
     WINDOWS_TABLE,
-    changelog_key,
     changelog_topic_name,
     internal_topics,
     make_app,
@@ -35,6 +36,11 @@ def test_a_state_record_is_the_one_faust_would_write(key: str, tmp_path: Path) -
     assert changelog_key(key) == faust_key
     assert STATE.dumps({**state, "ids": {"e1": 1.0}}) == faust_value
     assert app.serializers.loads_key(None, changelog_key(key), serializer="json") == key
+    # what the correlate stage sends: the state stamped, in its group's partition, and a
+    # forgotten group's tombstone
+    parts = changelog_records({key: {**state, "ids": {"e1": 1.0}}}, [key], 2, now=5.0)
+    stamped, _ = topic.prepare_value({**state, SEEN: 5.0}, table.value_serializer)
+    assert parts == {hit_partition(key, 2): [(faust_key, stamped), (faust_key, None)]}
 
 
 def test_internal_topics_keep_what_a_restart_reads_small() -> None:

@@ -14,7 +14,9 @@ from tmsp_correlator.domain.correlation import (
     MAX_PAST_INCIDENTS,
     Limits,
     MemoryCorrelator,
+    apply_batch,
     apply_status,
+    hits_for_event,
     make_status_hit,
 )
 from tmsp_correlator.domain.rules import load_rules
@@ -240,3 +242,53 @@ def test_the_bus_form_carries_the_group_key_and_the_last_decision() -> None:
     assert {k: back[k] for k in ("key", "status", "note", "by", "changed_at", "version")} == {
         k: inc[k] for k in ("key", "status", "note", "by", "changed_at", "version")
     }
+
+
+def test_a_batch_writes_each_changed_group_once_and_publishes_each_incident_once() -> None:
+    """The correlate stage's batch step: a burst, its decision and a replay in one batch,
+    beside a bad hit, a late one and decisions that cannot apply; the bad ones are named by
+    the record they came in, the rest of the batch counts."""
+    rules = load_rules([("rules.yml", DETECTION)])
+    limits = Limits(allowed_lateness_s=600)
+    mc = correlator(*BURST)
+    inc = only(mc)
+    hits = [hits_for_event(rules, e) for e in [*BURST, high("d", 30), high("old", -1000)]]
+    bad = {**hits[0][0], "t": "not a time"}
+    stranger = decision(inc, "investigating", account_id="acc2")
+    batch = [
+        (0, hits[0][0]),
+        (0, hits[1][0]),
+        (1, hits[2][0]),  # the third: opens the incident
+        (1, decision(inc, "investigating")),  # decided within the batch that opened it
+        (2, hits[2][0]),  # a replay of the third
+        (2, bad),
+        (3, hits[3][0]),  # joins the open incident
+        (3, stranger),
+        (4, hits[4][0]),  # over 600 s behind the group's newest event
+        (4, {**decision(inc, "resolved"), "i": "gone"}),
+    ]
+    done = apply_batch(rules, {}, batch, limits)
+    (key,) = done.states
+    assert key == inc["key"] and [e[2] for e in done.states[key]["w"]] == ["a", "b", "c", "d"]
+    ((published, opened),) = done.changed.values()
+    assert opened and published["id"] == inc["id"]
+    assert published["status"] == "investigating" and published["count"] == 4
+    assert [(i, h["e"]) for i, h, _ in done.refused] == [(2, "a")]
+    assert "handler failed: ValueError" in done.refused[0][2]
+    assert [(i, reason) for i, _h, reason in done.refused_status] == [
+        (3, "status change not applied: it names another account than its incident's")
+    ]
+    assert [(h["e"], reason.split(":")[0]) for h, reason in done.late] == [("old", "late event")]
+    assert [(i, h["i"], version) for i, h, version in done.detached] == [(4, "gone", 0)]
+    assert done.chained == []
+
+
+def test_a_batch_starts_from_the_stored_states_and_leaves_the_store_as_it_was() -> None:
+    rules = load_rules([("rules.yml", DETECTION)])
+    limits = Limits(allowed_lateness_s=600)
+    first = apply_batch(rules, {}, [(0, hits_for_event(rules, e)[0]) for e in BURST[:2]], limits)
+    stored = dict(first.states)
+    then = apply_batch(rules, stored, [(0, hits_for_event(rules, BURST[2])[0])], limits)
+    ((inc, opened),) = then.changed.values()
+    assert opened and inc["event_ids"] == ["a", "b", "c"]
+    assert stored.keys() == first.states.keys()

@@ -1,4 +1,5 @@
-"""How hits travel between the correlator's two stages: JSON lists, one record per partition.
+"""How hits travel between the correlator's two stages (JSON lists, one record per
+partition), and window states to the table's changelog.
 
 A hit goes to the hits-topic partition that Kafka's default partitioner gives its group key,
 so every hit of a group meets in one worker and one table partition (whose changelog
@@ -9,12 +10,13 @@ events into one record per partition spares faust's per-record cost (2-3 hits pe
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
 import orjson
 from aiokafka.partitioner import murmur2
 
 from tmsp_common.kafka.envelope import EnvelopeError
-from tmsp_correlator.domain.correlation import Hit
+from tmsp_correlator.domain.correlation import DERIVED_STATE, SEEN, GroupState, Hit
 
 #: Upper bound of one hits record (Kafka refuses records over 1 MiB by default).
 MAX_HITS_RECORD_BYTES = 256 * 1024
@@ -73,3 +75,41 @@ def decode_hits(value: bytes | None) -> list[Hit]:
     ):
         raise EnvelopeError("undecodable hits record: not a list of hits with a group key")
     return hits
+
+
+ChangelogRecord = tuple[bytes, bytes | None]
+"""(key, value) of a window-state changelog record; None deletes the group."""
+
+
+def changelog_key(key: str) -> bytes:
+    """A window-state key as the table's changelog carries it: JSON, as faust's json key
+    serializer writes it."""
+    return orjson.dumps(key)
+
+
+def state_value(state: GroupState) -> bytes:
+    """A window state as the table's changelog carries it: JSON written with orjson (the
+    stdlib encoder was a sixth of the worker's time: a hot group's state is written again
+    on every batch), without the indexes (``DERIVED_STATE``), which ``apply_hit`` rebuilds
+    from the window after a recovery."""
+    if any(k in state for k in DERIVED_STATE):
+        state = {k: v for k, v in state.items() if k not in DERIVED_STATE}
+    return orjson.dumps(state)
+
+
+def changelog_records(
+    states: dict[str, GroupState], forgotten: Iterable[str], partitions: int, now: float
+) -> dict[int, list[ChangelogRecord]]:
+    """Per changelog partition, the records of a batch's changed ``states`` (each stamped
+    :data:`SEEN` ``now`` first) and the tombstones of ``forgotten`` groups. A group's
+    changelog partition is its hits partition, as faust's own write would pick (the
+    partition of the record the hit came in)."""
+    parts: dict[int, list[ChangelogRecord]] = {}
+    for key, state in states.items():
+        state[SEEN] = now
+        parts.setdefault(hit_partition(key, partitions), []).append(
+            (changelog_key(key), state_value(state))
+        )
+    for key in forgotten:
+        parts.setdefault(hit_partition(key, partitions), []).append((changelog_key(key), None))
+    return parts

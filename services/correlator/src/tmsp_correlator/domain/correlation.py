@@ -32,7 +32,7 @@ import json
 import operator
 import re
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -620,6 +620,78 @@ def _chain(rules: RuleSet, corr: CorrelationRule, inc: dict[str, Any]) -> list[H
             )
         )
     return hits
+
+
+@dataclass
+class BatchOutcome:
+    """What applying a batch of hits did (:func:`apply_batch`); hits are named by the index
+    of the record they came in, for the caller's dead letters."""
+
+    states: dict[str, GroupState] = field(default_factory=dict)
+    """Changed group states, to write once each."""
+    changed: dict[str, tuple[dict[str, Any], bool]] = field(default_factory=dict)
+    """Incident id -> (its newest version, opened in this batch): to publish once each."""
+    chained: list[Hit] = field(default_factory=list)
+    """Hits for correlations that reference the ones that fired."""
+    detached: list[tuple[int, Hit, int]] = field(default_factory=list)
+    """Status hits for incidents their group left behind, with the group's last version."""
+    late: list[tuple[Hit, str]] = field(default_factory=list)
+    """Detection hits too late for their group's window, with the reason."""
+    refused: list[tuple[int, Hit, str]] = field(default_factory=list)
+    """Hits that raised (a bad hit, not the batch), with the reason."""
+    refused_status: list[tuple[int, Hit, str]] = field(default_factory=list)
+    """Status hits that cannot apply, with the reason."""
+
+
+def apply_batch(
+    rules: RuleSet,
+    stored: Mapping[str, GroupState | None],
+    hits: Iterable[tuple[int, Hit]],
+    limits: Limits,
+) -> BatchOutcome:
+    """Apply a batch of hits, ``(record index, hit)`` in order, over the group states in
+    ``stored``: each hit sees the state the ones before it left. Nothing is added to
+    ``stored`` (the caller writes ``states``), though a stored state is changed in place,
+    as :func:`apply_hit` changes the state it is given. A hot group (an outbreak touches
+    one group per threat) changes many times in a batch: it is written once, and each
+    changed incident published once, newest version."""
+    out = BatchOutcome()
+    states = out.states
+    changed = out.changed
+    for index, hit in hits:
+        status = hit.get("x") == STATUS_HIT
+        try:
+            key = hit["k"]
+            prior = states[key] if key in states else stored.get(key)
+            if status:
+                status_state, applied = apply_status(prior, hit)
+            else:
+                state, applied = apply_hit(rules, prior, hit, limits)
+        except Exception as exc:  # noqa: BLE001 - one bad hit, not the batch
+            out.refused.append((index, hit, f"handler failed: {exc!r}"))
+            continue
+        inc = applied.incident
+        if status:
+            # a triage decision: the group's current incident changes here
+            if applied.detached is not None:
+                out.detached.append((index, hit, applied.detached))
+            elif applied.late_reason:
+                reason = f"status change not applied: {applied.late_reason}"
+                out.refused_status.append((index, hit, reason))
+            elif status_state is not None and inc is not None:
+                states[key] = status_state
+                changed[inc["id"]] = (inc, changed.get(inc["id"], (inc, False))[1])
+            continue
+        if applied.late_reason:
+            out.late.append((hit, applied.late_reason))
+            continue
+        if not applied.duplicate:
+            states[key] = state
+        if inc is not None:
+            opened = applied.new_incident or changed.get(inc["id"], (inc, False))[1]
+            changed[inc["id"]] = (inc, opened)
+        out.chained.extend(applied.chained)
+    return out
 
 
 class MemoryCorrelator:

@@ -54,17 +54,19 @@ from tmsp_common.kafka.topics import (
 )
 from tmsp_common.logging import get_logger
 from tmsp_correlator.adapters.faust_bus import FaustBus
-from tmsp_correlator.adapters.hit_records import decode_hits, hit_partition, hit_records
+from tmsp_correlator.adapters.hit_records import (
+    changelog_records,
+    decode_hits,
+    hit_partition,
+    hit_records,
+    state_value,
+)
 from tmsp_correlator.bootstrap import Container
 from tmsp_correlator.config import CorrelatorSettings
 from tmsp_correlator.domain.correlation import (
-    DERIVED_STATE,
-    SEEN,
-    STATUS_HIT,
     GroupState,
     Hit,
-    apply_hit,
-    apply_status,
+    apply_batch,
     hits_for_event,
     idle_groups,
 )
@@ -107,15 +109,10 @@ STATE_CODEC = "tmsp-state"
 
 
 class StateCodec(codecs.Codec):
-    """Window states as JSON, written with orjson (the stdlib encoder was a sixth of the
-    worker's time: a hot group's state is re-serialised on every batch). The indexes
-    (``DERIVED_STATE``) are left out; ``apply_hit`` rebuilds them from the window after a
-    recovery."""
+    """Window states as faust's table reads and writes them (see :func:`state_value`)."""
 
     def _dumps(self, obj: Any) -> bytes:
-        if isinstance(obj, dict) and any(k in obj for k in DERIVED_STATE):
-            obj = {k: v for k, v in obj.items() if k not in DERIVED_STATE}
-        return orjson.dumps(obj)
+        return state_value(obj)
 
     def _loads(self, s: bytes) -> Any:
         return orjson.loads(s)
@@ -123,12 +120,6 @@ class StateCodec(codecs.Codec):
 
 STATE = StateCodec()
 codecs.register(STATE_CODEC, STATE)
-
-
-def changelog_key(key: str) -> bytes:
-    """A window-state key as the table's changelog carries it: JSON, as faust's json key
-    serializer writes it."""
-    return orjson.dumps(key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,10 +293,9 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
             await bus.send_raw(hits_name, key, value, partition)
         HITS.inc(len(hits))
 
-    async def refuse(source: Topic, rec: Record, exc: Exception) -> None:
-        """Dead-letter a record whose (pure, in-memory) handling raised: a retry would
-        raise again."""
-        reason = str(exc) if isinstance(exc, EnvelopeError) else f"handler failed: {exc!r}"
+    async def refuse(source: Topic, rec: Record, reason: str) -> None:
+        """Dead-letter a record whose (pure, in-memory) handling failed: a retry would
+        fail again."""
         log.warning("record refused", topic=rec.topic, offset=rec.offset, reason=reason)
         await bus.dead_letter(source, reason=reason, **rec.dead_letter_fields())
 
@@ -385,89 +375,52 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
         changelog partition is its hits partition, as faust's own write would pick (the
         partition of the record the hit came in); the records are what faust writes (key
         as JSON, value through the state codec, None to delete), so recovery reads them."""
-        now = time.time()
-        parts: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        parts = changelog_records(states, forgotten or (), s.partitions, time.time())
+        store = table.data  # the store itself: no changelog send of faust's
         for key, state in states.items():
-            state[SEEN] = now
-            table.data[key] = state  # the store itself: no changelog send of faust's
-            parts.setdefault(hit_partition(key, s.partitions), []).append(
-                (changelog_key(key), STATE.dumps(state))
-            )
+            store[key] = state
         for key in forgotten or ():
-            table.data.pop(key, None)
-            parts.setdefault(hit_partition(key, s.partitions), []).append(
-                (changelog_key(key), None)
-            )
+            store.pop(key, None)
         for partition, records in parts.items():
             await bus.send_records(changelog, partition, records)
 
     async def correlate_batch(batch: list[Any]) -> None:
-        """Apply a batch of hits records: window states to the table and its changelog,
-        changed incidents to INCIDENTS, chained hits to the hits topic, decisions on
-        incidents left behind to the detached-status topic."""
-        changed: dict[str, tuple[dict[str, Any], bool]] = {}
-        states: dict[str, GroupState] = {}
-        chained: list[Hit] = []
-        detached: list[tuple[Record, Hit, int]] = []
-        # the table's store, read as write_states writes it (no per-key sensor calls)
-        store = windows.data
-        for event in batch:
-            record = Record.of(event)
+        """Apply a batch of hits records (:func:`apply_batch`, over the table's store, read
+        as write_states writes it): window states to the table and its changelog, changed
+        incidents to INCIDENTS, chained hits to the hits topic, decisions on incidents
+        left behind to the detached-status topic; bad, late and refused hits dead-lettered
+        with their reasons."""
+        records = [Record.of(event) for event in batch]
+        hits: list[tuple[int, Hit]] = []
+        for index, record in enumerate(records):
             try:
-                hits = decode_hits(event.value)
+                hits.extend((index, hit) for hit in decode_hits(record.value))
             except EnvelopeError as exc:
-                await refuse(HIT_SOURCE, record, exc)
-                continue
-            for hit in hits:
-                status = hit.get("x") == STATUS_HIT
-                try:
-                    key = hit["k"]
-                    prior = states[key] if key in states else store.get(key)
-                    if status:
-                        status_state, out = apply_status(prior, hit)
-                    else:
-                        state, out = apply_hit(c.rules, prior, hit, c.limits)
-                except Exception as exc:  # noqa: BLE001 - one bad hit, not the batch
-                    await refuse(HIT_SOURCE, record.with_hit(hit), exc)
-                    continue
-                if status:
-                    # a triage decision: the group's current incident changes here
-                    if out.detached is not None:
-                        detached.append((record, hit, out.detached))
-                    elif out.late_reason:
-                        refused = EnvelopeError(f"status change not applied: {out.late_reason}")
-                        await refuse(INCIDENT_STATUS_CHANGES, record.with_hit(hit), refused)
-                    elif status_state is not None and out.incident is not None:
-                        states[key] = status_state
-                        changed[out.incident["id"]] = (out.incident, False)
-                    continue
-                if out.late_reason:
-                    LATE.inc()
-                    o = hit.get("o") or {}
-                    await bus.dead_letter(
-                        _source_of(o.get("topic", ""), prefix),
-                        key=key.encode(),
-                        value=orjson.dumps(hit),
-                        reason=out.late_reason,
-                        partition=o.get("partition", ""),
-                        offset=o.get("offset", ""),
-                        extra_headers=[("tmsp-dlq-content-type", b"application/json; hit")],
-                    )
-                    continue
-                if not out.duplicate:
-                    states[key] = state
-                if out.incident is not None:
-                    inc = out.incident
-                    opened = out.new_incident or changed.get(inc["id"], (inc, False))[1]
-                    changed[inc["id"]] = (inc, opened)
-                chained.extend(out.chained)
-        await write_states(windows, states)
-        await c.recorder.publish_many(list(changed.values()))
-        if chained:
-            await send_hits(chained)
-        for _inc, opened in changed.values():
+                await refuse(HIT_SOURCE, record, str(exc))
+        done = apply_batch(c.rules, windows.data, hits, c.limits)
+        for index, hit, reason in done.refused:
+            await refuse(HIT_SOURCE, records[index].with_hit(hit), reason)
+        for index, hit, reason in done.refused_status:
+            await refuse(INCIDENT_STATUS_CHANGES, records[index].with_hit(hit), reason)
+        for hit, reason in done.late:
+            LATE.inc()
+            o = hit.get("o") or {}
+            await bus.dead_letter(
+                _source_of(o.get("topic", ""), prefix),
+                key=hit["k"].encode(),
+                value=orjson.dumps(hit),
+                reason=reason,
+                partition=o.get("partition", ""),
+                offset=o.get("offset", ""),
+                extra_headers=[("tmsp-dlq-content-type", b"application/json; hit")],
+            )
+        await write_states(windows, done.states)
+        await c.recorder.publish_many(list(done.changed.values()))
+        if done.chained:
+            await send_hits(done.chained)
+        for _inc, opened in done.changed.values():
             INCIDENT_WRITES.labels("new" if opened else "update").inc()
-        for _rec, hit, known_version in detached:
+        for _index, hit, known_version in done.detached:
             # on the broker before this batch is acknowledged (faust flushes first)
             await bus.send_raw(
                 detached_name, hit["i"].encode(), orjson.dumps({"h": hit, "v": known_version})
@@ -499,9 +452,7 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
                     raise ValueError("no incident, group or account")
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 await refuse(
-                    INCIDENT_STATUS_CHANGES,
-                    record,
-                    EnvelopeError(f"undecodable detached status change: {exc}"),
+                    INCIDENT_STATUS_CHANGES, record, f"undecodable detached status change: {exc}"
                 )
                 continue
             await change_detached(record, hit, known_version)
