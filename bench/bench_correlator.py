@@ -66,6 +66,7 @@ from tmsp_common.testing import (
     process_tree_cpu_seconds,
     unique,
 )
+from tmsp_correlator import engine_build
 from tmsp_correlator.config import DEFAULT_RULES_DIR
 from tmsp_correlator.domain.correlation import MemoryCorrelator, hits_for_event
 from tmsp_correlator.domain.rules import load_rule_directory
@@ -164,6 +165,7 @@ def bench_engine(rules_root: Path, payloads: list[bytes]) -> dict[str, Any]:
     engine_s = time.perf_counter() - t
     n = len(payloads)
     return {
+        "build": engine_build(),
         "events": n,
         "decode_only_events_per_s": round(n / decode_s),
         "engine_events_per_s": round(n / engine_s),
@@ -256,6 +258,8 @@ def engine_of_build(args: argparse.Namespace, pythonpath: str) -> dict[str, Any]
         check=True,
     )
     engine: dict[str, Any] = json.loads(ran.stdout.strip().splitlines()[-1])["engine"]
+    if engine["build"] != "compiled":
+        raise RuntimeError(f"{pythonpath} did not give the compiled build: {engine['build']}")
     return engine
 
 
