@@ -62,8 +62,9 @@ class CorrelatorSettings(ServiceSettings):
     """Match processes the worker runs beside itself, each a consumer of the match group
     with a core's worth of Python to itself; 0: the match stage runs in the worker's own
     process. The correlate and store stages stay in the worker."""
-    correlate_batch_max: int = Field(50, ge=1)
-    """Hits records per correlation batch: incidents changed in a batch are written once."""
+    correlate_batch_max: int = Field(200, ge=1)
+    """Hits records per correlation batch: incidents changed in a batch are written once,
+    and so is a group's window state (a backlog drains in fewer, larger batches)."""
     correlate_batch_s: float = Field(0.05, gt=0)
     """How long a batch waits to fill (the added latency bound)."""
     store_batch_max: int = Field(2000, ge=1)
