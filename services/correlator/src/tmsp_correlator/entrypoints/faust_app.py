@@ -61,6 +61,7 @@ from tmsp_correlator.adapters.hit_records import (
     hit_records,
     state_value,
 )
+from tmsp_correlator.adapters.state_store import STORE_URL
 from tmsp_correlator.bootstrap import Container
 from tmsp_correlator.config import CorrelatorSettings
 from tmsp_correlator.domain.correlation import (
@@ -210,7 +211,7 @@ def make_app(settings: CorrelatorSettings) -> faust.App:
     return faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap.split(',')[0]}",
-        store="memory://",
+        store=STORE_URL,  # faust's memory store, reading its own changelog (state_store.py)
         datadir=settings.data_path,
         topic_replication_factor=settings.replication_factor,
         topic_partitions=settings.partitions,
