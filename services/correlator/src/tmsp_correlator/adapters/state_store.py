@@ -46,6 +46,8 @@ async def read_partitions(
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
+        # a start below the log's first offset reads from there, never from the end
+        auto_offset_reset="earliest",
         max_partition_fetch_bytes=FETCH_BYTES,
     )
     await consumer.start()
