@@ -515,14 +515,18 @@ async def plain_read(bootstrap: str, topic: str) -> tuple[int, float]:
     """Records of ``topic`` and the seconds a plain consumer (the one the table's store
     reads with, :func:`read_partitions`) takes to read them all, each value decoded as the
     state codec does, without applying them: the reference for a restart's recovery."""
+    read = 0
+
+    def take(records: list[tuple[int, bytes | None, bytes | None]]) -> None:
+        nonlocal read
+        for _partition, _key, value in records:
+            if value is not None:
+                orjson.loads(value)
+        read += len(records)
+
     started = time.perf_counter()
-    _ends, records = await read_partitions(
-        bootstrap, {TopicPartition(topic, p): 0 for p in range(PARTITIONS)}
-    )
-    for _partition, _key, value in records:
-        if value is not None:
-            orjson.loads(value)
-    return len(records), time.perf_counter() - started
+    await read_partitions(bootstrap, {TopicPartition(topic, p): 0 for p in range(PARTITIONS)}, take)
+    return read, time.perf_counter() - started
 
 
 def recovery_seconds(logs: str) -> float | None:

@@ -18,7 +18,7 @@ the ``faust.stores`` group, see pyproject.toml).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 import orjson
@@ -37,11 +37,21 @@ FETCH_BYTES = 8 << 20
 """Per partition and fetch: a hot group's state is ~165 kB."""
 
 
+Record = tuple[int, bytes | None, bytes | None]
+"""(partition, key, value) of a changelog record."""
+
+
 async def read_partitions(
-    bootstrap: str, starts: dict[TopicPartition, int], *, timeout_ms: int = 1000
-) -> tuple[dict[TopicPartition, int], list[tuple[int, bytes | None, bytes | None]]]:
-    """Every record of the partitions from their ``starts`` to their end offsets (taken
-    first): ``(ends, [(partition, key, value), ...])`` in offset order per partition."""
+    bootstrap: str,
+    starts: dict[TopicPartition, int],
+    take: Callable[[list[Record]], None],
+    *,
+    stall_s: float = 30.0,
+) -> dict[TopicPartition, int]:
+    """Read the partitions from their ``starts`` to their end offsets (taken first),
+    handing each fetched batch of records to ``take`` (in offset order per partition), and
+    return the end offsets. TimeoutError if the reading makes no progress for ``stall_s``
+    (a broker gone mid-way)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -52,30 +62,32 @@ async def read_partitions(
     )
     await consumer.start()
     try:
-        tps = list(starts)
-        consumer.assign(tps)
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
-        left = set()
-        for tp in tps:
-            if ends[tp] > starts[tp]:
-                consumer.seek(tp, starts[tp])
-                left.add(tp)
-        records: list[tuple[int, bytes | None, bytes | None]] = []
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(list(starts))
+        left = {tp for tp in starts if ends[tp] > starts[tp]}
+        if not left:
+            return ends
+        consumer.assign(list(left))
+        for tp in left:
+            consumer.seek(tp, starts[tp])
+        progress = time.monotonic()
         while left:
-            batch = await consumer.getmany(*left, timeout_ms=timeout_ms, max_records=10_000)
+            batch = await consumer.getmany(*left, timeout_ms=1000, max_records=10_000)
             for tp, got in batch.items():
-                records.extend((tp.partition, r.key, r.value) for r in got if r.offset < ends[tp])
+                take([(tp.partition, r.key, r.value) for r in got if r.offset < ends[tp]])
+            before = len(left)
             for tp in list(left):
                 if await consumer.position(tp) >= ends[tp]:
                     left.discard(tp)
-        return ends, records
+            if batch or len(left) < before:
+                progress = time.monotonic()
+            elif time.monotonic() - progress > stall_s:
+                raise TimeoutError(f"no changelog records for {stall_s:.0f} s")
+        return ends
     finally:
         await consumer.stop()
 
 
-def apply_records(
-    data: MutableMapping[Any, Any], records: Iterable[tuple[int, bytes | None, bytes | None]]
-) -> int:
+def apply_records(data: MutableMapping[Any, Any], records: Iterable[Record]) -> int:
     """Apply changelog records in order (a state, or None: the group is forgotten), as
     faust's recovery would: the key and the value as :func:`changelog_key` and
     :func:`state_value` wrote them. Returns how many were applied."""
@@ -130,9 +142,14 @@ class ChangelogStore(memory.Store[str, Any]):
         started = time.perf_counter()
         starts = {TopicPartition(tp.topic, tp.partition): self._next[tp] for tp in tps}
         bootstrap = ",".join(f"{u.host}:{u.port or 9092}" for u in self.app.conf.broker)
+        applied = 0
+
+        def take(records: list[Record]) -> None:
+            nonlocal applied
+            applied += apply_records(self.data, records)
+
         try:
-            ends, records = await read_partitions(bootstrap, starts)
-            applied = apply_records(self.data, records)
+            ends = await read_partitions(bootstrap, starts, take)
         except Exception as exc:  # noqa: BLE001 - faust's own recovery reads them instead
             log.warning(
                 "reading window states failed; faust recovers them",
