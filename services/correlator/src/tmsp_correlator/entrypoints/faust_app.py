@@ -305,7 +305,9 @@ def wire(app: faust.App, bus: FaustBus, c: Container) -> None:
     # taken as it is, though the decorator is typed for classes)
     producer = SharedProducer(s)
     if s.match_processes:
-        app.service(cast(Any, MatchProcesses(s, beacon=app.beacon)))
+        match_processes = MatchProcesses(s, beacon=app.beacon)
+        app.service(cast(Any, match_processes))
+        app.match_processes = match_processes  # type: ignore[attr-defined]  # spawned by the worker
     else:
         app.service(cast(Any, MatchStage(c, producer, beacon=app.beacon)))
     app.service(cast(Any, StoreStage(c, producer, beacon=app.beacon)))

@@ -108,6 +108,14 @@ async def preflight(settings: CorrelatorSettings) -> Preflight:
 class CorrelatorWorker(faust.Worker):
     """A faust worker that says ``service ready`` once tables are recovered and agents run."""
 
+    async def on_first_start(self) -> None:
+        # the match processes start loading now, while faust joins and recovers (its
+        # services start after that; restarts were ~4 s longer waiting for them)
+        match_processes = getattr(self.app, "match_processes", None)
+        if match_processes is not None:
+            match_processes.spawn()
+        await super().on_first_start()
+
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
         log.info("service ready", app_id=self.app.conf.id, engine=engine_build())

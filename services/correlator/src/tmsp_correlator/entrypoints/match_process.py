@@ -77,20 +77,31 @@ class MatchProcesses(Service):
         self.count = settings.match_processes
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._keepers: list[asyncio.Task[None]] = []
+        self._ready: list[asyncio.Event] = []
         self._quitting = False
 
     def pids(self) -> list[int]:
         """The running processes' ids."""
         return [p.pid for p in self._procs.values() if p.returncode is None]
 
-    async def on_start(self) -> None:
-        ready = [asyncio.Event() for _ in range(self.count)]
+    def spawn(self) -> None:
+        """Start the processes (once): called as the worker starts, so that they load and
+        join their group while the worker joins its own and recovers its table (faust
+        starts this service only after that)."""
+        if self._keepers:
+            return
+        self._ready = [asyncio.Event() for _ in range(self.count)]
         self._keepers = [
-            asyncio.create_task(self._keep(index, ready[index - 1]))
+            asyncio.create_task(self._keep(index, self._ready[index - 1]))
             for index in range(1, self.count + 1)
         ]
+
+    async def on_start(self) -> None:
+        self.spawn()
         try:
-            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready)), 2 * READY_TIMEOUT_S)
+            await asyncio.wait_for(
+                asyncio.gather(*(e.wait() for e in self._ready)), 2 * READY_TIMEOUT_S
+            )
         except TimeoutError:
             log.warning("match processes not all ready", processes=self.count)
         log.info("match processes running", processes=self.count, pids=self.pids())
