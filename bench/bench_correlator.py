@@ -23,7 +23,9 @@ Measured side by side in the same run:
 * ``restart`` (``--restart``): the workers stopped, a new one is timed from start to
   ``service ready`` (its table recovered from the changelog the run wrote), at once and
   again after ``--compaction-wait`` seconds, when the broker has compacted the closed
-  changelog segments (``--changelog-segment-bytes``; a segment still open is not).
+  changelog segments (``--changelog-segment-bytes``; a segment still open is not); the
+  reference is the same changelog read by a plain consumer in this process, after the
+  first restart.
 
     .venv/bin/python bench/bench_correlator.py                    # small, < 2 min
     .venv/bin/python bench/bench_correlator.py --events 200000 --rate 10000 --seconds 10

@@ -210,7 +210,8 @@ def test_demo_shows_the_main_job_end_to_end_and_runs_again(stack: Stack) -> None
         assert f"{name} online in the portal (the correlator saw its heartbeat{compliance})" in out
     assert "2FA on, 10 recovery codes" in out
     assert "logged in with password + TOTP" in out
-    trail = next(line for line in out.splitlines() if "the account's security trail" in line)
+    # the result line, not a progress line shown while the trail was still being recorded
+    trail = next(line for line in out.splitlines() if "security trail, as its admin" in line)
     assert "newest first: login succeeded" in trail and "two factor enabled" in trail
     assert "TDA-Branch with a mistyped password: 401 'bad credentials'" in out
 
