@@ -53,7 +53,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
@@ -74,7 +73,8 @@ from tmsp_common.testing import (
     unique,
 )
 from tmsp_correlator import engine_build
-from tmsp_correlator.adapters.state_store import read_partitions
+from tmsp_correlator.adapters.hit_records import state_of
+from tmsp_correlator.adapters.state_store import Record, read_partitions
 from tmsp_correlator.config import DEFAULT_RULES_DIR
 from tmsp_correlator.domain.correlation import MemoryCorrelator, hits_for_event
 from tmsp_correlator.domain.rules import load_rule_directory
@@ -519,11 +519,11 @@ async def plain_read(bootstrap: str, topic: str) -> tuple[int, float]:
     state codec does, without applying them: the reference for a restart's recovery."""
     read = 0
 
-    def take(records: list[tuple[int, bytes | None, bytes | None]]) -> None:
+    def take(records: list[Record]) -> None:
         nonlocal read
-        for _partition, _key, value in records:
+        for _key, value in records:
             if value is not None:
-                orjson.loads(value)
+                state_of(value)
         read += len(records)
 
     started = time.perf_counter()

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tmsp_correlator.adapters.hit_records import changelog_key, changelog_records, hit_partition
+from tmsp_correlator.adapters.hit_records import (
+    changelog_key,
+    changelog_records,
+    group_of,
+    hit_partition,
+    state_of,
+)
 from tmsp_correlator.config import CorrelatorSettings
 from tmsp_correlator.domain.correlation import SEEN
 from tmsp_correlator.entrypoints.faust_app import (
@@ -36,6 +42,9 @@ def test_a_state_record_is_the_one_faust_would_write(key: str, tmp_path: Path) -
     assert changelog_key(key) == faust_key
     assert STATE.dumps({**state, "ids": {"e1": 1.0}}) == faust_value
     assert app.serializers.loads_key(None, changelog_key(key), serializer="json") == key
+    # and what a restart reads back (the store's own reading of the changelog)
+    assert group_of(faust_key) == key
+    assert state_of(faust_value) == state
     # what the correlate stage sends: the state stamped, in its group's partition, and a
     # forgotten group's tombstone
     parts = changelog_records({key: {**state, "ids": {"e1": 1.0}}}, [key], 2, now=5.0)

@@ -97,6 +97,19 @@ def state_value(state: GroupState) -> bytes:
     return orjson.dumps(state)
 
 
+def group_of(key: bytes) -> str:
+    """The group key of a changelog record's key (the inverse of :func:`changelog_key`)."""
+    group: str = orjson.loads(key)
+    return group
+
+
+def state_of(value: bytes) -> GroupState:
+    """The window state of a changelog record's value (the inverse of :func:`state_value`;
+    ``apply_hit`` rebuilds the indexes it leaves out)."""
+    state: GroupState = orjson.loads(value)
+    return state
+
+
 def changelog_records(
     states: dict[str, GroupState], forgotten: Iterable[str], partitions: int, now: float
 ) -> dict[int, list[ChangelogRecord]]:

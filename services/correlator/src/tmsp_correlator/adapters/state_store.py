@@ -21,13 +21,12 @@ import time
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.stores import memory
 from faust.types import TP
 
 from tmsp_common.logging import get_logger
-from tmsp_correlator.adapters.hit_records import hit_partition
+from tmsp_correlator.adapters.hit_records import group_of, hit_partition, state_of
 
 log = get_logger(__name__)
 
@@ -37,8 +36,8 @@ FETCH_BYTES = 8 << 20
 """Per partition and fetch: a hot group's state is ~165 kB."""
 
 
-Record = tuple[int, bytes | None, bytes | None]
-"""(partition, key, value) of a changelog record."""
+Record = tuple[bytes | None, bytes | None]
+"""(key, value) of a changelog record."""
 
 
 async def read_partitions(
@@ -73,7 +72,7 @@ async def read_partitions(
         while left:
             batch = await consumer.getmany(*left, timeout_ms=1000, max_records=10_000)
             for tp, got in batch.items():
-                take([(tp.partition, r.key, r.value) for r in got if r.offset < ends[tp]])
+                take([(r.key, r.value) for r in got if r.offset < ends[tp]])
             before = len(left)
             for tp in list(left):
                 if await consumer.position(tp) >= ends[tp]:
@@ -89,17 +88,16 @@ async def read_partitions(
 
 def apply_records(data: MutableMapping[Any, Any], records: Iterable[Record]) -> int:
     """Apply changelog records in order (a state, or None: the group is forgotten), as
-    faust's recovery would: the key and the value as :func:`changelog_key` and
-    :func:`state_value` wrote them. Returns how many were applied."""
+    faust's recovery would. Returns how many were applied."""
     n = 0
-    for _partition, key, value in records:
+    for key, value in records:
         if key is None:
             continue
-        group = orjson.loads(key)
+        group = group_of(key)
         if value is None:
             data.pop(group, None)
         else:
-            data[group] = orjson.loads(value)
+            data[group] = state_of(value)
         n += 1
     return n
 

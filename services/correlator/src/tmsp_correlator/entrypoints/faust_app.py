@@ -59,6 +59,7 @@ from tmsp_correlator.adapters.hit_records import (
     decode_hits,
     hit_partition,
     hit_records,
+    state_of,
     state_value,
 )
 from tmsp_correlator.adapters.state_store import STORE_URL
@@ -116,7 +117,7 @@ class StateCodec(codecs.Codec):
         return state_value(obj)
 
     def _loads(self, s: bytes) -> Any:
-        return orjson.loads(s)
+        return state_of(s)
 
 
 STATE = StateCodec()
