@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from tmsp_correlator.adapters.hit_records import state_of, state_value
 from tmsp_correlator.domain.correlation import (
     SEEN,
+    GroupState,
     Limits,
     MemoryCorrelator,
     apply_hit,
@@ -374,19 +376,24 @@ def test_replayed_event_reemits_its_incident_without_changing_it() -> None:
     assert again.incident["version"] == version and again.incident["count"] == 3
 
 
-def test_state_survives_json_round_trip() -> None:
-    """The state is what a faust table stores: it must survive serialisation mid-window."""
-    import json
-
+def test_state_survives_its_changelog_round_trip() -> None:
+    """The state is what the table's changelog carries: read back mid-window before every
+    hit (JSON lists, no indexes), it goes on exactly as the state that stayed in memory,
+    and its entries are tuples again (what the compiled build's types say)."""
     rs = load_rules([("det.yml", DETECTIONS), ("corr.yml", EVENT_COUNT)])
     limits = Limits()
-    state = None
-    outs = []
-    for e in [high("a", 0), high("b", 10), high("c", 20)]:
-        (hit,) = [h for h in hits_for_event(rs, e) if h["c"] == "corr"]
-        state, out = apply_hit(rs, json.loads(json.dumps(state)) if state else None, hit, limits)
-        outs.append(out)
-    assert outs[-1].new_incident
+    events = [high("a", 0), high("b", 10), high("d", 5), high("c", 20), high("b", 10)]
+    events += [high(f"x{i}", 30 + 7 * i) for i in range(6)]
+    hits = [h for e in events for h in hits_for_event(rs, e) if h["c"] == "corr"]
+    kept: GroupState | None = None
+    read: GroupState | None = None
+    for hit in hits:
+        kept, out_kept = apply_hit(rs, kept, hit, limits)
+        recovered = state_of(state_value(read)) if read is not None else None
+        read, out_read = apply_hit(rs, recovered, hit, limits)
+        assert out_read == out_kept
+        assert all(type(e) is tuple for e in read["w"])
+    assert read == kept and kept["inc"]["count"] == 10
 
 
 def test_chained_correlation_fires_on_correlation_incidents() -> None:
