@@ -69,6 +69,7 @@ from tmsp_common.testing import (
     kafka_reachable,
     leftovers_removed,
     local_infra,
+    process_memory_mib,
     process_tree_cpu_seconds,
     unique,
 )
@@ -364,6 +365,7 @@ async def bench_kafka(
         assert all("match processes running" in w.logs for w in workers if args.match_processes)
         # the detections go out only now: a worker's match stage consumes before the worker
         # says it is ready, so detections published earlier were partly matched untimed
+        rss_ready, _ = process_memory_mib(worker.pid())
         started = time.perf_counter()
         cpu0 = [process_tree_cpu_seconds(w.pid()) for w in workers]
         ends, publish_s = await bulk.send()
@@ -407,6 +409,7 @@ async def bench_kafka(
                 for w, c1, c in zip(workers, cpu1, cpu0, strict=True)
             )
             hit_records = sum(hit_ends.values())
+            rss_drained, rss_peak = process_memory_mib(worker.pid())
             # and the store stage: every published incident written to Mongo (committed)
             incidents_topic = INCIDENTS.qualified(prefix)
             while True:
@@ -455,6 +458,12 @@ async def bench_kafka(
         "publish_s": round(publish_s, 2),
         "worker_process_cpu_s": round(own_cpu, 2),
         "worker_process_events_per_cpu_s": round(args.events / own_cpu),
+        "worker_process_rss_mib": {
+            "ready": round(rss_ready),
+            "drained": round(rss_drained),
+            "peak": round(rss_peak),
+        },
+        "worker_process_rss_note": "resident memory of the (first) worker's own process when ready, after the drain (its window states added) and at its peak",
         "worker_process_note": "the worker process alone (correlate and store stages; the match stage too without match processes): the rate one worker reaches when its match processes have cores of their own",
         "ratio_worker_to_decode_per_cpu_s": round(args.events / worker_cpu / decode_cpu_rate, 3),
         "cpu_note": "worker CPU = utime+stime of the worker processes while draining; utilisation = cores used per worker",

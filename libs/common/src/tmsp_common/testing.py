@@ -214,6 +214,18 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_memory_mib(pid: int) -> tuple[float, float]:
+    """(resident, peak resident) memory of process ``pid`` in MiB (Linux ``/proc``:
+    ``VmRSS``, ``VmHWM``)."""
+    found: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                found[name] = int(value.split()[0]) / 1024  # kB
+    return found["VmRSS"], found["VmHWM"]
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and every live process below it (Linux ``/proc``)."""
     tree, todo = [], [pid]
