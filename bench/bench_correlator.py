@@ -4,7 +4,9 @@
 Measured side by side in the same run:
 
 * ``engine``: the pure rule + correlation engine (both stages in one process, no Kafka)
-  against decoding the same envelopes (``unwrap`` + flatten) - what matching costs.
+  against decoding the same envelopes (``unwrap`` + flatten) - what matching costs; and
+  the correlate stage's own work (decoding hits records, applying them, building the
+  changelog records) timed in its parts (``correlate_stage``).
 * ``kafka`` (needs the local stack): one correlator worker (a real ``python -m
   tmsp_correlator`` faust worker) is started, and once it is ready N detections are
   published (serialised beforehand, in whole record batches: well under a second for 150k;
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import random
@@ -74,11 +77,22 @@ from tmsp_common.testing import (
     unique,
 )
 from tmsp_correlator import engine_build
-from tmsp_correlator.adapters.hit_records import state_of
+from tmsp_correlator.adapters.hit_records import (
+    changelog_records,
+    decode_hits,
+    hit_records,
+    state_of,
+)
 from tmsp_correlator.adapters.state_store import Record, read_partitions
-from tmsp_correlator.config import DEFAULT_RULES_DIR
-from tmsp_correlator.domain.correlation import MemoryCorrelator, hits_for_event
+from tmsp_correlator.config import DEFAULT_RULES_DIR, CorrelatorSettings
+from tmsp_correlator.domain.correlation import (
+    Limits,
+    MemoryCorrelator,
+    apply_batch,
+    hits_for_event,
+)
 from tmsp_correlator.domain.rules import load_rule_directory
+from tmsp_correlator.entrypoints.main import tune_gc
 from tmsp_correlator.service_layer.events import detection_event
 from tmsp_correlator.testing import detection
 
@@ -180,6 +194,55 @@ def bench_engine(rules_root: Path, payloads: list[bytes]) -> dict[str, Any]:
         "engine_events_per_s": round(n / engine_s),
         "ratio_engine_to_decode": round(decode_s / engine_s, 3),
         "incidents": len(mc.incidents),
+        "correlate_stage": bench_correlate_stage(rules_root, payloads),
+    }
+
+
+def bench_correlate_stage(rules_root: Path, payloads: list[bytes]) -> dict[str, Any]:
+    """The correlate stage's own work, offline, timed in its three parts: decoding hits
+    records, applying them (``apply_batch``) and building the window states' changelog
+    records. The hits records are the match stage's (one match batch of
+    ``MATCH_BATCH_MAX`` events, one record per hits partition), a correlate batch one match
+    batch's records, with the worker's GC settings."""
+    rules = load_rule_directory(rules_root)
+    per_batch = CorrelatorSettings().match_batch_max
+    batches: list[list[bytes]] = []
+    for start in range(0, len(payloads), per_batch):
+        hits = []
+        for offset, raw in enumerate(payloads[start : start + per_batch], start):
+            env, det = unwrap(raw, detections_pb2.Detection)
+            origin = {"topic": "detections", "partition": 0, "offset": offset}
+            hits.extend(hits_for_event(rules, detection_event(env, det), origin))
+        batches.append([value for _p, _k, value in hit_records(hits, PARTITIONS)])
+    thresholds = gc.get_threshold()
+    tune_gc()
+    try:
+        stored: dict[str, Any] = {}
+        spent = {"decode": 0.0, "apply": 0.0, "records": 0.0}
+        records = size = 0
+        for values in batches:
+            t0 = time.perf_counter()
+            batch = [(i, hit) for i, value in enumerate(values) for hit in decode_hits(value)]
+            t1 = time.perf_counter()
+            done = apply_batch(rules, stored, batch, Limits())
+            t2 = time.perf_counter()
+            parts = changelog_records(done.states, (), PARTITIONS, now=time.time())
+            spent["decode"] += t1 - t0
+            spent["apply"] += t2 - t1
+            spent["records"] += time.perf_counter() - t2
+            stored.update(done.states)
+            records += len(done.states)
+            size += sum(len(v or b"") for part in parts.values() for _k, v in part)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+    n = len(payloads)
+    return {
+        "events_per_s": round(n / sum(spent.values())),
+        **{f"{part}_us_per_event": round(s / n * 1e6, 1) for part, s in spent.items()},
+        "state_records": records,
+        "state_bytes_per_event": round(size / n),
+        "events_per_batch": per_batch,
     }
 
 
