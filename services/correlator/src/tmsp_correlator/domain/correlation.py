@@ -50,7 +50,7 @@ Entry = tuple[Any, ...]
 cheaper to build than a list, and, holding only strings and numbers, the cyclic garbage
 collector stops tracking it once it has seen it (a list stays tracked for life, and the
 windows of a busy worker hold hundreds of thousands of entries). The engine bench ran
-1.14-1.18x faster than with lists. A state read back from the changelog has lists:
+1.12-1.18x faster than with lists. A state read back from the changelog has lists:
 :func:`apply_hit` turns them into tuples as it rebuilds the indexes."""
 _TS, _RULE, _EID, _VAL, _SUM, _HOST, _IP, _MAC = range(8)
 
